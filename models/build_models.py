@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Build the small example ONNX models used by onnx-fc2conv's tests and demos.
+
+Usage::
+
+    python models/build_models.py                 # rewrite the committed files (opset 13)
+    python models/build_models.py --opset 17 --out /tmp/m17
+
+Only numpy and ``onnx.helper`` are used (no torch).  The output is deterministic:
+every model draws its weights from its own ``np.random.default_rng(seed)``, the
+producer name is fixed, nothing records a time or a path, and the IR version is
+the smallest one that the chosen opset needs.  Running the script twice gives
+byte-identical files.
+
+Weights are drawn with ``Generator.random()`` (uniform in [0, 1)), which maps the
+raw PCG64 stream to floats in the simplest possible way, so the committed files do
+not depend on numpy's normal-distribution sampler.  Layers use He-uniform scaling
+(bound ``sqrt(6 / fan_in)``) so that activations stay O(1) for a standard-normal
+input, which keeps numerical comparisons between a model and its rewrite
+meaningful.
+
+Every builder ``<name>(opset=13) -> onnx.ModelProto`` can be imported on its own;
+``build_all(out_dir, opset=13)`` writes them all and returns ``{name: path}``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+PRODUCER_NAME = "onnx-fc2conv models/build_models.py"
+PRODUCER_VERSION = "1"
+DEFAULT_OPSET = 13
+SUPPORTED_OPSETS = (11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
+HERE = Path(__file__).resolve().parent
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Graph:
+    """A small accumulator for nodes and initializers with deterministic names."""
+
+    def __init__(self, name: str, seed: int, opset: int):
+        self.name = name
+        self.opset = opset
+        self.rng = np.random.default_rng(seed)
+        self.nodes: List[onnx.NodeProto] = []
+        self.inits: List[onnx.TensorProto] = []
+        self._count: Dict[str, int] = {}
+
+    # ---- tensors
+    def uniform(self, shape: Sequence[int], bound: float) -> np.ndarray:
+        u = self.rng.random(tuple(shape))  # float64 in [0, 1)
+        return ((2.0 * u - 1.0) * bound).astype(np.float32)
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const_f(self, name: str, value: float) -> str:
+        return self.init(name, np.array(value, dtype=np.float32))
+
+    def const_i64(self, name: str, values: Sequence[int]) -> str:
+        return self.init(name, np.array(values, dtype=np.int64))
+
+    # ---- nodes
+    def node(self, op: str, inputs: Sequence[str], prefix: str, out: Optional[str] = None,
+             **attrs) -> str:
+        """Append one node named ``<prefix>/<op>``; its output is ``out`` (a graph output
+        name) or ``<prefix>/<op>_output_0``."""
+        k = self._count.get(prefix, 0)
+        self._count[prefix] = k + 1
+        base = prefix if k == 0 else f"{prefix}_{k}"
+        output = out if out is not None else f"{base}/{op}_output_0"
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=f"{base}/{op}", **attrs))
+        return output
+
+    # ---- layers
+    def conv(self, x: str, prefix: str, c_in: int, c_out: int, k: int, pad: int) -> str:
+        fan_in = c_in * k * k
+        w = self.init(f"{prefix}.weight", self.uniform((c_out, c_in, k, k), math.sqrt(6.0 / fan_in)))
+        b = self.init(f"{prefix}.bias", self.uniform((c_out,), 1.0 / math.sqrt(fan_in)))
+        return self.node(
+            "Conv", [x, w, b], prefix,
+            kernel_shape=[k, k], pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1,
+        )
+
+    def gemm(self, x: str, prefix: str, n_in: int, n_out: int, *, weight=None, bias=None,
+             out: Optional[str] = None) -> str:
+        """PyTorch-style Linear: Gemm(x, W[out, in], b[out], transB=1)."""
+        if weight is None:
+            weight = self.uniform((n_out, n_in), math.sqrt(6.0 / n_in))
+        if bias is None:
+            bias = self.uniform((n_out,), 1.0 / math.sqrt(n_in))
+        w = self.init(f"{prefix}.weight", np.asarray(weight, dtype=np.float32))
+        b = self.init(f"{prefix}.bias", np.asarray(bias, dtype=np.float32))
+        return self.node("Gemm", [x, w, b], prefix, out=out, alpha=1.0, beta=1.0, transA=0, transB=1)
+
+    def matmul_weight(self, prefix: str, n_in: int, n_out: int, gain: float = 6.0) -> str:
+        """A MatMul right operand W[in, out] (the transpose of PyTorch's Linear weight)."""
+        return self.init(f"{prefix}.weight", self.uniform((n_in, n_out), math.sqrt(gain / n_in)))
+
+    def bias(self, prefix: str, n: int, fan_in: int) -> str:
+        return self.init(f"{prefix}.bias", self.uniform((n,), 1.0 / math.sqrt(fan_in)))
+
+    def unsqueeze(self, x: str, axes: Sequence[int], prefix: str) -> str:
+        if self.opset < 13:
+            return self.node("Unsqueeze", [x], prefix, axes=list(axes))
+        axes_name = self.const_i64(f"{prefix}.axes", axes)
+        return self.node("Unsqueeze", [x, axes_name], prefix)
+
+    def reduce_mean(self, x: str, axes: Sequence[int], prefix: str) -> str:
+        if self.opset < 18:
+            return self.node("ReduceMean", [x], prefix, axes=list(axes), keepdims=1)
+        axes_name = self.const_i64(f"{prefix}.axes", axes)
+        return self.node("ReduceMean", [x, axes_name], prefix, keepdims=1)
+
+    def dropout(self, x: str, prefix: str, ratio: float = 0.5) -> str:
+        """Inference-form Dropout: a single data input (identity at inference)."""
+        if self.opset < 12:
+            return self.node("Dropout", [x], prefix, ratio=ratio)
+        # From opset 12 on, ratio and training_mode are optional inputs; leaving both
+        # out gives the default ratio 0.5 and training_mode=False.
+        return self.node("Dropout", [x], prefix)
+
+    # ---- model
+    def model(self, inputs, outputs, doc: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, inputs, outputs, self.inits, doc_string=doc)
+        opset_id = helper.make_opsetid("", self.opset)
+        model = helper.make_model(
+            graph,
+            opset_imports=[opset_id],
+            producer_name=PRODUCER_NAME,
+            producer_version=PRODUCER_VERSION,
+            ir_version=helper.find_min_ir_version_for([opset_id]),
+        )
+        model.model_version = 1
+        model.doc_string = doc
+        return model
+
+
+def _vi(name: str, dims: Sequence) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, FLOAT, list(dims))
+
+
+def _check_opset(opset: int) -> int:
+    opset = int(opset)
+    if opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset {opset} not supported; choose one of {SUPPORTED_OPSETS}")
+    return opset
+
+
+# --------------------------------------------------------------------------- models
+
+SEED_W = np.array([[0, 1, 1], [2, 3, 5]], dtype=np.float32)  # [out=2, in=3]
+SEED_B = np.array([8, 13], dtype=np.float32)
+
+
+def seed_fc(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """x[N,3,1,1] -> Flatten -> Gemm(W=[[0,1,1],[2,3,5]], b=[8,13], transB=1) -> Relu -> y[N,2]."""
+    g = _Graph("seed_fc", seed=1, opset=_check_opset(opset))
+    h = g.node("Flatten", ["x"], "flatten", axis=1)
+    h = g.gemm(h, "fc", 3, 2, weight=SEED_W, bias=SEED_B)
+    g.node("Relu", [h], "relu", out="y")
+    return g.model(
+        [_vi("x", ["N", 3, 1, 1])], [_vi("y", ["N", 2])],
+        "Seed FC: y = ReLU(W x + b) on a [N,3,1,1] input flattened to [N,3].",
+    )
+
+
+def seed_mlp(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """x[N,3] -> Gemm(W=[[0,1,1],[2,3,5]], b=[8,13], transB=1) -> Relu -> y[N,2]."""
+    g = _Graph("seed_mlp", seed=2, opset=_check_opset(opset))
+    h = g.gemm("x", "fc", 3, 2, weight=SEED_W, bias=SEED_B)
+    g.node("Relu", [h], "relu", out="y")
+    return g.model(
+        [_vi("x", ["N", 3])], [_vi("y", ["N", 2])],
+        "Seed MLP: the same y = ReLU(W x + b) as seed_fc, on a 2-D input [N,3].",
+    )
+
+
+def lenet5(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Classic LeNet-5 on [N,1,32,32] with C5/F6/output as Gemm layers."""
+    g = _Graph("lenet5", seed=5, opset=_check_opset(opset))
+    h = g.conv("input", "conv1", 1, 6, 5, 0)                     # [N,6,28,28]
+    h = g.node("Tanh", [h], "tanh1")
+    h = g.node("AveragePool", [h], "pool1", kernel_shape=[2, 2], strides=[2, 2])   # [N,6,14,14]
+    h = g.conv(h, "conv2", 6, 16, 5, 0)                          # [N,16,10,10]
+    h = g.node("Relu", [h], "relu2")
+    h = g.node("MaxPool", [h], "pool2", kernel_shape=[2, 2], strides=[2, 2])       # [N,16,5,5]
+    h = g.node("Flatten", [h], "flatten", axis=1)                # [N,400]
+    h = g.gemm(h, "c5", 400, 120)
+    h = g.node("Relu", [h], "relu_c5")
+    h = g.gemm(h, "f6", 120, 84)
+    h = g.node("Relu", [h], "relu_f6")
+    g.gemm(h, "output", 84, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 1, 32, 32])], [_vi("logits", ["N", 10])],
+        "LeNet-5: two valid 5x5 convs with pooling to [N,16,5,5], then Flatten and "
+        "Gemm 400->120->84->10.",
+    )
+
+
+def vgg_small(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Three VGG-style blocks (3x3 conv pad 1 + Relu + MaxPool 2) then a 3-layer classifier."""
+    g = _Graph("vgg_small", seed=16, opset=_check_opset(opset))
+    h, c_in = "input", 3
+    for i, c_out in enumerate((8, 16, 32), start=1):
+        h = g.conv(h, f"features.conv{i}", c_in, c_out, 3, 1)
+        h = g.node("Relu", [h], f"features.relu{i}")
+        h = g.node("MaxPool", [h], f"features.pool{i}", kernel_shape=[2, 2], strides=[2, 2])
+        c_in = c_out
+    h = g.node("Flatten", [h], "flatten", axis=1)                # [N,512]
+    h = g.gemm(h, "classifier.fc1", 512, 64)
+    h = g.node("Relu", [h], "classifier.relu1")
+    h = g.dropout(h, "classifier.drop1")
+    h = g.gemm(h, "classifier.fc2", 64, 64)
+    h = g.node("Relu", [h], "classifier.relu2")
+    h = g.dropout(h, "classifier.drop2")
+    h = g.gemm(h, "classifier.fc3", 64, 10)
+    g.node("Softmax", [h], "softmax", out="probs", axis=1)
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("probs", ["N", 10])],
+        "Small VGG: 3 blocks (8/16/32 ch) to [N,32,4,4], Flatten, Gemm 512->64->64->10 "
+        "with inference-mode Dropout, Softmax.",
+    )
+
+
+def gap_head(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Two padded convs + MaxPool, GlobalAveragePool, Flatten, Gemm 16->10."""
+    g = _Graph("gap_head", seed=7, opset=_check_opset(opset))
+    h = g.conv("input", "conv1", 3, 8, 3, 1)
+    h = g.node("Relu", [h], "relu1")
+    h = g.conv(h, "conv2", 8, 16, 3, 1)
+    h = g.node("Relu", [h], "relu2")
+    h = g.node("MaxPool", [h], "pool", kernel_shape=[2, 2], strides=[2, 2])        # [N,16,16,16]
+    h = g.node("GlobalAveragePool", [h], "gap")                   # [N,16,1,1]
+    h = g.node("Flatten", [h], "flatten", axis=1)                 # [N,16]
+    g.gemm(h, "fc", 16, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("logits", ["N", 10])],
+        "Global-average-pool head: [N,16,1,1] -> Flatten -> Gemm 16->10.",
+    )
+
+
+def torch_view_head(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Conv features, then PyTorch's exported ``x.view(x.size(0), -1)`` and two Gemms.
+
+    The shape subgraph uses Constant nodes, as torch.onnx.export writes it:
+    Shape -> Gather(0, axis 0) -> Unsqueeze([0]) -> Concat(.., [-1]) -> Reshape.
+    """
+    opset = _check_opset(opset)
+    g = _Graph("torch_view_head", seed=11, opset=opset)
+    h = g.conv("input", "conv", 3, 8, 3, 1)
+    h = g.node("Relu", [h], "relu")
+    h = g.node("MaxPool", [h], "pool", kernel_shape=[4, 4], strides=[4, 4])        # [N,8,4,4]
+    shape = g.node("Shape", [h], "view.shape")
+    idx = g.node("Constant", [], "view.index",
+                 value=numpy_helper.from_array(np.array(0, dtype=np.int64), "view.index"))
+    n = g.node("Gather", [shape, idx], "view.gather", axis=0)    # scalar N
+    n1 = g.unsqueeze(n, [0], "view.unsqueeze")                  # [1]
+    minus1 = g.node("Constant", [], "view.minus_one",
+                    value=numpy_helper.from_array(np.array([-1], dtype=np.int64), "view.minus_one"))
+    target = g.node("Concat", [n1, minus1], "view.concat", axis=0)  # [N, -1]
+    h = g.node("Reshape", [h, target], "view.reshape")          # [N,128]
+    h = g.gemm(h, "fc1", 128, 32)
+    h = g.node("Relu", [h], "relu_fc1")
+    g.gemm(h, "fc2", 32, 5, out="out")
+    return g.model(
+        [_vi("input", ["N", 3, 16, 16])], [_vi("out", ["N", 5])],
+        "PyTorch-style view head: Shape/Gather/Unsqueeze/Concat/Reshape flattening "
+        "[N,8,4,4] to [N,128], then Gemm 128->32->5.",
+    )
+
+
+def matmul_add_head(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Conv features, Reshape([0,-1]), then FC layers written as MatMul + Add."""
+    g = _Graph("matmul_add_head", seed=13, opset=_check_opset(opset))
+    h = g.conv("input", "conv", 4, 8, 3, 1)                      # [N,8,6,6]
+    h = g.node("Relu", [h], "relu")
+    shape = g.const_i64("flatten.shape", [0, -1])
+    h = g.node("Reshape", [h, shape], "flatten")                 # [N,288]
+    w1 = g.matmul_weight("fc1", 288, 16)
+    h = g.node("MatMul", [h, w1], "fc1.matmul")
+    b1 = g.bias("fc1", 16, 288)
+    h = g.node("Add", [b1, h], "fc1.add")                        # bias is the FIRST operand
+    h = g.node("Relu", [h], "relu_fc1")
+    w2 = g.matmul_weight("fc2", 16, 3)
+    h = g.node("MatMul", [h, w2], "fc2.matmul")
+    b2 = g.bias("fc2", 3, 16)
+    g.node("Add", [h, b2], "fc2.add", out="scores")            # bias is the SECOND operand
+    return g.model(
+        [_vi("input", ["N", 4, 6, 6])], [_vi("scores", ["N", 3])],
+        "MatMul+Add head: Reshape [0,-1] to [N,288], MatMul [288,16] + Add(b, x), Relu, "
+        "MatMul [16,3] + Add(x, b).",
+    )
+
+
+def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A small post-LN BERT encoder layer (hidden 32, 4 heads of 8, FFN 64) on [B,T,32]."""
+    opset = _check_opset(opset)
+    g = _Graph("bert_layer", seed=32, opset=opset)
+    d_model, n_heads, d_head, d_ff = 32, 4, 8, 64
+    eps = 1e-5
+
+    def layer_norm(x: str, prefix: str, out: Optional[str] = None) -> str:
+        gamma = g.init(f"{prefix}.weight", (1.0 + g.uniform((d_model,), 0.1)).astype(np.float32))
+        beta = g.init(f"{prefix}.bias", g.uniform((d_model,), 0.1))
+        if opset >= 17:
+            return g.node("LayerNormalization", [x, gamma, beta], prefix, out=out,
+                          axis=-1, epsilon=eps)
+        mean = g.reduce_mean(x, [-1], f"{prefix}.mean")
+        d = g.node("Sub", [x, mean], f"{prefix}.sub")
+        two = g.const_f(f"{prefix}.two", 2.0)
+        sq = g.node("Pow", [d, two], f"{prefix}.pow")
+        var = g.reduce_mean(sq, [-1], f"{prefix}.var")
+        e = g.const_f(f"{prefix}.eps", eps)
+        var = g.node("Add", [var, e], f"{prefix}.add_eps")
+        std = g.node("Sqrt", [var], f"{prefix}.sqrt")
+        nrm = g.node("Div", [d, std], f"{prefix}.div")
+        y = g.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
+        return g.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
+
+    def linear(x: str, prefix: str, n_in: int, n_out: int, gain: float) -> str:
+        w = g.matmul_weight(prefix, n_in, n_out, gain=gain)
+        y = g.node("MatMul", [x, w], f"{prefix}.matmul")
+        b = g.bias(prefix, n_out, n_in)
+        return g.node("Add", [y, b], f"{prefix}.add")
+
+    heads_shape = g.const_i64("attention.heads_shape", [0, 0, n_heads, d_head])
+    merge_shape = g.const_i64("attention.merge_shape", [0, 0, d_model])
+
+    x = "hidden"
+    q = linear(x, "attention.query", d_model, d_model, 3.0)
+    k = linear(x, "attention.key", d_model, d_model, 3.0)
+    v = linear(x, "attention.value", d_model, d_model, 3.0)
+    q = g.node("Reshape", [q, heads_shape], "attention.query.split_heads")   # [B,T,4,8]
+    k = g.node("Reshape", [k, heads_shape], "attention.key.split_heads")
+    v = g.node("Reshape", [v, heads_shape], "attention.value.split_heads")
+    q = g.node("Transpose", [q], "attention.query.transpose", perm=[0, 2, 1, 3])  # [B,4,T,8]
+    kt = g.node("Transpose", [k], "attention.key.transpose", perm=[0, 2, 3, 1])   # [B,4,8,T]
+    v = g.node("Transpose", [v], "attention.value.transpose", perm=[0, 2, 1, 3])  # [B,4,T,8]
+    s = g.node("MatMul", [q, kt], "attention.scores")            # [B,4,T,T]
+    scale = g.const_f("attention.scale", math.sqrt(d_head))
+    s = g.node("Div", [s, scale], "attention.scale")
+    p = g.node("Softmax", [s], "attention.softmax", axis=-1)
+    c = g.node("MatMul", [p, v], "attention.context")            # [B,4,T,8]
+    c = g.node("Transpose", [c], "attention.context.transpose", perm=[0, 2, 1, 3])  # [B,T,4,8]
+    c = g.node("Reshape", [c, merge_shape], "attention.context.merge_heads")      # [B,T,32]
+    a = linear(c, "attention.output", d_model, d_model, 3.0)
+    a = g.node("Add", [a, x], "attention.residual")
+    a = layer_norm(a, "attention.layer_norm")
+
+    f = linear(a, "ffn.intermediate", d_model, d_ff, 6.0)
+    sqrt2 = g.const_f("ffn.gelu.sqrt2", 1.4142135)
+    one = g.const_f("ffn.gelu.one", 1.0)
+    half = g.const_f("ffn.gelu.half", 0.5)
+    t = g.node("Div", [f, sqrt2], "ffn.gelu.div")
+    t = g.node("Erf", [t], "ffn.gelu.erf")
+    t = g.node("Add", [t, one], "ffn.gelu.add")
+    t = g.node("Mul", [f, t], "ffn.gelu.mul")
+    t = g.node("Mul", [t, half], "ffn.gelu.mul_half")
+    f = linear(t, "ffn.output", d_ff, d_model, 3.0)
+    f = g.node("Add", [f, a], "ffn.residual")
+    layer_norm(f, "ffn.layer_norm", out="out")
+    return g.model(
+        [_vi("hidden", ["B", "T", d_model])], [_vi("out", ["B", "T", d_model])],
+        "Small BERT encoder layer: Q/K/V/output projections and a 32->64->32 erf-GELU FFN, "
+        "all as MatMul with a constant [in,out] weight + Add bias on 3-D [B,T,C] tensors; "
+        f"LayerNormalization is {'native' if opset >= 17 else 'decomposed (opset < 17)'}.",
+    )
+
+
+BUILDERS: Dict[str, Callable[[int], onnx.ModelProto]] = {
+    "seed_fc": seed_fc,
+    "seed_mlp": seed_mlp,
+    "lenet5": lenet5,
+    "vgg_small": vgg_small,
+    "gap_head": gap_head,
+    "torch_view_head": torch_view_head,
+    "matmul_add_head": matmul_add_head,
+    "bert_layer": bert_layer,
+}
+
+
+def build_all(out_dir=HERE, opset: int = DEFAULT_OPSET, check: bool = True) -> Dict[str, Path]:
+    """Write every model to ``out_dir/<name>.onnx``; return ``{name: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: Dict[str, Path] = {}
+    for name, builder in BUILDERS.items():
+        model = builder(opset)
+        if check:
+            onnx.checker.check_model(model, full_check=True)
+        path = out / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString(deterministic=True))
+        paths[name] = path
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX default-domain opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="output folder (default: the folder holding this script)")
+    args = parser.parse_args(argv)
+    paths = build_all(args.out, args.opset)
+    for name, path in paths.items():
+        print(f"{path}  {path.stat().st_size:>8d} bytes  opset {args.opset}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The example models in models/ build, check, run, and are reproducible byte for byte."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "models"
+SCRIPT = MODELS_DIR / "build_models.py"
+OPSETS = (11, 13, 17)
+BATCH = 2
+SEQ = 5  # value for the symbolic token axis "T" of bert_layer
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("fc2conv_example_build_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bm = _load_builder()
+NAMES = list(bm.BUILDERS)
+
+# name -> (input name, input shape with symbols, output name, output shape with symbols)
+EXPECTED_IO = {
+    "seed_fc": ("x", ["N", 3, 1, 1], "y", ["N", 2]),
+    "seed_mlp": ("x", ["N", 3], "y", ["N", 2]),
+    "lenet5": ("input", ["N", 1, 32, 32], "logits", ["N", 10]),
+    "vgg_small": ("input", ["N", 3, 32, 32], "probs", ["N", 10]),
+    "gap_head": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "torch_view_head": ("input", ["N", 3, 16, 16], "out", ["N", 5]),
+    "matmul_add_head": ("input", ["N", 4, 6, 6], "scores", ["N", 3]),
+    "bert_layer": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
+}
+
+# name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
+EXPECTED_FC = {
+    "seed_fc": (1, 0),
+    "seed_mlp": (1, 0),
+    "lenet5": (3, 0),
+    "vgg_small": (3, 0),
+    "gap_head": (1, 0),
+    "torch_view_head": (2, 0),
+    "matmul_add_head": (0, 2),
+    "bert_layer": (0, 6),
+}
+
+
+def _dims(value_info):
+    return [d.dim_param if d.dim_param else d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _concrete(shape):
+    sizes = {"N": BATCH, "B": BATCH, "T": SEQ}
+    return [sizes[d] if isinstance(d, str) else d for d in shape]
+
+
+def _session(model_or_path, optimize=True):
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model_or_path if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(str(src) if isinstance(src, Path) else src, so,
+                                providers=["CPUExecutionProvider"])
+
+
+def _random_input(name, seed=0):
+    shape = _concrete(EXPECTED_IO[name][1])
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _run(model_or_path, name, x, optimize=True):
+    sess = _session(model_or_path, optimize)
+    (out,) = sess.run(None, {EXPECTED_IO[name][0]: x})
+    return out
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """{opset: {name: path}} for every opset in OPSETS, built into a temp dir."""
+    return {op: bm.build_all(tmp_path_factory.mktemp(f"opset{op}"), opset=op) for op in OPSETS}
+
+
+def test_builders_cover_the_expected_models():
+    assert NAMES == list(EXPECTED_IO)
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("name", NAMES)
+def test_model_checks_and_runs(built, name, opset):
+    path = built[opset][name]
+    assert path.name == f"{name}.onnx" and path.is_file()
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
+    assert model.ir_version == helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    assert model.producer_name == "onnx-fc2conv models/build_models.py"
+
+    in_name, in_shape, out_name, out_shape = EXPECTED_IO[name]
+    assert [i.name for i in model.graph.input] == [in_name]
+    assert [o.name for o in model.graph.output] == [out_name]
+    assert _dims(model.graph.input[0]) == in_shape
+    assert _dims(model.graph.output[0]) == out_shape
+    for vi in (*model.graph.input, *model.graph.output):
+        assert vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    for t in model.graph.initializer:
+        assert t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64), t.name
+
+    n_gemm = sum(n.op_type == "Gemm" for n in model.graph.node)
+    init_names = {t.name for t in model.graph.initializer}
+    n_const_matmul = sum(n.op_type == "MatMul" and n.input[1] in init_names for n in model.graph.node)
+    assert (n_gemm, n_const_matmul) == EXPECTED_FC[name]
+
+    y = _run(path, name, _random_input(name))
+    assert y.dtype == np.float32
+    assert list(y.shape) == _concrete(out_shape)
+    assert np.all(np.isfinite(y))
+    if name == "vgg_small":
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+        assert y.min() >= 0.0
+    elif not name.startswith("seed_"):
+        # He-style init keeps the outputs O(1): neither vanishing nor exploding.
+        assert 0.05 < float(y.std()) < 20.0, float(y.std())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_function_at_every_opset(built, name):
+    """Each opset variant uses the same weights and computes the same function."""
+    x = _random_input(name, seed=1)
+    ref = _run(built[13][name], name, x, optimize=False)
+    for opset in OPSETS:
+        got = _run(built[opset][name], name, x, optimize=False)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=f"opset {opset}")
+
+
+def test_committed_files_match_a_fresh_build(tmp_path):
+    fresh = bm.build_all(tmp_path, opset=13)
+    committed = sorted(p.name for p in MODELS_DIR.glob("*.onnx"))
+    assert committed == sorted(p.name for p in fresh.values())
+    for name, path in fresh.items():
+        assert (MODELS_DIR / path.name).read_bytes() == path.read_bytes(), (
+            f"models/{path.name} is stale: rerun python models/build_models.py")
+    assert sum((MODELS_DIR / p).stat().st_size for p in committed) < 2_000_000
+
+
+def test_cli_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        subprocess.run([sys.executable, str(SCRIPT), "--opset", "11", "--out", str(out)],
+                       check=True, capture_output=True)
+    via_api = bm.build_all(tmp_path / "api", opset=11)
+    for name in NAMES:
+        data = (a / f"{name}.onnx").read_bytes()
+        assert data == (b / f"{name}.onnx").read_bytes()
+        assert data == via_api[name].read_bytes()
+        assert onnx.load_from_string(data).opset_import[0].version == 11
+
+
+def test_builders_return_model_protos_equal_to_files(built):
+    for name, builder in bm.BUILDERS.items():
+        model = builder(17)
+        assert isinstance(model, onnx.ModelProto)
+        assert model.SerializeToString(deterministic=True) == built[17][name].read_bytes()
+
+
+def test_bad_opset_is_rejected():
+    with pytest.raises(ValueError):
+        bm.seed_fc(9)
+
+
+# --------------------------------------------------------------------------- seed models
+
+
+@pytest.mark.parametrize("name", ["seed_fc", "seed_mlp"])
+def test_seed_weights_and_values(name):
+    model = bm.BUILDERS[name](13)
+    (gemm,) = [n for n in model.graph.node if n.op_type == "Gemm"]
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    assert attrs.get("transB") == 1 and attrs.get("transA", 0) == 0
+    assert attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+    inits = _inits(model)
+    w, b = inits[gemm.input[1]], inits[gemm.input[2]]
+    assert w.dtype == np.float32 and w.shape == (2, 3)
+    assert w.tolist() == [[0, 1, 1], [2, 3, 5]]
+    assert b.tolist() == [8, 13]
+    assert [n.op_type for n in model.graph.node] == (
+        ["Flatten", "Gemm", "Relu"] if name == "seed_fc" else ["Gemm", "Relu"])
+
+    x = np.array([[1, 2, 3], [-10, -10, -10]], dtype=np.float32)
+    if name == "seed_fc":
+        x = x.reshape(2, 3, 1, 1)
+    y = _run(model, name, x)
+    # [1,2,3]: W x + b = [0+2+3+8, 2+6+15+13] = [13, 36]; [-10]*3: [-12, -87] -> ReLU 0
+    np.testing.assert_array_equal(y, np.array([[13, 36], [0, 0]], dtype=np.float32))
+
+
+def test_seed_fc_file_weight_is_exact():
+    model = onnx.load(str(MODELS_DIR / "seed_fc.onnx"))
+    (gemm,) = [n for n in model.graph.node if n.op_type == "Gemm"]
+    w = _inits(model)[gemm.input[1]]
+    np.testing.assert_array_equal(w, np.array([[0, 1, 1], [2, 3, 5]], dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_torch_view_head_shape_subgraph(opset):
+    model = bm.torch_view_head(opset)
+    ops = _ops(model)
+    i = ops.index("Shape")
+    assert ops[i:i + 6] == ["Shape", "Constant", "Gather", "Unsqueeze", "Constant", "Concat"]
+    assert ops[i + 6] == "Reshape"
+    (unsq,) = [n for n in model.graph.node if n.op_type == "Unsqueeze"]
+    attr_axes = [helper.get_attribute_value(a) for a in unsq.attribute if a.name == "axes"]
+    if opset < 13:
+        assert len(unsq.input) == 1 and attr_axes == [[0]]
+    else:
+        assert len(unsq.input) == 2 and not attr_axes
+        assert _inits(model)[unsq.input[1]].tolist() == [0]
+    (gather,) = [n for n in model.graph.node if n.op_type == "Gather"]
+    idx = [n for n in model.graph.node if n.output[0] == gather.input[1]][0]
+    assert numpy_helper.to_array(idx.attribute[0].t).shape == ()  # scalar index -> scalar N
+    # The Reshape really is batch-preserving at another batch size.
+    x = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    assert _session(model).run(None, {"input": x})[0].shape == (3, 5)
+
+
+def test_matmul_add_head_bias_operand_order():
+    model = bm.matmul_add_head(13)
+    inits = _inits(model)
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 2
+    assert adds[0].input[0] in inits and adds[0].input[1] not in inits  # Add(b, x)
+    assert adds[1].input[1] in inits and adds[1].input[0] not in inits  # Add(x, b)
+    (reshape,) = [n for n in model.graph.node if n.op_type == "Reshape"]
+    assert inits[reshape.input[1]].tolist() == [0, -1]
+    shapes = [inits[n.input[1]].shape for n in model.graph.node if n.op_type == "MatMul"]
+    assert shapes == [(288, 16), (16, 3)]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_bert_layer_structure(opset):
+    model = bm.bert_layer(opset)
+    ops = _ops(model)
+    if opset >= 17:
+        assert ops.count("LayerNormalization") == 2 and "ReduceMean" not in ops
+    else:
+        assert "LayerNormalization" not in ops and ops.count("ReduceMean") == 4
+    assert ops.count("Erf") == 1 and ops.count("Softmax") == 1
+    assert ops.count("MatMul") == 8  # 6 with a constant weight + Q.K^T + P.V
+    inits = _inits(model)
+    const_shapes = sorted(inits[n.input[1]].shape for n in model.graph.node
+                          if n.op_type == "MatMul" and n.input[1] in inits)
+    assert const_shapes == sorted([(32, 32)] * 4 + [(32, 64), (64, 32)])
+
+
+def _bert_reference(model, x):
+    """A numpy BERT layer fed with the model's own initializers."""
+    p = _inits(model)
+
+    def lin(h, name):
+        return h @ p[f"{name}.weight"].astype(np.float64) + p[f"{name}.bias"]
+
+    def ln(h, name):
+        mu = h.mean(-1, keepdims=True)
+        var = ((h - mu) ** 2).mean(-1, keepdims=True)
+        return (h - mu) / np.sqrt(var + 1e-5) * p[f"{name}.weight"] + p[f"{name}.bias"]
+
+    def heads(h):
+        b, t, _ = h.shape
+        return h.reshape(b, t, 4, 8).transpose(0, 2, 1, 3)
+
+    x = x.astype(np.float64)
+    q, k, v = (heads(lin(x, f"attention.{n}")) for n in ("query", "key", "value"))
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(8)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    c = (s @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+    a = ln(lin(c, "attention.output") + x, "attention.layer_norm")
+    f = lin(a, "ffn.intermediate")
+    erf = np.vectorize(math.erf)
+    f = f * 0.5 * (1.0 + erf(f / math.sqrt(2.0)))
+    return ln(lin(f, "ffn.output") + a, "ffn.layer_norm")
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_bert_layer_matches_numpy_reference(opset):
+    model = bm.bert_layer(opset)
+    x = _random_input("bert_layer", seed=4)
+    got = _run(model, "bert_layer", x, optimize=False)
+    np.testing.assert_allclose(got, _bert_reference(model, x), rtol=1e-4, atol=1e-4)
