@@ -1,0 +1,75 @@
+"""The digits heatmap demo (demo/run_demo.py): classifier quality, and the converted
+model's score map against the original classifier run on every 8x8 crop."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo"))
+
+import digits_demo as dd  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return dd.build(max_iter=60)  # ~2 s on 2 cores
+
+
+@pytest.fixture(scope="module")
+def canvas(trained):
+    return dd.make_canvas(trained.x_test, trained.y_test)
+
+
+def test_classifier_held_out_accuracy(trained):
+    assert trained.digit_acc > 0.9, trained.digit_acc
+    assert trained.bg_acc > 0.9, trained.bg_acc
+    assert trained.acc > 0.9, trained.acc
+
+
+def test_exported_graph_is_flatten_then_gemms(trained):
+    m = trained.model
+    assert [n.op_type for n in m.graph.node] == ["Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm"]
+    assert m.graph.input[0].name == "image" and dd.shape_str(m.graph.input[0]) == "[N, 1, 8, 8]"
+    assert m.graph.output[0].name == "logits" and dd.shape_str(m.graph.output[0]) == "[N, 11]"
+    # the ONNX graph computes what sklearn computes
+    x = trained.x_test[:50]
+    got = dd.predict(dd.session(m), x).argmax(1)
+    np.testing.assert_array_equal(got, trained.clf.predict(x.reshape(len(x), -1)))
+
+
+def test_reference_sliding_window_finds_the_digits(trained, canvas):
+    img, truth = canvas
+    sess = dd.session(trained.model)
+    ref = dd.reference_map(sess, img)
+    assert ref.shape == (1, dd.N_CLASSES, 25, 41)
+    np.testing.assert_allclose(ref, dd.reference_map(sess, img, batched=False), atol=1e-5)
+    correct, missed, false_pos = dd.match(dd.detect(ref), truth)
+    assert len(correct) >= len(truth) - 1, (correct, missed)
+    assert len(false_pos) <= 1, false_pos
+
+
+def test_converted_model_equals_crop_by_crop(trained, canvas, tmp_path):
+    mod = pytest.importorskip("onnx_fc2conv")
+    convert = getattr(mod, "convert", None)
+    if convert is None:
+        pytest.skip("onnx_fc2conv.convert is not there yet")
+    import onnx
+
+    src = tmp_path / "digits_classifier.onnx"
+    onnx.save(trained.model, str(src))
+    result = convert(str(src))
+    assert isinstance(result.report.render_text(), str)
+    assert dd.describe_fcn(result.model) == []
+
+    img, truth = canvas
+    ref = dd.reference_map(dd.session(trained.model), img)
+    got = dd.fcn_map(dd.session(result.model), img)
+    assert got.shape == ref.shape == (1, dd.N_CLASSES, 25, 41)
+    assert np.abs(got - ref).max() <= 1e-4
+    correct, missed, false_pos = dd.match(dd.detect(got), truth)
+    assert len(correct) >= len(truth) - 1, (correct, missed)
