@@ -1,0 +1,88 @@
+"""The command line: a thin click layer over :func:`onnx_fc2conv.convert`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import Fc2ConvError, UsageError, VerificationFailed
+from .pipeline import convert
+from .rules import RULE_NAMES
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple]:
+    """``NAME:1x3x224x224`` (``?`` keeps a dim symbolic). The name may itself contain ``:``."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name or not dims:
+        raise UsageError(f"--input-shape {text!r}: expected NAME:DIMS, e.g. images:1x3x224x224")
+    parsed = []
+    for d in dims.lower().split("x"):
+        if d == "?":
+            parsed.append(None)
+        elif d.isdigit() and int(d) > 0:
+            parsed.append(int(d))
+        else:
+            raise UsageError(f"--input-shape {text!r}: {d!r} is not a positive size or '?'")
+    return name, tuple(parsed)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--keep-output-shape", is_flag=True,
+              help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
+@click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
+              show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
+@click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
+@click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+              help="Shape of an input for verification and for symbolic feature maps, e.g. x:1x3x224x224.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
+@click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
+              help="Turn a rule off (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every check and the inputs used.")
+@click.version_option(__version__, prog_name="onnx-fc2conv")
+def main(in_path, out_path, keep_output_shape, no_verify, providers, rtol, atol, input_shapes, report_json,
+         skip_rules, quiet, verbose):
+    """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
+    with ONNX Runtime, and write the result to OUT.
+
+    By default the Flatten in front of each FC head is removed, so the model takes any input at
+    least as large as the original and returns one output per window. IN is never modified; OUT is
+    written only when verification passes.
+
+    Exit codes: 0 converted (or nothing to convert), 1 verification failed, 2 bad input or usage.
+    """
+    try:
+        shapes = dict(parse_input_shape(s) for s in input_shapes)
+        result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
+                         input_shapes=shapes, verify=not no_verify, providers=providers, rtol=rtol, atol=atol)
+    except VerificationFailed as exc:
+        if exc.result is not None and not quiet:
+            click.echo(exc.result.report.render_text(verbose=True))
+        _write_json(report_json, exc.result.report if exc.result is not None else None)
+        _fail(f"{exc}; {out_path} not written", exc.exit_code)
+    except Fc2ConvError as exc:
+        _fail(str(exc), exc.exit_code)
+    if not quiet:
+        click.echo(result.report.render_text(verbose=verbose))
+        click.echo(f"wrote {out_path}")
+    _write_json(report_json, result.report)
+
+
+def _write_json(path: Path | None, report) -> None:
+    if path is not None and report is not None:
+        path.write_text(report.to_json() + "\n")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"onnx-fc2conv: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,44 @@
+"""Typed errors. Every error the tool raises on purpose is a :class:`Fc2ConvError`.
+
+The CLI maps them to exit codes: :class:`VerificationFailed` and :class:`CouldNotVerify` exit 1
+(the rewrite could not be proven, nothing is written); every other error exits 2 (bad input or usage).
+"""
+from __future__ import annotations
+
+
+class Fc2ConvError(Exception):
+    """Base class of every error onnx-fc2conv raises on purpose."""
+
+    exit_code = 2
+
+
+class InvalidModelError(Fc2ConvError):
+    """The input is not a model the tool can read: missing, truncated, not ONNX, invalid graph."""
+
+
+class UnsafeModelError(InvalidModelError):
+    """The model refers to files outside its own folder (external data path traversal)."""
+
+
+class OutputError(Fc2ConvError):
+    """The output cannot be written where asked (missing folder, OUT == IN, ...)."""
+
+
+class UsageError(Fc2ConvError):
+    """An option value is malformed (e.g. ``--input-shape``)."""
+
+
+class VerificationFailed(Fc2ConvError):
+    """The converted model does not compute what the original computes. Carries ``.result``."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class CouldNotVerify(Fc2ConvError):
+    """The original model itself cannot run on the inputs the verifier made: no proof is possible."""
+
+    exit_code = 1

@@ -1,0 +1,290 @@
+"""A read-mostly index over an ONNX graph: who produces and who reads each tensor, its inferred
+shape, and its value when it is a constant.
+
+The rules only ask questions of this index and describe edits; the pipeline applies the edits.
+It works on the protobuf directly rather than through onnx-graphsurgeon, because importing and
+exporting a large model through graphsurgeon costs several times a plain load+save (see
+benchmarks/README.md), and a rewrite touches a handful of nodes.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+Dim = int | str | None  # static size, symbolic name, or unknown
+
+# Initializers larger than this are not copied into the shape-inference skeleton; they are declared
+# as typed graph inputs instead, which is all shape inference needs of a weight.
+_SKELETON_MAX_BYTES = 1 << 16
+# Constant values up to this size are cached; larger ones (weights) are read on demand.
+_CACHE_MAX_BYTES = 1 << 20
+
+# Ops folded when every input is a constant, so weights written as e.g. Reshape(initializer) or
+# ConstantOfShape (Caffe2) are still recognised as constants.
+FOLDABLE_OPS = frozenset({
+    "Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat",
+    "ConstantOfShape", "Gather", "Slice", "Neg", "Mul", "Add", "Sub", "Div", "Sqrt", "Reciprocal",
+})
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and domain in ("", "ai.onnx") or imp.domain == domain:
+            return imp.version
+    return 0
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def outer_names_read(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads that it does not define itself: its outer-scope references."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(n for n in node.input if n)
+        for sub in subgraphs(node):
+            read.update(outer_names_read(sub))
+        defined.update(node.output)
+    read.update(o.name for o in graph.output)
+    return read - defined
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus the outer-scope names its subgraphs (If/Loop/Scan bodies) read."""
+    names = [n for n in node.input if n]
+    for sub in subgraphs(node):
+        names.extend(sorted(outer_names_read(sub)))
+    return names
+
+
+def rename_input(node: onnx.NodeProto, old: str, new: str) -> None:
+    """Make ``node`` read ``new`` where it read ``old``, inside its subgraphs too."""
+    for i, name in enumerate(node.input):
+        if name == old:
+            node.input[i] = new
+    for sub in subgraphs(node):
+        if old in outer_names_read(sub):
+            for inner in sub.node:
+                rename_input(inner, old, new)
+            for out in sub.output:
+                if out.name == old:
+                    out.name = new
+
+
+def value_dims(vi: onnx.ValueInfoProto) -> tuple[int, tuple[Dim, ...] | None]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return t.elem_type, None
+    dims: list[Dim] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return t.elem_type, tuple(dims)
+
+
+def skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` without the payload of its large initializers (declared as inputs).
+
+    Shape inference and the structural checker only need types and shapes of weights; copying a
+    500 MB model to infer shapes would double the tool's memory.
+    """
+    g = model.graph
+    sk = onnx.ModelProto()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    sg = sk.graph
+    sg.name = g.name
+    sg.node.extend(g.node)
+    sg.output.extend(g.output)
+    input_names = {i.name for i in g.input}
+    for inp in g.input:
+        new = sg.input.add()
+        new.CopyFrom(inp)
+        if input_shapes and inp.name in input_shapes:
+            set_shape(new, input_shapes[inp.name])
+    for init in g.initializer:
+        if init.ByteSize() <= _SKELETON_MAX_BYTES:
+            sg.initializer.append(init)
+        elif init.name not in input_names:
+            sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return sk
+
+
+def set_shape(vi: onnx.ValueInfoProto, dims: Iterable[Dim]) -> None:
+    shape = vi.type.tensor_type.shape
+    shape.ClearField("dim")
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+
+
+def infer_value_types(model: onnx.ModelProto, input_shapes=None) -> dict[str, tuple[int, tuple[Dim, ...] | None]]:
+    """Element type and shape of every top-level tensor that shape inference can type."""
+    sk = skeleton(model, input_shapes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is a best effort; rules skip what stays unknown
+        inferred = sk
+    g = inferred.graph
+    types: dict[str, tuple[int, tuple[Dim, ...] | None]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        elem, dims = value_dims(vi)
+        if vi.name not in types or (types[vi.name][1] is None and dims is not None):
+            types[vi.name] = (elem, dims)
+    for init in g.initializer:
+        types[init.name] = (init.data_type, tuple(init.dims))
+    return types
+
+
+class GraphIndex:
+    """Producers, consumers, shapes and constant values of one model's top-level graph."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None):
+        self.model = model
+        self.graph = model.graph
+        self.opset = opset_version(model)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for name in dict.fromkeys(node_inputs(node)):
+                self.consumers[name].append(node)
+        self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
+        self.graph_outputs = [o.name for o in self.graph.output]
+        self.types = infer_value_types(model, input_shapes)
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self._used_names = set(self.producer) | set(self.consumers) | set(self.initializers)
+        self._used_names.update(n.name for n in self.graph.node)
+        self._used_names.update(self.graph_inputs)
+
+    # ---- shapes -------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        return self.types.get(name, (0, None))[1]
+
+    def dtype(self, name: str) -> int:
+        return self.types.get(name, (0, None))[0]
+
+    def static_dims(self, name: str) -> tuple[int, ...] | None:
+        dims = self.shape(name)
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return None
+        return tuple(dims)  # type: ignore[arg-type]
+
+    # ---- constants ----------------------------------------------------------------------------
+    def is_constant(self, name: str) -> bool:
+        return self.constant(name) is not None
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is known without running the model, else None."""
+        if not name:
+            return None
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value = self._evaluate_constant(name)
+        if value is not None and value.nbytes <= _CACHE_MAX_BYTES:
+            self._const_cache[name] = value
+        elif value is None:
+            self._const_cache[name] = None
+        return value
+
+    def _evaluate_constant(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            return _constant_node_value(node)
+        if node.op_type not in FOLDABLE_OPS:
+            return None
+        values = [self.constant(i) if i else None for i in node.input]
+        if any(v is None for i, v in zip(node.input, values) if i):
+            return None
+        return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
+
+    # ---- walking ------------------------------------------------------------------------------
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        readers = self.consumers.get(name, [])
+        if len(readers) == 1 and name not in self.graph_outputs:
+            return readers[0]
+        return None
+
+    def skip_passthrough(self, name: str) -> str:
+        """Walk up through Identity and inference Dropout, which do not change values."""
+        node = self.producer.get(name)
+        while node is not None and node.op_type in ("Identity", "Dropout") and node.output[0] == name:
+            name = node.input[0]
+            node = self.producer.get(name)
+        return name
+
+    def fresh_name(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._used_names:
+            name, k = f"{base}_{k}", k + 1
+        self._used_names.add(name)
+        return name
+
+    def initializer_users(self, name: str) -> int:
+        return len(self.consumers.get(name, []))
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs with onnx's reference runtime, at the model's opset."""
+    from onnx.reference import ReferenceEvaluator
+
+    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in zip(node.input, values) if name]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    g = helper.make_graph([node], "fold", [], outputs, initializer=inits)
+    m = helper.make_model(g, opset_imports=list(opset_import))
+    return [np.asarray(v) for v in ReferenceEvaluator(m).run(None, {})]

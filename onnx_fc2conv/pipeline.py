@@ -1,0 +1,415 @@
+"""The conversion, top to bottom: load -> find FC chains -> apply rules -> clean up -> check -> save.
+
+:func:`convert` is the whole story; each step below it is one function.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from . import __version__
+from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
+from .graph import GraphIndex, attr, node_inputs, opset_version, rename_input, set_shape, skeleton, value_dims
+from .modelio import PathLike, load_model, save_model
+from .report import ConversionReport, NodeReport, OutputChange
+from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
+
+FC_OPS = ("Gemm", "MatMul")
+METADATA_KEY = "onnx_fc2conv"
+SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+@dataclass
+class Options:
+    keep_output_shape: bool = False
+    skip_rules: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class ConversionResult:
+    model: onnx.ModelProto
+    report: ConversionReport
+
+    def __bool__(self) -> bool:
+        return self.report.verification is None or bool(self.report.verification)
+
+
+@dataclass
+class Head:
+    """A converted head: the feature map it reads, its window, and the Conv that replaced it."""
+
+    feature_map: str
+    window: tuple[int, ...]
+    node: str
+
+
+def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = None, *,
+            keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
+            input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
+            rtol: float | None = None, atol: float | None = None, input_data=None,
+            seed: int = 0) -> ConversionResult:
+    """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
+
+    ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
+    result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
+    which case nothing is written to ``output_path``.
+    """
+    unknown = sorted(set(skip_rules) - set(RULE_NAMES))
+    if unknown:
+        raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
+    options = Options(keep_output_shape, tuple(skip_rules), tuple(include), tuple(exclude), dict(input_shapes or {}))
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    work = load_model(model)
+    input_passes_full_check = check_input_model(work)
+    seconds["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    report = ConversionReport(model=_model_label(model), opset=opset_version(work),
+                              mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
+    rewrite_graph(work, options, report)
+    seconds["rewrite"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    check_output_model(work, strict=input_passes_full_check)
+    seconds["check"] = time.perf_counter() - clock
+
+    result = ConversionResult(work, report)
+    if verify and report.converted:
+        from .verify import verify as run_verification
+
+        clock = time.perf_counter()
+        report.verification = run_verification(model, work, providers=providers, rtol=rtol, atol=atol,
+                                               input_shapes=options.input_shapes, input_data=input_data, seed=seed)
+        seconds["verify"] = time.perf_counter() - clock
+        if not report.verification:
+            report.seconds = seconds
+            raise VerificationFailed(report.verification.summary(), result)
+    if output_path is not None:
+        clock = time.perf_counter()
+        save_model(work, output_path)
+        seconds["save"] = time.perf_counter() - clock
+    report.seconds = seconds
+    return result
+
+
+# ---- find FC chains and apply the rules --------------------------------------------------------
+
+def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionReport) -> None:
+    """Walk the graph once in topological order, trying head rules on FC nodes and chain rules on
+    nodes that read a converted map; then finish the outputs, clean up and re-infer shapes."""
+    graph = model.graph
+    toposort(graph)
+    index = GraphIndex(model, options.input_shapes)
+    ctx = RuleContext(index, maps={}, options=options)
+    heads: list[Head] = []
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
+    removed: set[int] = set()
+    new_initializers: list[onnx.TensorProto] = []
+    flattened: dict[str, str] = {}  # map tensor -> its Flatten, for consumers that need [N, F]
+    extra_nodes: list[onnx.NodeProto] = []
+
+    for node in list(graph.node):
+        if id(node) in removed:
+            continue
+        reads_map = any(name in ctx.maps for name in node_inputs(node))
+        if not reads_map and node.op_type not in FC_OPS:
+            continue
+        outcome, rule = _first_outcome(ctx, node, "chain" if reads_map else "head", options)
+        if isinstance(outcome, Rewrite):
+            head = None
+            if outcome.feature_map is not None:
+                head = len(heads)
+                heads.append(Head(outcome.feature_map, outcome.window, node.name or node.output[0]))
+            else:
+                head = next(ctx.maps[n].head for n in node_inputs(node) if n in ctx.maps)
+            for name, rank in outcome.maps.items():
+                ctx.maps[name] = MapInfo(rank, head)
+            replaced[id(outcome.removed[0])] = outcome.new_nodes
+            removed.update(id(n) for n in outcome.removed)
+            new_initializers.extend(outcome.initializers)
+            report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
+            if outcome.kind == "fc":
+                report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "converted",
+                                               rule=rule, detail=outcome.detail))
+        elif reads_map:
+            _put_flatten_back(ctx, node, flattened, extra_nodes)
+            skip = outcome if isinstance(outcome, Skip) else Skip("fcn_blocked")
+            report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "blocked",
+                                           rule=rule, reason=skip.reason,
+                                           message=f"{skip.message}; Flatten put back before it"))
+        elif _is_fc_candidate(index, node) or outcome is not None:
+            skip = outcome if isinstance(outcome, Skip) else _default_skip(index, node)
+            report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "skipped",
+                                           rule=rule, reason=skip.reason, message=skip.message))
+
+    nodes = []
+    for node in graph.node:
+        if id(node) in replaced:
+            nodes.extend(replaced[id(node)])
+        elif id(node) not in removed:
+            nodes.append(node)
+    nodes.extend(extra_nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_initializers)
+    if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_initializers)
+    report.flattens_added = len(extra_nodes)
+
+    map_outputs = [o.name for o in graph.output if o.name in ctx.maps]
+    if options.keep_output_shape:
+        report.flattens_added += _flatten_outputs(graph, map_outputs, index)
+    report.fully_convolutional = bool(heads) and not options.keep_output_shape and not extra_nodes
+    spatial_inputs = _make_spatial_inputs_symbolic(index, graph, heads) if report.fully_convolutional else {}
+    cleanup(graph)
+    toposort(graph)
+    before = {o.name: value_dims(o)[1] for o in graph.output}
+    changed = {} if options.keep_output_shape else {o: ctx.maps[o].spatial_rank for o in map_outputs}
+    _reinfer_shapes(model, changed)
+    report.outputs = [OutputChange(o.name, _dims_list(before[o.name]), _dims_list(value_dims(o)[1]))
+                      for o in graph.output]
+    report.symbolic_inputs = {i.name: _dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
+    if heads:
+        _write_metadata(model, options, heads, ctx.maps, map_outputs, spatial_inputs)
+
+
+def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: Options):
+    """The outcome of the first rule of ``stage`` that recognises ``node``, and that rule's name."""
+    for rule in RULES:
+        if rule.stage != stage:
+            continue
+        outcome = rule.apply(ctx, node)
+        if outcome is None:
+            continue
+        if rule.name in options.skip_rules:
+            return Skip("rule_disabled", f"rule {rule.name} is turned off"), rule.name
+        if stage == "head" and isinstance(outcome, Rewrite) and not _selected(node, options):
+            return Skip("excluded", f"{node.name!r} is not selected by --include/--exclude"), rule.name
+        return outcome, rule.name
+    return None, None
+
+
+def _selected(node: onnx.NodeProto, options: Options) -> bool:
+    name = node.name or node.output[0]
+    if options.include and not any(fnmatch.fnmatchcase(name, p) for p in options.include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)
+
+
+def _is_fc_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Gemm always is; a MatMul is an FC layer only when its weight is a constant matrix."""
+    if node.op_type == "Gemm":
+        return True
+    weight = index.constant(node.input[1]) if node.op_type == "MatMul" else None
+    return weight is not None and weight.ndim == 2
+
+
+def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
+    dims = index.shape(node.input[0])
+    if node.op_type == "MatMul" and dims is not None and len(dims) >= 3:
+        return Skip("token_matmul")
+    return Skip("not_a_feature_map")
+
+
+def _put_flatten_back(ctx: RuleContext, node: onnx.NodeProto, flattened: dict, extra_nodes: list) -> None:
+    """Make ``node`` read ``Flatten(map)``: at the original size that is the [N, F] it read before."""
+    for name in dict.fromkeys(node_inputs(node)):
+        if name not in ctx.maps:
+            continue
+        if name not in flattened:
+            flat = ctx.index.fresh_name(f"{name}_flat")
+            extra_nodes.append(helper.make_node("Flatten", [name], [flat], name=ctx.index.fresh_name(f"{name}_flatten"), axis=1))
+            flattened[name] = flat
+        rename_input(node, name, flattened[name])
+
+
+def _flatten_outputs(graph: onnx.GraphProto, outputs: list[str], index: GraphIndex) -> int:
+    """Keep-output-shape mode: the map is renamed and one Flatten writes the output's own name."""
+    for name in outputs:
+        inner = index.fresh_name(f"{name}_map")
+        for node in graph.node:
+            rename_input(node, name, inner)
+            for i, out in enumerate(node.output):
+                if out == name:
+                    node.output[i] = inner
+        graph.node.append(helper.make_node("Flatten", [inner], [name], name=index.fresh_name(f"{name}_flatten"), axis=1))
+    return len(outputs)
+
+
+def _make_spatial_inputs_symbolic(index: GraphIndex, graph: onnx.GraphProto, heads: list[Head]) -> dict[str, list[int]]:
+    """Give the spatial dims of every graph input that feeds a converted head a symbolic size."""
+    ancestors = _ancestor_inputs(index, [h.feature_map for h in heads])
+    spatial: dict[str, list[int]] = {}
+    for inp in graph.input:
+        _, dims = value_dims(inp)
+        if inp.name not in ancestors or dims is None or len(dims) < 3:
+            continue
+        axes = _spatial_axes(index, inp.name, len(dims))
+        names = SPATIAL_NAMES.get(len(axes), tuple(f"dim{a}" for a in axes))
+        prefix = f"{inp.name}_" if len(ancestors) > 1 else ""
+        new_dims = list(dims)
+        for axis, dim_name in zip(axes, names):
+            new_dims[axis] = prefix + dim_name
+        set_shape(inp, new_dims)
+        spatial[inp.name] = axes
+    return spatial
+
+
+def _spatial_axes(index: GraphIndex, name: str, rank: int) -> list[int]:
+    """The input axes that become the feature map's spatial axes: 2.. for NCHW, or where a
+    Transpose straight after the input (Keras/tf2onnx NHWC models) takes them from."""
+    for reader in index.consumers.get(name, []):
+        perm = attr(reader, "perm") if reader.op_type == "Transpose" else None
+        if perm and len(perm) == rank and perm[0] == 0:
+            return sorted(perm[2:])
+    return list(range(2, rank))
+
+
+def _ancestor_inputs(index: GraphIndex, tensors: list[str]) -> set[str]:
+    seen, stack, found = set(), list(tensors), set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in index.graph_inputs:
+            found.add(name)
+        node = index.producer.get(name)
+        if node is not None:
+            stack.extend(node_inputs(node))
+    return found
+
+
+def _write_metadata(model, options, heads, maps, map_outputs, spatial_inputs) -> None:
+    """Record what the verifier needs for the sliding-window proof inside the model itself."""
+    meta = {
+        "version": __version__,
+        "mode": "keep_output_shape" if options.keep_output_shape else "fully_convolutional",
+        "heads": [{"feature_map": h.feature_map, "window": list(h.window), "node": h.node,
+                   "outputs": [o for o in map_outputs if maps[o].head == i]} for i, h in enumerate(heads)],
+        "spatial_inputs": spatial_inputs,
+    }
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+
+
+def read_metadata(model: onnx.ModelProto) -> dict | None:
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+# ---- clean up ----------------------------------------------------------------------------------
+
+def cleanup(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads (e.g. the old weights
+    and PyTorch's shape subgraph). Nodes are side-effect free in ONNX, so this is safe."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = set(outputs)
+        for node in graph.node:
+            read.update(node_inputs(node))
+        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            break
+        dead_ids = {id(n) for n in dead}
+        kept = [n for n in graph.node if id(n) not in dead_ids]
+        del graph.node[:]
+        graph.node.extend(kept)
+    unused = [t.name for t in graph.initializer if t.name not in read]
+    if unused:
+        unused_set = set(unused)
+        kept_inits = [t for t in graph.initializer if t.name not in unused_set]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_inits)
+        kept_inputs = [i for i in graph.input if i.name not in unused_set]
+        del graph.input[:]
+        graph.input.extend(kept_inputs)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so each comes after its producers, keeping the existing order where it is valid."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progress, rest = False, []
+        for node in pending:
+            if all(n in available for n in node_inputs(node)):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:
+            raise InvalidModelError(f"the graph has a cycle or reads an undefined tensor at node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# ---- shapes and checks -------------------------------------------------------------------------
+
+def _reinfer_shapes(model: onnx.ModelProto, map_outputs: dict[str, int]) -> None:
+    """Give outputs that became maps their new shape ``[N, F, <out>_h, <out>_w]``, drop value_info
+    that may be stale, and infer it again."""
+    graph = model.graph
+    del graph.value_info[:]
+    for out in graph.output:
+        if out.name in map_outputs:
+            _, dims = value_dims(out)
+            rank = map_outputs[out.name]
+            names = SPATIAL_NAMES.get(rank, tuple(f"d{i}" for i in range(rank)))
+            lead = list(dims[:2]) if dims is not None and len(dims) == 2 else [None, None]
+            set_shape(out, lead + [f"{out.name}_{n}" for n in names])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - best effort: ONNX Runtime infers shapes itself
+        return
+    outputs = {o.name for o in graph.output}
+    graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in outputs)
+
+
+def check_input_model(model: onnx.ModelProto) -> bool:
+    """Raise if the input is not a valid model; return whether it also passes ``full_check``
+    (some exporters write models that only the strict shape check rejects)."""
+    sk = skeleton(model)
+    try:
+        onnx.checker.check_model(sk)
+    except onnx.checker.ValidationError as exc:
+        raise InvalidModelError(f"the input is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
+    try:
+        onnx.checker.check_model(sk, full_check=True)
+        return True
+    except Exception:  # noqa: BLE001 - shape-inference errors come in several types
+        return False
+
+
+def check_output_model(model: onnx.ModelProto, strict: bool) -> None:
+    """``onnx.checker`` with ``full_check`` (strict shape inference) when the input passed it too."""
+    try:
+        onnx.checker.check_model(skeleton(model), full_check=strict)
+    except onnx.checker.ValidationError as exc:
+        raise Fc2ConvError(f"internal error: the rewritten model fails onnx.checker: "
+                           f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _model_label(model) -> str:
+    return str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+
+
+def _dims_list(dims) -> list | None:
+    return None if dims is None else list(dims)

@@ -1,0 +1,165 @@
+"""What a conversion did and what the verifier measured, as dataclasses rendered to text or JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+NodeStatus = Literal["converted", "skipped", "blocked"]
+
+
+@dataclass
+class NodeReport:
+    """One FC-like node (or a node where a converted path had to stop)."""
+
+    node: str
+    op: str
+    status: NodeStatus
+    rule: str | None = None
+    reason: str | None = None
+    message: str = ""
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.status == "converted":
+            return f"converted  {self.node} ({self.op}) by {self.rule}: {self.detail}"
+        tag = "skipped " if self.status == "skipped" else "blocked "
+        return f"{tag}   {self.node} ({self.op}) [{self.reason}]: {self.message}"
+
+
+@dataclass
+class OutputChange:
+    name: str
+    before: list
+    after: list
+
+
+@dataclass
+class InputSummary:
+    """An input the verifier fed, so a user can reproduce the run."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    min: float
+    max: float
+    source: str  # "random", "file", "ones", "index range", ...
+
+
+@dataclass
+class CheckResult:
+    """One comparison: an output of the converted model against the original's values."""
+
+    check: str  # "original size", "sliding window 64x64", "cuda vs cpu"
+    provider: str
+    output: str
+    passed: bool
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    needed_atol: float = 0.0  # the smallest atol that passes at the configured rtol
+    compared: int = 0  # number of values (or window positions) compared
+    note: str = ""
+
+    def line(self) -> str:
+        if self.compared == 0:
+            return f"  {self.check:<24} {self.provider:<5} {self.output}: {self.note}"
+        status = "ok  " if self.passed else "FAIL"
+        return (f"  {status} {self.check:<24} {self.provider:<5} {self.output}: max abs {self.max_abs_error:.3g}, "
+                f"max rel {self.max_rel_error:.3g}, needs atol >= {self.needed_atol:.3g} ({self.compared} compared)"
+                + (f"; {self.note}" if self.note else ""))
+
+
+@dataclass
+class VerificationResult:
+    passed: bool
+    rtol: float
+    atol: float
+    checks: list[CheckResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    inputs: list[InputSummary] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((c.max_abs_error for c in self.checks), default=0.0)
+
+    def summary(self) -> str:
+        ran = [c for c in self.checks if c.compared]
+        windows = sum(c.compared for c in ran if c.check.startswith("sliding window"))
+        head = "verification passed" if self.passed else "VERIFICATION FAILED"
+        text = (f"{head}: {len(ran)} checks, max abs error {self.max_abs_error:.3g} "
+                f"(rtol {self.rtol:g}, atol {self.atol:g})")
+        if windows:
+            text += f", {windows} window positions matched"
+        return text
+
+    def render_text(self, verbose: bool = False) -> str:
+        lines = [self.summary()]
+        for c in self.checks:
+            if verbose or not c.passed:
+                lines.append(c.line())
+        lines.extend(f"  skipped: {s}" for s in self.skipped)
+        if verbose:
+            for i in self.inputs:
+                lines.append(f"  input {i.name}: {i.dtype}{i.shape} in [{i.min:g}, {i.max:g}] ({i.source})")
+        return "\n".join(lines)
+
+
+@dataclass
+class ConversionReport:
+    model: str
+    opset: int
+    mode: Literal["fully_convolutional", "keep_output_shape"]
+    nodes: list[NodeReport] = field(default_factory=list)
+    outputs: list[OutputChange] = field(default_factory=list)
+    symbolic_inputs: dict[str, list] = field(default_factory=dict)
+    fully_convolutional: bool = False
+    flattens_added: int = 0
+    transposes_added: int = 0
+    notes: list[str] = field(default_factory=list)
+    verification: VerificationResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def converted(self) -> list[NodeReport]:
+        return [n for n in self.nodes if n.status == "converted"]
+
+    @property
+    def fc_nodes(self) -> int:
+        return len(self.nodes) - sum(1 for n in self.nodes if n.status == "blocked" and n.op not in ("Gemm", "MatMul"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def render_text(self, verbose: bool = False) -> str:
+        lines = [f"{self.model}: converted {len(self.converted)} of {self.fc_nodes} FC nodes (opset {self.opset})"]
+        if not self.converted:
+            lines[0] += " -- nothing convertible, the model is unchanged"
+        for n in self.nodes:
+            lines.append("  " + n.line())
+        for o in self.outputs:
+            if o.before != o.after:
+                lines.append(f"  output {o.name}: {_shape(o.before)} -> {_shape(o.after)}")
+        for name, dims in self.symbolic_inputs.items():
+            lines.append(f"  input {name} now takes {_shape(dims)} (spatial size >= the original)")
+        if self.converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
+            lines.append("  not fully convolutional: input sizes kept (see blocked nodes)")
+        if self.flattens_added or self.transposes_added:
+            lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if self.verification is not None:
+            lines.append(self.verification.render_text(verbose))
+        if verbose and self.seconds:
+            lines.append("  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def _shape(dims) -> str:
+    if dims is None:
+        return "[?]"
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"

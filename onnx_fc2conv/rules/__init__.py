@@ -1,0 +1,19 @@
+"""The rewrite rules, in the order the pipeline tries them. Add a rule here to make it exist.
+
+Head rules turn the first FC layer after a flatten into a Conv whose kernel covers the feature map;
+chain rules carry the map through what follows. ``--skip-rule NAME`` turns one off by name.
+"""
+from . import axis_fixups, fc_chain, flatten_gemm, matmul_add, reshape_flatten
+from .base import REASONS, MapInfo, Rewrite, Rule, RuleContext, Skip
+
+RULES: tuple[Rule, ...] = (
+    flatten_gemm.RULE,
+    reshape_flatten.RULE,
+    matmul_add.RULE,
+    fc_chain.RULE,
+    axis_fixups.RULE,
+)
+
+RULE_NAMES = tuple(rule.name for rule in RULES)
+
+__all__ = ["RULES", "RULE_NAMES", "REASONS", "MapInfo", "Rewrite", "Rule", "RuleContext", "Skip"]

@@ -1,0 +1,97 @@
+"""What a rule is, and what it returns: a :class:`Rewrite` or a :class:`Skip` with a reason code.
+
+A rule never raises for a model it does not support; it returns ``None`` when the node is not its
+pattern at all, and a ``Skip`` when the pattern is there but cannot be rewritten exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import onnx
+
+from ..graph import GraphIndex
+
+# Reason codes: stable identifiers for scripts, with the sentence users read.
+REASONS: dict[str, str] = {
+    "weight_not_constant": "the weight is computed at run time, so there is no fixed kernel to write",
+    "trans_a": "Gemm has transA=1: it reads the activations transposed, which a convolution cannot",
+    "bias_per_sample": "the bias has one row per sample ([N,F]); a convolution bias is one value per channel",
+    "flatten_axis": "the Flatten does not keep the batch axis alone (axis != 1)",
+    "feature_map_rank": "the flattened tensor is not a rank 3-5 feature map [N,C,*S]",
+    "feature_map_shape_unknown": "C or the spatial size of the flattened map is not static; pass --input-shape",
+    "reshape_not_flatten": "the Reshape does not flatten [N,C,*S] into [N,C*prod(S)]",
+    "not_a_feature_map": "the layer reads a 2D tensor that is not a flattened feature map (see --vector-fc)",
+    "token_matmul": "the MatMul runs on a [B,T,D] token tensor (see --token-layout)",
+    "weight_shape_mismatch": "the weight's input size does not equal C*prod(S) of the flattened map",
+    "rule_disabled": "the rule that matches this node is turned off (--skip-rule)",
+    "fcn_blocked": "a converted map reaches an op that needs the flat tensor; a Flatten is put back on that edge",
+    "mixed_maps": "the op combines maps of different heads or sizes",
+    "unsupported_dtype": "the weight's element type has no Conv kernel at this opset",
+    "excluded": "the node is excluded by --include/--exclude",
+}
+
+Stage = Literal["head", "chain"]
+
+
+@dataclass
+class Skip:
+    """The rule's pattern is there, but it cannot be rewritten exactly, for ``reason``."""
+
+    reason: str
+    message: str = ""
+
+    def __post_init__(self):
+        assert self.reason in REASONS, f"unknown reason code {self.reason!r}"
+        if not self.message:
+            self.message = REASONS[self.reason]
+
+
+@dataclass
+class Rewrite:
+    """Replace ``removed`` nodes with ``new_nodes`` (placed where the first removed node stood).
+
+    ``maps`` names the tensors that hold a feature map after the rewrite, with their spatial rank.
+    A head rewrite also names the tensor it reads (``feature_map``) and its window ``[C, *S]``, which
+    the verifier needs for the sliding-window proof.
+    """
+
+    removed: list[onnx.NodeProto]
+    new_nodes: list[onnx.NodeProto]
+    maps: dict[str, int]
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    detail: str = ""
+    feature_map: str | None = None
+    window: tuple[int, ...] | None = None
+    kind: Literal["fc", "pointwise", "fixup"] = "fc"
+
+
+Outcome = Rewrite | Skip | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One named rewrite. ``stage`` says when it is tried: on FC nodes not yet fed by a converted
+    map ("head"), or on nodes that read a converted map ("chain")."""
+
+    name: str
+    stage: Stage
+    summary: str
+    apply: Callable[["RuleContext", onnx.NodeProto], Outcome]
+
+
+@dataclass
+class RuleContext:
+    """What a rule may look at: the graph index and the tensors already converted to maps."""
+
+    index: GraphIndex
+    maps: dict[str, "MapInfo"]
+    options: object = None
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """A tensor that holds a feature map ``[N, F, *spatial]`` where the original held ``[N, F]``."""
+
+    spatial_rank: int
+    head: int

@@ -1,0 +1,123 @@
+"""fc_chain: once a head is a Conv, every later FC layer on its output is a 1x1 Conv, and the
+pointwise ops between them work on the map unchanged.
+
+Before::
+
+    Y [N,F] -> Relu -> Gemm(W2 [F2,F], c2) -> Sigmoid -> Mul(s [F2]) -> Z [N,F2]
+
+After::
+
+    Y [N,F,h,w] -> Relu -> Conv(1x1, W2.reshape(F2,F,1,1), c2) -> Sigmoid -> Mul(s.reshape(F2,1,1)) -> Z [N,F2,h,w]
+
+Weight maths: a 1x1 Conv applies the FC layer at every position, ``Wc = alpha * W.reshape(F2, F, 1, 1)``
+(``W^T`` for MatMul / transB=0), bias ``beta * c``. A constant operand of a binary op that
+broadcast on the last axis of ``[N,F]`` (``[F]``, ``[1,F]``, PRelu slopes) is reshaped to
+``[F,1,1]`` / ``[1,F,1,1]`` so it still meets the channel axis; scalars stay as they are. The
+reshaped constant is a new initializer, so a weight read elsewhere is never changed.
+
+Pointwise ops passed through: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, Sigmoid, HardSigmoid,
+HardSwish, Tanh, Softplus, Softsign, Gelu, Erf, Abs, Neg, Exp, Log, Sqrt, Reciprocal, Clip, Dropout,
+Identity, Cast, BatchNormalization (its channel axis is 1 in both layouts), and
+Add/Sub/Mul/Div/Pow/Max/Min whose other operands are constants (or maps of the same head).
+
+Returns None for anything else: the pipeline then puts a Flatten back on that edge (``fcn_blocked``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..graph import node_inputs
+from ._dense import conv_from_dense
+from ._head import read_fc
+from .base import Outcome, Rewrite, Rule, RuleContext, Skip
+
+UNARY_OPS = frozenset({
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
+    "Dropout", "Identity", "Cast",
+})
+# Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
+CONSTANT_ARG_OPS = frozenset({"Clip", "BatchNormalization"})
+BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
+
+
+def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    readers = [i for i in node_inputs(node) if i in ctx.maps]
+    infos = {ctx.maps[i] for i in readers}
+    if len(infos) != 1:
+        return Skip("mixed_maps")
+    spatial_rank = infos.pop().spatial_rank
+    op = node.op_type
+    if op in ("Gemm", "MatMul"):
+        return _dense_as_1x1(ctx, node, spatial_rank)
+    if node.input[0] not in ctx.maps and op not in BROADCAST_OPS:
+        return None
+    if op in UNARY_OPS:
+        return _same_node(node, spatial_rank)
+    if op in CONSTANT_ARG_OPS:
+        if not all(ctx.index.is_constant(i) for i in node.input[1:] if i):
+            return None
+        return _same_node(node, spatial_rank, outputs=node.output[:1])
+    if op in BROADCAST_OPS:
+        return _broadcast_op(ctx, node, spatial_rank)
+    return None
+
+
+def _dense_as_1x1(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
+    if node.input[0] not in ctx.maps or any(i in ctx.maps for i in node.input[1:]):
+        return None
+    dense = read_fc(ctx.index, node)
+    if dense is None or isinstance(dense, Skip):
+        return dense
+    return conv_from_dense(ctx.index, dense, node.input[0], dense.in_features, (1,) * spatial_rank, spatial_rank)
+
+
+def _same_node(node: onnx.NodeProto, spatial_rank: int, outputs=None) -> Rewrite:
+    outputs = node.output if outputs is None else outputs
+    return Rewrite(removed=[node], new_nodes=[_copy(node)], maps={o: spatial_rank for o in outputs if o},
+                   kind="pointwise")
+
+
+def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
+    new = _copy(node)
+    inits = []
+    for pos, name in enumerate(node.input):
+        if name in ctx.maps:
+            continue
+        value = ctx.index.constant(name)
+        if value is None:
+            return None
+        channel_value = channel_broadcast(value, spatial_rank)
+        if channel_value is None:
+            return Skip("bias_per_sample", f"the constant {name!r} of shape {list(value.shape)} is per sample")
+        if channel_value.shape != value.shape:
+            new_name = ctx.index.fresh_name(f"{name}_per_channel")
+            inits.append(numpy_helper.from_array(channel_value, new_name))
+            new.input[pos] = new_name
+    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: spatial_rank},
+                   initializers=inits, kind="pointwise")
+
+
+def channel_broadcast(value: np.ndarray, spatial_rank: int) -> np.ndarray | None:
+    """A constant that broadcast against ``[N, F]`` reshaped to broadcast against ``[N, F, *S]``."""
+    if value.size == 1 or value.ndim == 0:
+        return value
+    if value.ndim == 1:
+        return value.reshape(value.shape + (1,) * spatial_rank)
+    if value.ndim == 2 and value.shape[0] == 1:
+        return value.reshape(value.shape + (1,) * spatial_rank)
+    return None
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    return new
+
+
+RULE = Rule("fc_chain", "chain",
+            "later Gemm/MatMul(+Add) become 1x1 Convs; pointwise ops and constant operands follow the map", apply)

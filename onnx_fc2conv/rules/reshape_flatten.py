@@ -1,0 +1,120 @@
+"""reshape_flatten: a Reshape used as a flatten, in front of a Gemm or MatMul(+Add), becomes one Conv.
+
+Before (constant shape ``[N,-1]``, ``[-1,C*H*W]``, ``[0,-1]``)::
+
+    X [N,C,H,W] -> Reshape(shape) -> [N, C*H*W] -> Gemm / MatMul(+Add) -> Y [N,F]
+
+Before (PyTorch's ``x.view(x.size(0), -1)``; Paddle's Shape -> Slice -> Concat is the same)::
+
+    X -> Shape -> Gather(0) -> Unsqueeze -> Concat([-1]) --shape--> Reshape(X)
+
+After::
+
+    X [N,C,H,W] -> Conv(kernel_shape=[H,W], weight [F,C,H,W], bias [F]) -> Y [N,F,1,1]
+
+The weight maths is flatten_gemm's (the Reshape flattens in the same C-order). The shape subgraph
+is evaluated symbolically: the target must be ``[batch, K]`` with each entry given as ``0`` (copy),
+``-1``, the batch dimension of X read through Shape, or the literal size. The dead shape subgraph
+is removed by the clean-up step.
+
+Skips: ``reshape_not_flatten`` (any other target, e.g. ``[N, C, H*W]``), plus the skips of the layer
+it feeds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph import GraphIndex, attr
+from ._head import head_from_feature_map, input_producer, read_fc
+from .base import Outcome, Rule, RuleContext, Skip
+
+BATCH = "batch"  # a shape entry that evaluates to X's batch dimension at run time
+
+
+def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
+    if node.op_type not in ("Gemm", "MatMul"):
+        return None
+    reshape = input_producer(ctx.index, node)
+    if reshape is None or reshape.op_type != "Reshape":
+        return None
+    out_dims = ctx.index.shape(reshape.output[0])
+    if out_dims is not None and len(out_dims) != 2:
+        return None  # not a flatten at all (e.g. merging attention heads); tokens are not our pattern
+    dense = read_fc(ctx.index, node)
+    if dense is None or isinstance(dense, Skip):
+        return dense
+    x = reshape.input[0]
+    dims = ctx.index.shape(x)
+    if dims is None or len(dims) < 3:
+        return Skip("not_a_feature_map") if dims is not None else Skip("feature_map_rank")
+    if not is_flatten_target(ctx.index, reshape, dims):
+        return Skip("reshape_not_flatten", f"Reshape {reshape.name!r} does not flatten {x!r} to [N,-1]")
+    return head_from_feature_map(ctx.index, dense, x)
+
+
+def is_flatten_target(index: GraphIndex, reshape: onnx.NodeProto, dims) -> bool:
+    """Whether ``reshape`` turns ``[N, C, *S]`` (``dims``) into ``[N, C*prod(S)]``."""
+    target = shape_entries(index, reshape.input[1], dims[0])
+    if target is None or len(target) != 2:
+        return False
+    first, second = target
+    inner = dims[1:]
+    k = int(np.prod(inner)) if all(isinstance(d, int) for d in inner) else None
+    allow_zero = attr(reshape, "allowzero", 0)
+    batch_ok = first == BATCH or (first == 0 and not allow_zero) or (
+        isinstance(dims[0], int) and first == dims[0])
+    if batch_ok:
+        return second == -1 or (k is not None and second == k)
+    # [-1, K]: the batch is whatever is left once the rows have K entries.
+    return first == -1 and k is not None and second == k
+
+
+def shape_entries(index: GraphIndex, name: str, batch_dim) -> list | None:
+    """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
+    value = index.constant(name)
+    if value is not None:
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    node = index.producer.get(name)
+    if node is None:
+        return None
+    op = node.op_type
+    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        # These change a shape entry's type or rank (scalar <-> [1]), never its values.
+        return shape_entries(index, node.input[0], batch_dim)
+    if op == "Concat":
+        parts = [shape_entries(index, i, batch_dim) for i in node.input]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if op == "Shape":
+        src = index.shape(node.input[0])
+        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
+            return None
+        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
+    if op == "Gather":
+        indices = index.constant(node.input[1])
+        entries = shape_entries(index, node.input[0], batch_dim)
+        if indices is None or entries is None:
+            return None
+        return [entries[int(i)] for i in np.asarray(indices).reshape(-1)]
+    if op == "Slice":
+        entries = shape_entries(index, node.input[0], batch_dim)
+        bounds = _slice_bounds(index, node)
+        if entries is None or bounds is None:
+            return None
+        return entries[bounds[0]:bounds[1]]
+    return None
+
+
+def _slice_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[int, int] | None:
+    if len(node.input) >= 3:
+        starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
+        steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if starts is None or ends is None or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
+            return None
+        return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
+    starts, ends = attr(node, "starts"), attr(node, "ends")
+    return (starts[0], ends[0]) if starts and ends else None
+
+
+RULE = Rule("reshape_flatten", "head",
+            "Reshape to [N,-1] (constant or computed from Shape) -> Gemm/MatMul becomes a Conv", apply)

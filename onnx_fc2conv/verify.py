@@ -1,0 +1,265 @@
+"""The proof: run the original and the converted model with ONNX Runtime and compare.
+
+Two checks:
+
+* **Original size.** The same seeded inputs (batch 2 where the batch is free) go into both models on
+  every requested execution provider; every output must match within ``rtol``/``atol``.
+* **Sliding window** (fully convolutional models). The original model is cut at the tensor its head
+  flattens (the feature map). On a larger input, the backbone gives a larger map; every sampled
+  output position of the converted model (the corners, the centre and random ones) must equal the
+  original head applied to the matching window of that map. This holds even when the backbone pads.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+
+from .errors import CouldNotVerify
+from .graph import infer_value_types, node_inputs, set_shape
+from .inputs import make_inputs
+from .modelio import load_model
+from .pipeline import read_metadata
+from .report import CheckResult, VerificationResult
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# ONNX Runtime's own test tolerances (onnxruntime/test/providers/checkers.cc), by element type.
+TOLERANCES = {
+    np.dtype(np.float64): (1e-7, 1e-9),
+    np.dtype(np.float32): (1e-4, 1e-5),
+    np.dtype(np.float16): (1e-2, 2.5e-3),
+}
+BF16_TOLERANCE = (1e-2, 2e-2)
+RANDOM_POSITIONS = 6
+
+
+def verify(original, converted, *, providers=("cpu",), rtol: float | None = None, atol: float | None = None,
+           input_shapes: dict | None = None, input_data: dict | None = None, seed: int = 0) -> VerificationResult:
+    """Compare ``converted`` against ``original`` (paths or ModelProtos). Truthy when it passes.
+
+    Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
+    """
+    providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
+    original = original if isinstance(original, onnx.ModelProto) else load_model(original)
+    converted = converted if isinstance(converted, onnx.ModelProto) else load_model(converted)
+    feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data)
+    expected_session = _session(original, "cpu")
+    try:
+        expected = _run(expected_session, feeds)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure of the original means no proof
+        raise CouldNotVerify(
+            f"could not verify: the original model fails on synthesised inputs: {_first_line(exc)}; "
+            "pass --input-data or --input-shape") from None
+    out_rtol, out_atol = _tolerances(expected, rtol, atol)
+    result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
+
+    sessions = {}
+    for provider in providers:
+        session = _session(converted, provider)
+        if session is None:
+            result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
+            continue
+        sessions[provider] = session
+        try:
+            got = _run(session, feeds)
+        except Exception as exc:  # noqa: BLE001 - a converted model that cannot run is a failed proof
+            result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
+                                             note=f"the converted model fails: {_first_line(exc)}"))
+            continue
+        for name, want in expected.items():
+            result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol))
+    if "cpu" in sessions and "cuda" in sessions:
+        cpu, cuda = _run(sessions["cpu"], feeds), _run(sessions["cuda"], feeds)
+        for name in cpu:
+            result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
+
+    meta = read_metadata(converted)
+    if meta and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
+        _sliding_window_checks(original, meta, feeds, sessions, result, seed)
+    elif meta and meta["mode"] == "fully_convolutional":
+        result.skipped.append("sliding window: the model is not fully convolutional (a path is blocked)")
+    result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
+    return result
+
+
+# ---- sliding window ----------------------------------------------------------------------------
+
+def larger_sizes(size: list[int]) -> list[list[int]]:
+    """Two inputs larger than ``size``: twice as large, and a non-square one (1.5x by 2x+1)."""
+    return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
+
+
+def _sliding_window_checks(original, meta, feeds, sessions, result, seed) -> None:
+    spatial = {name: axes for name, axes in meta["spatial_inputs"].items()}
+    heads = [h for h in meta["heads"] if h["outputs"]]
+    if not heads:
+        result.skipped.append("sliding window: no converted head reaches a graph output")
+        return
+    types = infer_value_types(original)
+    backbone = _session(cut_model(original, [], [h["feature_map"] for h in heads], types, free_axes=spatial), "cpu")
+    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True), "cpu")
+                     for h in heads]
+    rng = np.random.default_rng(seed + 1)
+    for which in range(2):
+        large = dict(feeds)
+        label = None
+        for name, axes in spatial.items():
+            shape = list(feeds[name].shape)
+            for axis, size in zip(axes, larger_sizes([shape[a] for a in axes])[which]):
+                shape[axis] = size
+            label = "x".join(str(shape[a]) for a in axes)
+            large[name] = _random_like(feeds[name], shape, rng)
+        check = f"sliding window {label}"
+        try:
+            maps = _run(backbone, large)
+        except Exception as exc:  # noqa: BLE001
+            result.skipped.append(f"{check}: the original backbone does not run at this size ({_first_line(exc)})")
+            continue
+        for provider, session in sessions.items():
+            try:
+                got = _run(session, large)
+            except Exception as exc:  # noqa: BLE001
+                result.checks.append(CheckResult(check, provider, "*", False, compared=1,
+                                                 note=f"the converted model fails: {_first_line(exc)}"))
+                continue
+            for head, head_session in zip(heads, head_sessions):
+                fmap = maps[head["feature_map"]]
+                for output in head["outputs"]:
+                    result.checks.append(_window_check(check, provider, output, got[output], fmap, head,
+                                                       head_session, large, result, rng))
+
+
+def _window_check(check, provider, output, out_map, fmap, head, head_session, feeds, result, rng) -> CheckResult:
+    window = head["window"][1:]
+    spatial_out = out_map.shape[2:]
+    expect_out = tuple(f - w + 1 for f, w in zip(fmap.shape[2:], window))
+    if spatial_out != expect_out:
+        return CheckResult(check, provider, output, False, compared=1,
+                           note=f"map is {list(spatial_out)}, expected {list(expect_out)} from the feature map")
+    positions = _sample_positions(spatial_out, rng)
+    worst = CheckResult(check, provider, output, True, compared=len(positions))
+    extra = {k: v for k, v in feeds.items() if k in {i.name for i in head_session.get_inputs()}}
+    for pos in positions:
+        crop = fmap[(slice(None), slice(None), *(slice(p, p + w) for p, w in zip(pos, window)))]
+        want = _run(head_session, {**extra, head["feature_map"]: crop})[output]
+        got = out_map[(slice(None), slice(None), *pos)]
+        one = _compare(check, provider, output, got, want, result.rtol, result.atol)
+        worst.passed &= one.passed
+        for attr in ("max_abs_error", "max_rel_error", "needed_atol"):
+            setattr(worst, attr, max(getattr(worst, attr), getattr(one, attr)))
+    return worst
+
+
+def _sample_positions(shape: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, ...]]:
+    corners = set(itertools.product(*[(0, s - 1) for s in shape]))
+    corners.add(tuple(s // 2 for s in shape))
+    for _ in range(RANDOM_POSITIONS):
+        corners.add(tuple(int(rng.integers(0, s)) for s in shape))
+    return sorted(corners)
+
+
+def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], types, batch_free=False,
+              free_axes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` from ``inputs`` (and the graph's own inputs).
+
+    ``free_axes`` names graph-input axes to make symbolic, so the cut runs on larger inputs;
+    ``batch_free`` makes the batch of the new ``inputs`` symbolic."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    needed, stack, keep = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        if name in needed or name in inputs:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(node_inputs(node))
+    g = onnx.GraphProto()
+    g.name = f"{graph.name}_cut"
+    g.node.extend(n for n in graph.node if id(n) in keep)
+    g.initializer.extend(t for t in graph.initializer if t.name in needed)
+    for inp in graph.input:
+        if inp.name in needed and inp.name not in {t.name for t in g.initializer}:
+            g.input.append(inp)
+            if free_axes and inp.name in free_axes:
+                dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inp.type.tensor_type.shape.dim]
+                set_shape(g.input[-1], [f"free{a}" if a in free_axes[inp.name] else d for a, d in enumerate(dims)])
+    for name in inputs:
+        elem, dims = types[name]
+        vi = onnx.helper.make_tensor_value_info(name, elem, None)
+        set_shape(vi, ["N", *dims[1:]] if batch_free else dims)
+        g.input.append(vi)
+    for name in outputs:
+        g.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, (1, None))[0], None))
+    m = onnx.helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    m.functions.extend(model.functions)
+    return m
+
+
+# ---- running and comparing ---------------------------------------------------------------------
+
+def _session(model: onnx.ModelProto, provider: str):
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # failures are reported as checks, not as runtime log noise
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
+
+
+def _run(session, feeds: dict) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
+    got, want = np.asarray(got), np.asarray(want)
+    if got.size != want.size:
+        return CheckResult(check, provider, output, False, compared=max(got.size, 1),
+                           note=f"shape {list(got.shape)} cannot stand for {list(want.shape)}")
+    got = got.reshape(want.shape)
+    if not np.issubdtype(want.dtype, np.floating):
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        mismatched = int(np.count_nonzero(diff))
+        return CheckResult(check, provider, output, mismatched == 0, float(diff.max(initial=0)), 0.0, 0.0,
+                           compared=want.size, note=f"{mismatched} values differ" if mismatched else "")
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    same_nonfinite = np.isnan(g) & np.isnan(w) | (np.isinf(g) & (g == w))
+    diff = np.where(same_nonfinite, 0.0, np.abs(g - w))
+    rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
+    needed = np.maximum(diff - rtol * np.abs(w), 0.0)
+    finite_ok = not np.any(np.isnan(diff))
+    return CheckResult(check, provider, output, bool(finite_ok and np.all(diff <= atol + rtol * np.abs(w))),
+                       float(np.nanmax(diff, initial=0)), float(np.nanmax(rel, initial=0)),
+                       float(np.nanmax(needed, initial=0)), compared=want.size)
+
+
+def _tolerances(outputs: dict, rtol, atol) -> tuple[float, float]:
+    """The loosest default among the outputs' float types, unless the caller set them."""
+    defaults = [(1e-4, 1e-5)]
+    for value in outputs.values():
+        dtype = np.asarray(value).dtype
+        defaults.append(BF16_TOLERANCE if dtype.name == "bfloat16" else TOLERANCES.get(dtype, (1e-4, 1e-5)))
+    return (rtol if rtol is not None else max(r for r, _ in defaults),
+            atol if atol is not None else max(a for _, a in defaults))
+
+
+def _random_like(value: np.ndarray, shape, rng) -> np.ndarray:
+    if np.issubdtype(value.dtype, np.floating):
+        return rng.standard_normal(shape).astype(value.dtype)
+    lo, hi = (int(value.min()), int(value.max()) + 1) if value.size else (0, 1)
+    return rng.integers(lo, hi, size=shape).astype(value.dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+

@@ -1,0 +1,83 @@
+"""The command line: exit codes, what it prints, what it writes and what it never touches."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from onnx_fc2conv.cli import main
+from conftest import MODELS
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_convert_prints_one_line_per_fc_node_and_writes_out(tmp_path):
+    out = tmp_path / "out.onnx"
+    before = hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest()
+    result = invoke(MODELS / "lenet5.onnx", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("converted  ") == 3
+    assert "verification passed" in result.output and out.exists()
+    assert hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest() == before
+
+
+def test_nothing_convertible_exits_zero_and_says_so(tmp_path):
+    result = invoke(MODELS / "seed_mlp.onnx", tmp_path / "o.onnx")
+    assert result.exit_code == 0
+    assert "nothing convertible" in result.output
+
+
+def test_report_json_lists_nodes_and_errors(tmp_path):
+    result = invoke(MODELS / "vgg_small.onnx", tmp_path / "o.onnx", "--report-json", tmp_path / "r.json", "-q")
+    assert result.exit_code == 0 and result.output == ""
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [n["rule"] for n in report["nodes"]] == ["flatten_gemm", "fc_chain", "fc_chain"]
+    assert report["verification"]["passed"] is True
+    assert report["verification"]["checks"][0]["max_abs_error"] < 1e-5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx"], "no such file"),
+    (["."], "is a directory"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "o.onnx")])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_input_shape_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, [str(MODELS / "lenet5.onnx"), str(tmp_path / "o.onnx"), "--input-shape", "x:1xAx3"])
+    assert result.exit_code == 2 and "not a positive size" in result.output
+
+
+def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
+    # A deliberately broken rewrite: every conv kernel written 1% too large.
+    from onnx_fc2conv.rules import _dense
+
+    real = _dense._conv_weight
+
+    def broken(index, dense, shape):
+        name, inits = real(index, dense, shape)
+        from onnx import numpy_helper
+        inits[0].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[0]) * 1.01, name))
+        return name, inits
+
+    monkeypatch.setattr(_dense, "_conv_weight", broken)
+    out = tmp_path / "o.onnx"
+    result = invoke(MODELS / "lenet5.onnx", out)
+    assert result.exit_code == 1
+    assert "VERIFICATION FAILED" in result.output and "not written" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "onnx_fc2conv", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Usage: onnx-fc2conv" in proc.stdout
