@@ -3,18 +3,20 @@
 >>> import onnx_fc2conv
 >>> result = onnx_fc2conv.convert("model.onnx", "model_fcn.onnx")   # doctest: +SKIP
 >>> print(result.report.render_text())                              # doctest: +SKIP
+>>> print(onnx_fc2conv.inspect("model.onnx").render_text())          # doctest: +SKIP
 """
 __version__ = "0.1.0"
 
 from .errors import (CouldNotVerify, Fc2ConvError, InvalidModelError, OutputError, UnsafeModelError,
                      UsageError, VerificationFailed)
+from .inspection import Inspection, inspect
 from .pipeline import ConversionResult, convert
 from .report import ConversionReport, VerificationResult
 from .rules import REASONS, RULE_NAMES
 from .verify import verify
 
 __all__ = [
-    "convert", "verify", "ConversionResult", "ConversionReport", "VerificationResult", "REASONS", "RULE_NAMES",
+    "convert", "inspect", "verify", "ConversionResult", "Inspection", "ConversionReport", "VerificationResult", "REASONS", "RULE_NAMES",
     "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "UsageError", "VerificationFailed",
     "CouldNotVerify", "__version__",
 ]

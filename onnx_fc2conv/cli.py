@@ -1,4 +1,8 @@
-"""The command line: a thin click layer over :func:`onnx_fc2conv.convert`."""
+"""The command line: a thin click layer over :func:`onnx_fc2conv.convert` and :func:`onnx_fc2conv.inspect`.
+
+``onnx-fc2conv IN OUT`` converts (the ``convert`` subcommand is implied); ``onnx-fc2conv inspect IN``
+shows what would happen.
+"""
 from __future__ import annotations
 
 import sys
@@ -8,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import Fc2ConvError, UsageError, VerificationFailed
+from .inspection import inspect
 from .pipeline import convert
 from .rules import RULE_NAMES
 
@@ -28,7 +33,40 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
     return name, tuple(parsed)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class ConvertByDefault(click.Group):
+    """A group whose first argument, when it is not a subcommand, is IN of ``convert``: so
+    ``onnx-fc2conv IN OUT`` keeps working next to ``onnx-fc2conv inspect IN``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=ConvertByDefault, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="onnx-fc2conv")
+def main():
+    """Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
+
+    \b
+      onnx-fc2conv IN OUT [options]       convert (same as: onnx-fc2conv convert IN OUT)
+      onnx-fc2conv inspect IN [--json]    what would be converted, and why not; writes nothing
+    """
+
+
+def rule_options(command):
+    """The options that change which rules match: shared by convert and inspect."""
+    command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
+                           help="Turn a rule off (repeatable).")(command)
+    return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+                        help="Shape of an input for verification and for symbolic feature maps, "
+                             "e.g. x:1x3x224x224.")(command)
+
+
+@main.command("convert", context_settings=CONTEXT)
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
@@ -38,16 +76,12 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
 @click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-              help="Shape of an input for verification and for symbolic feature maps, e.g. x:1x3x224x224.")
+@rule_options
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-@click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
-              help="Turn a rule off (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-@click.option("-v", "--verbose", is_flag=True, help="Print every check and the inputs used.")
-@click.version_option(__version__, prog_name="onnx-fc2conv")
-def main(in_path, out_path, keep_output_shape, no_verify, providers, rtol, atol, input_shapes, report_json,
-         skip_rules, quiet, verbose):
+@click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
+def convert_command(in_path, out_path, keep_output_shape, no_verify, providers, rtol, atol, skip_rules,
+                    input_shapes, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
@@ -72,6 +106,24 @@ def main(in_path, out_path, keep_output_shape, no_verify, providers, rtol, atol,
         click.echo(result.report.render_text(verbose=verbose))
         click.echo(f"wrote {out_path}")
     _write_json(report_json, result.report)
+
+
+@main.command("inspect", context_settings=CONTEXT)
+@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@rule_options
+def inspect_command(in_path, as_json, skip_rules, input_shapes):
+    """Show each FC-like node of the ONNX model IN: op, input and weight shapes, what feeds it, and
+    the rule that will convert it or the reason code that stops it. Nothing is written.
+
+    Exit codes: 0 shown (also when nothing would convert), 2 bad input or usage.
+    """
+    try:
+        shapes = dict(parse_input_shape(s) for s in input_shapes)
+        result = inspect(in_path, skip_rules=skip_rules, input_shapes=shapes)
+    except Fc2ConvError as exc:
+        _fail(str(exc), exc.exit_code)
+    click.echo(result.to_json() if as_json else result.render_text())
 
 
 def _write_json(path: Path | None, report) -> None:

@@ -238,6 +238,22 @@ class GraphIndex:
             return None
         return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
 
+    def is_static(self, name: str) -> bool:
+        """Whether ``name`` is computed from initializers and Constant nodes only, without evaluating
+        it (e.g. DequantizeLinear of a quantized weight, which :meth:`constant` does not fold)."""
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            current = stack.pop()
+            if current in seen or current in self.initializers:
+                continue
+            seen.add(current)
+            node = self.producer.get(current)
+            if node is None:
+                return False  # a graph input, or a name this graph does not define
+            stack.extend(node_inputs(node))
+        return True
+
     # ---- walking ------------------------------------------------------------------------------
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
         readers = self.consumers.get(name, [])

@@ -15,12 +15,16 @@ from onnx import helper
 
 from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
-from .graph import GraphIndex, attr, node_inputs, opset_version, rename_input, set_shape, skeleton, value_dims
+from .graph import (GraphIndex, attr, node_inputs, opset_version, rename_input, set_shape, skeleton, subgraphs,
+                    value_dims)
 from .modelio import PathLike, load_model, save_model
-from .report import ConversionReport, NodeReport, OutputChange
+from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
 
 FC_OPS = ("Gemm", "MatMul")
+# FC layers written with quantized operators, which no rule rewrites; they are still reported, so
+# that every FC layer of a model is accounted for. Value: the position of the weight input.
+QUANTIZED_FC_OPS = {"QGemm": 3, "QLinearMatMul": 3, "MatMulInteger": 1}
 METADATA_KEY = "onnx_fc2conv"
 SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
@@ -52,6 +56,15 @@ class Head:
     node: str
 
 
+def make_options(*, keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
+                 input_shapes: dict | None = None) -> Options:
+    """The rule options shared by :func:`convert` and ``inspect``, checked."""
+    unknown = sorted(set(skip_rules) - set(RULE_NAMES))
+    if unknown:
+        raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
+    return Options(keep_output_shape, tuple(skip_rules), tuple(include), tuple(exclude), dict(input_shapes or {}))
+
+
 def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = None, *,
             keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
             input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
@@ -63,10 +76,8 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
     which case nothing is written to ``output_path``.
     """
-    unknown = sorted(set(skip_rules) - set(RULE_NAMES))
-    if unknown:
-        raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
-    options = Options(keep_output_shape, tuple(skip_rules), tuple(include), tuple(exclude), dict(input_shapes or {}))
+    options = make_options(keep_output_shape=keep_output_shape, skip_rules=skip_rules, include=include,
+                           exclude=exclude, input_shapes=input_shapes)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     work = load_model(model)
@@ -74,7 +85,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     seconds["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    report = ConversionReport(model=_model_label(model), opset=opset_version(work),
+    report = ConversionReport(model=model_label(model), opset=opset_version(work),
                               mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
     rewrite_graph(work, options, report)
     seconds["rewrite"] = time.perf_counter() - clock
@@ -104,53 +115,98 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
 
 # ---- find FC chains and apply the rules --------------------------------------------------------
 
-def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionReport) -> None:
+@dataclass
+class Match:
+    """What the rules decided for one node, before anything is changed.
+
+    ``status`` is the node's line in the report (``None`` for the pointwise ops and axis fix-ups
+    carried along a converted map, which are not reported on their own).
+    """
+
+    node: onnx.NodeProto
+    rule: str | None
+    outcome: Rewrite | Skip
+    status: NodeStatus | None
+
+    def node_report(self) -> NodeReport:
+        name = self.node.name or self.node.output[0]
+        if isinstance(self.outcome, Rewrite):
+            return NodeReport(name, self.node.op_type, "converted", rule=self.rule, detail=self.outcome.detail)
+        message = self.outcome.message
+        if self.status == "blocked":
+            message += "; Flatten put back before it"
+        return NodeReport(name, self.node.op_type, self.status, rule=self.rule, reason=self.outcome.reason,
+                          message=message)
+
+
+@dataclass
+class Plan:
+    """The rules' decisions for a whole graph: the dry run that both the rewrite and ``inspect`` use."""
+
+    ctx: RuleContext
+    matches: list[Match]
+    heads: list[Head]
+
+    def node_reports(self) -> list[NodeReport]:
+        return [m.node_report() for m in self.matches if m.status is not None]
+
+
+def match_nodes(index: GraphIndex, options: Options) -> Plan:
     """Walk the graph once in topological order, trying head rules on FC nodes and chain rules on
-    nodes that read a converted map; then finish the outputs, clean up and re-infer shapes."""
+    nodes that read a converted map. Nothing in the graph is changed."""
+    ctx = RuleContext(index, maps={}, options=options)
+    plan = Plan(ctx, [], [])
+    removed: set[int] = set()
+    for node in index.graph.node:
+        if id(node) in removed:
+            continue
+        reads_map = any(name in ctx.maps for name in node_inputs(node))
+        if not reads_map and node.op_type not in FC_OPS:
+            plan.matches.extend(_unsupported_fc_nodes(index, node))
+            continue
+        outcome, rule = _first_outcome(ctx, node, "chain" if reads_map else "head", options)
+        if isinstance(outcome, Rewrite):
+            if outcome.feature_map is not None:
+                head = len(plan.heads)
+                plan.heads.append(Head(outcome.feature_map, outcome.window, node.name or node.output[0]))
+            else:
+                head = next(ctx.maps[n].head for n in node_inputs(node) if n in ctx.maps)
+            for name, rank in outcome.maps.items():
+                ctx.maps[name] = MapInfo(rank, head)
+            removed.update(id(n) for n in outcome.removed)
+            plan.matches.append(Match(node, rule, outcome, "converted" if outcome.kind == "fc" else None))
+        elif reads_map:
+            plan.matches.append(Match(node, rule, outcome if isinstance(outcome, Skip) else Skip("fcn_blocked"),
+                                      "blocked"))
+        elif _is_fc_candidate(index, node) or outcome is not None:
+            plan.matches.append(Match(node, rule, outcome if isinstance(outcome, Skip) else _default_skip(index, node),
+                                      "skipped"))
+    return plan
+
+
+def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionReport) -> None:
+    """Match the rules, replace the matched nodes, put a Flatten back where a map meets an op
+    that needs the flat tensor; then finish the outputs, clean up and re-infer shapes."""
     graph = model.graph
     toposort(graph)
     index = GraphIndex(model, options.input_shapes)
-    ctx = RuleContext(index, maps={}, options=options)
-    heads: list[Head] = []
+    plan = match_nodes(index, options)
+    ctx, heads = plan.ctx, plan.heads
+    report.nodes.extend(plan.node_reports())
     replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
     removed: set[int] = set()
     new_initializers: list[onnx.TensorProto] = []
     flattened: dict[str, str] = {}  # map tensor -> its Flatten, for consumers that need [N, F]
     extra_nodes: list[onnx.NodeProto] = []
-
-    for node in list(graph.node):
-        if id(node) in removed:
-            continue
-        reads_map = any(name in ctx.maps for name in node_inputs(node))
-        if not reads_map and node.op_type not in FC_OPS:
-            continue
-        outcome, rule = _first_outcome(ctx, node, "chain" if reads_map else "head", options)
+    for match in plan.matches:
+        outcome = match.outcome
         if isinstance(outcome, Rewrite):
-            head = None
-            if outcome.feature_map is not None:
-                head = len(heads)
-                heads.append(Head(outcome.feature_map, outcome.window, node.name or node.output[0]))
-            else:
-                head = next(ctx.maps[n].head for n in node_inputs(node) if n in ctx.maps)
-            for name, rank in outcome.maps.items():
-                ctx.maps[name] = MapInfo(rank, head)
             replaced[id(outcome.removed[0])] = outcome.new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(outcome.initializers)
             report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
-            if outcome.kind == "fc":
-                report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "converted",
-                                               rule=rule, detail=outcome.detail))
-        elif reads_map:
-            _put_flatten_back(ctx, node, flattened, extra_nodes)
-            skip = outcome if isinstance(outcome, Skip) else Skip("fcn_blocked")
-            report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "blocked",
-                                           rule=rule, reason=skip.reason,
-                                           message=f"{skip.message}; Flatten put back before it"))
-        elif _is_fc_candidate(index, node) or outcome is not None:
-            skip = outcome if isinstance(outcome, Skip) else _default_skip(index, node)
-            report.nodes.append(NodeReport(node.name or node.output[0], node.op_type, "skipped",
-                                           rule=rule, reason=skip.reason, message=skip.message))
+        elif match.status == "blocked":
+            _put_flatten_back(ctx, match.node, flattened, extra_nodes)
 
     nodes = []
     for node in graph.node:
@@ -206,18 +262,40 @@ def _selected(node: onnx.NodeProto, options: Options) -> bool:
     return not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)
 
 
+def _unsupported_fc_nodes(index: GraphIndex, node: onnx.NodeProto) -> list[Match]:
+    """FC layers no rule can reach: a quantized FC operator, or FC layers inside an If/Loop/Scan body."""
+    if node.op_type in QUANTIZED_FC_OPS and _is_fc_candidate(index, node):
+        return [Match(node, None, Skip("quantized_op", f"{node.op_type} is a quantized operator; "
+                                       f"no rule rewrites it"), "skipped")]
+    found = []
+    for sub in subgraphs(node):
+        for inner in sub.node:
+            if inner.op_type in FC_OPS + tuple(QUANTIZED_FC_OPS) and _is_fc_candidate(index, inner):
+                found.append(Match(inner, None, Skip("in_subgraph", f"inside the body of {node.op_type} "
+                                                     f"{node.name or node.output[0]!r}"), "skipped"))
+            else:
+                found.extend(_unsupported_fc_nodes(index, inner))
+    return found
+
+
 def _is_fc_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    """Gemm always is; a MatMul is an FC layer only when its weight is a constant matrix."""
-    if node.op_type == "Gemm":
+    """Gemm always is; a MatMul is an FC layer only when its weight is a matrix computed from
+    constants (an initializer, a Constant, or e.g. DequantizeLinear of one)."""
+    if node.op_type in ("Gemm", "QGemm"):
         return True
-    weight = index.constant(node.input[1]) if node.op_type == "MatMul" else None
-    return weight is not None and weight.ndim == 2
+    weight = node.input[QUANTIZED_FC_OPS.get(node.op_type, 1)]
+    dims = index.shape(weight)
+    return index.is_static(weight) and dims is not None and len(dims) == 2
 
 
 def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     dims = index.shape(node.input[0])
     if node.op_type == "MatMul" and dims is not None and len(dims) >= 3:
         return Skip("token_matmul")
+    weight = index.producer.get(node.input[1])
+    if weight is not None and not index.is_constant(node.input[1]):
+        return Skip("weight_not_constant", f"the weight comes from {weight.op_type} {weight.name!r}, "
+                                           f"which is not folded to a constant")
     return Skip("not_a_feature_map")
 
 
@@ -407,7 +485,7 @@ def check_output_model(model: onnx.ModelProto, strict: bool) -> None:
                            f"{str(exc).strip().splitlines()[0]}") from None
 
 
-def _model_label(model) -> str:
+def model_label(model) -> str:
     return str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
 
 

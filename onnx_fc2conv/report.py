@@ -144,9 +144,9 @@ class ConversionReport:
             lines.append("  " + n.line())
         for o in self.outputs:
             if o.before != o.after:
-                lines.append(f"  output {o.name}: {_shape(o.before)} -> {_shape(o.after)}")
+                lines.append(f"  output {o.name}: {format_dims(o.before)} -> {format_dims(o.after)}")
         for name, dims in self.symbolic_inputs.items():
-            lines.append(f"  input {name} now takes {_shape(dims)} (spatial size >= the original)")
+            lines.append(f"  input {name} now takes {format_dims(dims)} (spatial size >= the original)")
         if self.converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
             lines.append("  not fully convolutional: input sizes kept (see blocked nodes)")
         if self.flattens_added or self.transposes_added:
@@ -159,7 +159,7 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _shape(dims) -> str:
+def format_dims(dims) -> str:
     if dims is None:
         return "[?]"
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"

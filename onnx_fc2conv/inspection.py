@@ -1,0 +1,125 @@
+"""``onnx-fc2conv inspect``: what the converter would do to each FC layer, with nothing written.
+
+It runs the same rule matching as :func:`onnx_fc2conv.convert` (:func:`pipeline.match_nodes`) on
+a private copy of the model and describes each FC-like node: its input and weight shapes, what
+feeds it, and the rule that will convert it or the reason code that stops it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from .errors import InvalidModelError
+from .graph import GraphIndex, opset_version
+from .modelio import PathLike, load_model
+from .pipeline import (QUANTIZED_FC_OPS, Match, check_input_model, make_options, match_nodes, model_label,
+                       toposort)
+from .report import format_dims
+from .rules import Rewrite
+
+# What a node's input is called when it comes from one of these: the tensor they flatten is shown.
+FLATTENING_OPS = ("Flatten", "Reshape")
+
+
+@dataclass
+class NodeInspection:
+    """One FC-like node (or a node where a converted path would stop) and what will happen to it."""
+
+    node: str
+    op: str
+    input_shape: list | None
+    weight_shape: list | None
+    fed_by: str
+    status: str  # "converts", "skipped" or "blocked"
+    rule: str | None = None
+    reason: str | None = None
+    detail: str = ""  # the Conv it becomes, or why not
+
+
+@dataclass
+class Inspection:
+    model: str
+    opset: int
+    nodes: list[NodeInspection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def converting(self) -> list[NodeInspection]:
+        return [n for n in self.nodes if n.status == "converts"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def render_text(self) -> str:
+        fc_nodes = [n for n in self.nodes if n.status != "blocked" or n.op in ("Gemm", "MatMul")]
+        lines = [f"{self.model} (opset {self.opset}): {len(self.converting)} of {len(fc_nodes)} FC nodes "
+                 f"will convert; nothing written"]
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if not self.nodes:
+            return "\n".join(lines)
+        header = ("node", "op", "input", "weight", "fed by", "verdict")
+        rows = [(n.node, n.op, format_dims(n.input_shape), format_dims(n.weight_shape), n.fed_by, _verdict(n))
+                for n in self.nodes]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+        for row in [header, *rows]:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        return "\n".join(lines)
+
+
+def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
+    """What :func:`onnx_fc2conv.convert` would do to each FC-like node of ``model``, without
+    rewriting or writing anything. ``options`` are convert's rule options (``skip_rules``,
+    ``input_shapes``, ``include``, ``exclude``, ...)."""
+    opts = make_options(**options)
+    work = load_model(model)
+    result = Inspection(model_label(model), opset_version(work))
+    try:
+        check_input_model(work)
+    except InvalidModelError as exc:  # still worth explaining: the rows say what a fixed model would get
+        result.notes.append(f"convert refuses this model: {exc}")
+    toposort(work.graph)
+    index = GraphIndex(work, opts.input_shapes)
+    plan = match_nodes(index, opts)
+    result.nodes = [_describe(index, m) for m in plan.matches if m.status is not None]
+    return result
+
+
+def _describe(index: GraphIndex, match: Match) -> NodeInspection:
+    node = match.node
+    weight = node.input[QUANTIZED_FC_OPS.get(node.op_type, 1)] if len(node.input) > 1 else ""
+    weight_shape = index.shape(weight) if weight else None
+    if isinstance(match.outcome, Rewrite):
+        status, reason, detail = "converts", None, match.outcome.detail
+    else:
+        status, reason, detail = match.status, match.outcome.reason, match.outcome.message
+    return NodeInspection(node.name or node.output[0], node.op_type, _dims(index.shape(node.input[0])),
+                          _dims(weight_shape), _fed_by(index, node.input[0]), status, match.rule, reason, detail)
+
+
+def _fed_by(index: GraphIndex, name: str) -> str:
+    """The op that makes ``name`` (through Identity/Dropout); for a flatten, also the shape it flattens."""
+    source = index.skip_passthrough(name)
+    if source in index.graph_inputs:
+        return f"input {source}"
+    producer = index.producer.get(source)
+    if producer is None:
+        return "outer scope" if source not in index.initializers else "initializer"
+    text = producer.op_type
+    if producer.op_type in FLATTENING_OPS:
+        text += f" of {format_dims(index.shape(producer.input[0]))}"
+    return text
+
+
+def _verdict(node: NodeInspection) -> str:
+    if node.status == "converts":
+        return f"converts by {node.rule}: {node.detail}"
+    return f"{node.status} [{node.reason}]: {node.detail}"
+
+
+def _dims(dims) -> list | None:
+    return None if dims is None else list(dims)
