@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     fcn = None
     if convert is not None:
         result = convert(src)
-        print(result.report.render_text())
+        print(result.report.render_text(verbose=True))
         fcn = result.model
         dst = os.path.join(OUT, "digits_fcn.onnx")
         onnx.save(fcn, dst)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -140,8 +141,14 @@ class ConversionReport:
         lines = [f"{self.model}: converted {len(self.converted)} of {self.fc_nodes} FC nodes (opset {self.opset})"]
         if not self.converted:
             lines[0] += " -- nothing convertible, the model is unchanged"
-        for n in self.nodes:
-            lines.append("  " + n.line())
+        if verbose:
+            lines.extend("  " + n.line() for n in self.nodes)
+        else:  # compact: blocked nodes by name (they change what the model can do), skips by reason
+            lines.extend("  " + n.line() for n in self.nodes if n.status == "blocked")
+            reasons = Counter(n.reason for n in self.nodes if n.status == "skipped")
+            if reasons:
+                lines.append("  not converted: " + ", ".join(f"{count} {code}" for code, count in reasons.most_common())
+                             + " (-v lists each node)")
         for o in self.outputs:
             if o.before != o.after:
                 lines.append(f"  output {o.name}: {format_dims(o.before)} -> {format_dims(o.after)}")

@@ -17,14 +17,35 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_convert_prints_one_line_per_fc_node_and_writes_out(tmp_path):
+def test_convert_prints_a_compact_summary_and_writes_out(tmp_path):
     out = tmp_path / "out.onnx"
     before = hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest()
     result = invoke(MODELS / "lenet5.onnx", out)
     assert result.exit_code == 0, result.output
-    assert result.output.count("converted  ") == 3
-    assert "verification passed" in result.output and out.exists()
+    lines = result.output.splitlines()
+    assert lines[0] == f"{MODELS / 'lenet5.onnx'}: converted 3 of 3 FC nodes (opset 13)"
+    assert lines[1] == "  output logits: [N,10] -> [N,10,logits_height,logits_width]"
+    assert lines[2] == "  input input now takes [N,1,height,width] (spatial size >= the original)"
+    assert lines[3].startswith("verification passed: 3 checks, max abs error ")
+    assert lines[3].endswith("20 window positions matched")
+    assert lines[4:] == [f"wrote {out}"]
+    assert out.exists()
     assert hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest() == before
+
+
+def test_verbose_adds_one_line_per_fc_node_and_per_check(tmp_path):
+    result = invoke(MODELS / "lenet5.onnx", tmp_path / "out.onnx", "-v")
+    converted = [line.split()[1] for line in result.output.splitlines() if line.startswith("  converted  ")]
+    assert converted == ["c5/Gemm", "f6/Gemm", "output/Gemm"]
+    checks = [line.split()[1:3] for line in result.output.splitlines() if line.startswith("  ok   ")]
+    assert checks == [["original", "size"], ["sliding", "window"], ["sliding", "window"]]
+
+
+def test_compact_summary_counts_skipped_nodes_by_reason(tmp_path):
+    result = invoke(MODELS / "bert_layer.onnx", tmp_path / "o.onnx")
+    assert "  not converted: 6 token_matmul (-v lists each node)" in result.output.splitlines()
+    verbose = invoke(MODELS / "bert_layer.onnx", tmp_path / "o.onnx", "-v")
+    assert sum(line.startswith("  skipped    ") and "[token_matmul]" in line for line in verbose.output.splitlines()) == 6
 
 
 def test_nothing_convertible_exits_zero_and_says_so(tmp_path):
