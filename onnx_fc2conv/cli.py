@@ -71,6 +71,7 @@ def rule_options(command):
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
               help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
+@click.option("--inplace", is_flag=True, help="Allow OUT to be IN: replace it (atomically, after verification).")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
@@ -80,7 +81,7 @@ def rule_options(command):
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, no_verify, providers, rtol, atol, skip_rules,
+def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, providers, rtol, atol, skip_rules,
                     input_shapes, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
@@ -94,7 +95,8 @@ def convert_command(in_path, out_path, keep_output_shape, no_verify, providers, 
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
-                         input_shapes=shapes, verify=not no_verify, providers=providers, rtol=rtol, atol=atol)
+                         input_shapes=shapes, verify=not no_verify, providers=providers, rtol=rtol, atol=atol,
+                         inplace=inplace)
     except VerificationFailed as exc:
         if exc.result is not None and not quiet:
             click.echo(exc.result.report.render_text(verbose=True))
@@ -128,7 +130,10 @@ def inspect_command(in_path, as_json, skip_rules, input_shapes):
 
 def _write_json(path: Path | None, report) -> None:
     if path is not None and report is not None:
-        path.write_text(report.to_json() + "\n")
+        try:
+            path.write_text(report.to_json() + "\n")
+        except OSError as exc:
+            _fail(f"{path}: cannot write the report ({exc.strerror})", 2)
 
 
 def _fail(message: str, code: int) -> None:

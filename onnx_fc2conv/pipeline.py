@@ -19,6 +19,7 @@ from .graph import (GraphIndex, attr, node_inputs, opset_version, rename_input, 
                     value_dims)
 from .modelio import PathLike, load_model, save_model
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
+from .safety import check_graph, check_output_path
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
 
 FC_OPS = ("Gemm", "MatMul")
@@ -69,25 +70,31 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
             input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
             rtol: float | None = None, atol: float | None = None, input_data=None,
-            seed: int = 0) -> ConversionResult:
+            seed: int = 0, inplace: bool = False) -> ConversionResult:
     """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
 
     ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
     result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
-    which case nothing is written to ``output_path``.
+    which case nothing is written to ``output_path``. ``output_path`` may be the input file only
+    with ``inplace``; it is replaced atomically, after verification.
     """
     options = make_options(keep_output_shape=keep_output_shape, skip_rules=skip_rules, include=include,
                            exclude=exclude, input_shapes=input_shapes)
+    if output_path is not None:
+        check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     work = load_model(model)
-    input_passes_full_check = check_input_model(work)
+    input_passes_full_check = check_input_model(work, model_label(model))
     seconds["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     report = ConversionReport(model=model_label(model), opset=opset_version(work),
                               mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
     rewrite_graph(work, options, report)
+    previous = read_metadata(work)
+    if previous and not report.converted:
+        report.notes.append(f"already converted by onnx-fc2conv {previous['version']}; nothing left to convert")
     seconds["rewrite"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -208,6 +215,8 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
         elif match.status == "blocked":
             _put_flatten_back(ctx, match.node, flattened, extra_nodes)
 
+    if not replaced:
+        return  # nothing converted: the model stays exactly as it came, byte for byte
     nodes = []
     for node in graph.node:
         if id(node) in replaced:
@@ -461,14 +470,18 @@ def _reinfer_shapes(model: onnx.ModelProto, map_outputs: dict[str, int]) -> None
     graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in outputs)
 
 
-def check_input_model(model: onnx.ModelProto) -> bool:
+def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
     """Raise if the input is not a valid model; return whether it also passes ``full_check``
     (some exporters write models that only the strict shape check rejects)."""
+    try:
+        check_graph(model)
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"{label}: {exc}") from None
     sk = skeleton(model)
     try:
         onnx.checker.check_model(sk)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"the input is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
+        raise InvalidModelError(f"{label}: not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
     try:
         onnx.checker.check_model(sk, full_check=True)
         return True
