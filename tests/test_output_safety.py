@@ -41,7 +41,7 @@ def test_out_equal_to_in_is_refused_and_in_keeps_its_bytes(lenet):
 def test_out_equal_to_in_by_another_spelling_is_refused(lenet, monkeypatch):
     monkeypatch.chdir(lenet.parent)
     with pytest.raises(OutputError, match="OUT is the input model"):
-        convert(lenet, f"./sub/../{lenet.name}".replace("sub/../", ""))
+        convert(lenet, f"./{lenet.name}")
     os.symlink(lenet, lenet.parent / "alias.onnx")
     with pytest.raises(OutputError, match="OUT is the input model"):
         convert(lenet, lenet.parent / "alias.onnx")
