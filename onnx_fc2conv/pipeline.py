@@ -481,7 +481,7 @@ def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
     try:
         onnx.checker.check_model(sk)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"{label}: not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
+        raise InvalidModelError(f"{label} is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
     try:
         onnx.checker.check_model(sk, full_check=True)
         return True
