@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     convert = load_converter()
     fcn = None
     if convert is not None:
-        result = convert(src)
+        result = convert(os.path.relpath(src))  # relative to where it runs: a short label in the report
         print(result.report.render_text(verbose=True))
         fcn = result.model
         dst = os.path.join(OUT, "digits_fcn.onnx")

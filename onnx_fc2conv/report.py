@@ -90,7 +90,7 @@ class VerificationResult:
         ran = [c for c in self.checks if c.compared]
         windows = sum(c.compared for c in ran if c.check.startswith("sliding window"))
         head = "verification passed" if self.passed else "VERIFICATION FAILED"
-        text = (f"{head}: {len(ran)} checks, max abs error {self.max_abs_error:.3g} "
+        text = (f"{head}: {len(ran)} check{'s' * (len(ran) != 1)}, max abs error {self.max_abs_error:.3g} "
                 f"(rtol {self.rtol:g}, atol {self.atol:g})")
         if windows:
             text += f", {windows} window positions matched"
