@@ -8,6 +8,7 @@ benchmarks/README.md), and a rewrite touches a handful of nodes.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Iterable, Iterator
 
@@ -17,9 +18,10 @@ from onnx import helper, numpy_helper
 
 Dim = int | str | None  # static size, symbolic name, or unknown
 
-# Initializers larger than this are not copied into the shape-inference skeleton; they are declared
-# as typed graph inputs instead, which is all shape inference needs of a weight.
-_SKELETON_MAX_BYTES = 1 << 16
+# Initializers with more elements than this are not copied into the shape-inference skeleton; they
+# are declared as typed graph inputs instead, which is all shape inference needs of a weight. (The
+# count comes from the dims: ``ByteSize()`` of a big tensor costs as much as serializing it.)
+_SKELETON_MAX_ELEMENTS = 1 << 14
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
 _CACHE_MAX_BYTES = 1 << 20
 
@@ -133,7 +135,7 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | 
         if input_shapes and inp.name in input_shapes:
             set_shape(new, input_shapes[inp.name])
     for init in g.initializer:
-        if init.ByteSize() <= _SKELETON_MAX_BYTES:
+        if math.prod(init.dims) <= _SKELETON_MAX_ELEMENTS:
             sg.initializer.append(init)
         elif init.name not in input_names:
             sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -208,7 +210,25 @@ class GraphIndex:
 
     # ---- constants ----------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
-        return self.constant(name) is not None
+        return name in self.initializers or self.constant(name) is not None
+
+    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
+        """Shape and dtype of a constant; an initializer's are read without copying its data."""
+        if name in self.initializers:
+            init = self.initializers[name]
+            return tuple(init.dims), np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+        value = self.constant(name)
+        return None if value is None else (value.shape, value.dtype)
+
+    def owned_initializer(self, name: str) -> onnx.TensorProto | None:
+        """The initializer ``name`` when exactly one node reads it and nothing else can see it (not a
+        graph input or output), so a rewrite of that node may take over its data without a copy."""
+        init = self.initializers.get(name)
+        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
+            return None
+        if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
+            return None
+        return init
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of ``name`` when it is known without running the model, else None."""

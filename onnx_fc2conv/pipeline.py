@@ -211,6 +211,9 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
             replaced[id(outcome.removed[0])] = outcome.new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(outcome.initializers)
+            for name, dims in outcome.reshaped.items():
+                del index.initializers[name].dims[:]
+                index.initializers[name].dims.extend(dims)
             report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
         elif match.status == "blocked":
             _put_flatten_back(ctx, match.node, flattened, extra_nodes)
@@ -416,15 +419,12 @@ def cleanup(graph: onnx.GraphProto) -> None:
         kept = [n for n in graph.node if id(n) not in dead_ids]
         del graph.node[:]
         graph.node.extend(kept)
-    unused = [t.name for t in graph.initializer if t.name not in read]
-    if unused:
-        unused_set = set(unused)
-        kept_inits = [t for t in graph.initializer if t.name not in unused_set]
-        del graph.initializer[:]
-        graph.initializer.extend(kept_inits)
-        kept_inputs = [i for i in graph.input if i.name not in unused_set]
-        del graph.input[:]
-        graph.input.extend(kept_inputs)
+    unused = {t.name for t in graph.initializer if t.name not in read}
+    # Deleted in place, back to front: rebuilding the list would copy every kept weight.
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in unused]):
+        del graph.initializer[i]
+    for i in reversed([i for i, v in enumerate(graph.input) if v.name in unused]):
+        del graph.input[i]
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -479,14 +479,15 @@ def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
         raise InvalidModelError(f"{label}: {exc}") from None
     sk = skeleton(model)
     try:
-        onnx.checker.check_model(sk)
-    except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"{label} is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
-    try:
         onnx.checker.check_model(sk, full_check=True)
         return True
     except Exception:  # noqa: BLE001 - shape-inference errors come in several types
-        return False
+        pass  # the structural check alone tells an invalid model from a strict-shape complaint
+    try:
+        onnx.checker.check_model(sk)
+    except onnx.checker.ValidationError as exc:
+        raise InvalidModelError(f"{label} is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
+    return False
 
 
 def check_output_model(model: onnx.ModelProto, strict: bool) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -83,13 +84,12 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     # A deliberately broken rewrite: every conv kernel written 1% too large.
     from onnx_fc2conv.rules import _dense
 
-    real = _dense._conv_weight
-
     def broken(index, dense, shape):
-        name, inits = real(index, dense, shape)
         from onnx import numpy_helper
-        inits[0].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[0]) * 1.01, name))
-        return name, inits
+        w = index.constant(dense.weight)
+        w = (w.T if dense.weight_is_k_by_f else w) * dense.alpha * 1.01
+        name = index.fresh_name("broken_kernel")
+        return name, [numpy_helper.from_array(w.astype(np.float32).reshape(shape), name)], {}
 
     monkeypatch.setattr(_dense, "_conv_weight", broken)
     out = tmp_path / "o.onnx"

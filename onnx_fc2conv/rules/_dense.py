@@ -46,13 +46,14 @@ class Dense:
 def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
     if attr(node, "transA", 0):
         return Skip("trans_a")
-    w = index.constant(node.input[1])
-    if w is None:
+    meta = index.constant_meta(node.input[1])
+    if meta is None:
         return Skip("weight_not_constant")
-    if w.ndim != 2:
-        return Skip("weight_not_constant", f"the weight has rank {w.ndim}, not 2")
+    shape, dtype = meta
+    if len(shape) != 2:
+        return Skip("weight_not_constant", f"the weight has rank {len(shape)}, not 2")
     trans_b = bool(attr(node, "transB", 0))
-    out_f, in_k = (w.shape if trans_b else w.shape[::-1])
+    out_f, in_k = (shape if trans_b else shape[::-1])
     bias = None
     if len(node.input) > 2 and node.input[2]:
         c = index.constant(node.input[2])
@@ -61,7 +62,7 @@ def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
         bias = _bias_vector(c, out_f)
         if bias is None:
             return Skip("bias_per_sample", f"the bias has shape {list(c.shape)}; a conv bias needs [F]")
-        bias = (float(attr(node, "beta", 1.0)) * bias).astype(w.dtype)
+        bias = (float(attr(node, "beta", 1.0)) * bias).astype(dtype)
     return Dense([node], node.input[0], node.output[0], node.input[1], not trans_b, in_k, out_f,
                  alpha=float(attr(node, "alpha", 1.0)), bias=bias)
 
@@ -71,10 +72,10 @@ def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | N
 
     Returns None when W is not a constant: a MatMul of two activations is not an FC layer.
     """
-    w = index.constant(node.input[1])
-    if w is None or w.ndim != 2:
+    meta = index.constant_meta(node.input[1])
+    if meta is None or len(meta[0]) != 2:
         return None
-    in_k, out_f = w.shape
+    (in_k, out_f), dtype = meta
     nodes, output, bias = [node], node.output[0], None
     add = index.only_consumer(node.output[0])
     if add is not None and add.op_type == "Add":
@@ -82,7 +83,7 @@ def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | N
         c = index.constant(other)
         vec = _bias_vector(c, out_f) if c is not None else None
         if vec is not None:
-            nodes, output, bias = [node, add], add.output[0], vec.astype(w.dtype)
+            nodes, output, bias = [node, add], add.output[0], vec.astype(dtype)
     return Dense(nodes, node.input[0], output, node.input[1], True, in_k, out_f, bias=bias)
 
 
@@ -103,7 +104,7 @@ def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kern
                     f"the layer takes {dense.in_features} inputs but the map gives "
                     f"{channels}x{'x'.join(map(str, kernel))}={channels * int(np.prod(kernel))}")
     conv_shape = (dense.out_features, channels, *kernel)
-    weight_name, new_inits = _conv_weight(index, dense, conv_shape)
+    weight_name, new_inits, reshaped = _conv_weight(index, dense, conv_shape)
     inputs = [x, weight_name]
     if dense.bias is not None:
         bias_name = index.fresh_name(f"{dense.name}.bias")
@@ -114,16 +115,23 @@ def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kern
     detail = (f"{dense.describe()} -> Conv {dense.out_features}x{channels}x"
               f"{'x'.join(map(str, kernel))}")
     return Rewrite(removed=list(dense.nodes), new_nodes=[conv], maps={dense.output: spatial_rank},
-                   initializers=new_inits, detail=detail, **rewrite_fields)
+                   initializers=new_inits, reshaped=reshaped, detail=detail, **rewrite_fields)
 
 
-def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...]) -> tuple[str, list]:
-    """A constant holding the conv kernel. The original weight is never mutated: it may be read by
-    other nodes, and the input model must stay as it was."""
+def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...]) -> tuple[str, list, dict]:
+    """The conv kernel: its name, new initializers, and initializers to reshape in place.
+
+    With ``W`` stored ``[F, K]`` and ``alpha = 1`` the kernel has the same bytes as ``W``: when only
+    this layer reads ``W``, the rewrite just gives it the kernel's dims (no copy of a weight that may
+    be hundreds of MB). Otherwise a new initializer is written: the original is never mutated, as
+    other nodes may read it."""
+    owned = index.owned_initializer(dense.weight)
+    if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0:
+        return dense.weight, [], {dense.weight: conv_shape}
     w = index.constant(dense.weight)
     if dense.weight_is_k_by_f:
         w = w.T
     if dense.alpha != 1.0:
         w = (w * dense.alpha).astype(w.dtype)
     name = index.fresh_name(f"{dense.name}.weight")
-    return name, [numpy_helper.from_array(np.ascontiguousarray(w).reshape(conv_shape), name)]
+    return name, [numpy_helper.from_array(np.ascontiguousarray(w).reshape(conv_shape), name)], {}

@@ -55,13 +55,16 @@ class Rewrite:
 
     ``maps`` names the tensors that hold a feature map after the rewrite, with their spatial rank.
     A head rewrite also names the tensor it reads (``feature_map``) and its window ``[C, *S]``, which
-    the verifier needs for the sliding-window proof.
+    the verifier needs for the sliding-window proof. ``reshaped`` gives initializers new dims in
+    place (a weight whose bytes already are the kernel); the pipeline applies it only when it takes
+    the rewrite, so a rule never changes the model itself.
     """
 
     removed: list[onnx.NodeProto]
     new_nodes: list[onnx.NodeProto]
     maps: dict[str, int]
     initializers: list[onnx.TensorProto] = field(default_factory=list)
+    reshaped: dict[str, tuple[int, ...]] = field(default_factory=dict)
     detail: str = ""
     feature_map: str | None = None
     window: tuple[int, ...] | None = None
