@@ -1,7 +1,8 @@
-"""The README cannot rot: its ```bash and ```python blocks run, in order, in one scratch folder,
-and a ```text block right after one of them must be what it prints (numbers that vary from machine
-to machine, like errors and timings, are compared as placeholders). ```sh and ```py blocks are
-shown only (they need make, a venv or TensorRT). The tables name every rule and reason code."""
+"""The README cannot rot: its blocks marked ```bash test and ```python test run, in order, in one
+scratch folder, and a ```text block right after one of them must be what it prints (numbers that
+vary from machine to machine, like errors and timings, are compared as placeholders). Running is
+opt-in: every other block is shown only, so install commands (pip, make) never run from a test.
+The tables name every rule and reason code."""
 from __future__ import annotations
 
 import contextlib
@@ -17,18 +18,20 @@ from conftest import ROOT
 from onnx_fc2conv import REASONS, RULE_NAMES
 
 README = (ROOT / "README.md").read_text()
-FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
+FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<lang>\w*)(?P<test> test)?\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
 # Floats (1.16e-06, 0.0001, 3.2572): they depend on the CPU's arithmetic, so only their place is checked.
 FLOAT = re.compile(r"\d+\.\d+(e[-+]\d+)?|\d+e[-+]\d+")
 
 
 def blocks():
     """(lang, code, expected output or None) for every block that runs, in README order."""
-    found = [(m["lang"], _dedent(m["body"], m["indent"]), m.end(), m.start()) for m in FENCE.finditer(README)]
+    found = [(m["lang"], _dedent(m["body"], m["indent"]), m.end(), m.start(), bool(m["test"]))
+             for m in FENCE.finditer(README)]
     runnable = []
-    for i, (lang, body, end, _) in enumerate(found):
-        if lang not in ("bash", "python"):
+    for i, (lang, body, end, _, marked) in enumerate(found):
+        if not marked:
             continue
+        assert lang in ("bash", "python"), f"only bash and python blocks can be marked test, not {lang!r}"
         following = found[i + 1] if i + 1 < len(found) else None
         expected = None
         if following and following[0] == "text" and not README[end:following[3]].strip():
