@@ -46,7 +46,7 @@ class ConvertByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=ConvertByDefault, context_settings=CONTEXT)
+@click.group(cls=ConvertByDefault, context_settings=CONTEXT, subcommand_metavar="[COMMAND] IN [OUT] ...")
 @click.version_option(__version__, prog_name="onnx-fc2conv")
 def main():
     """Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
@@ -66,7 +66,7 @@ def rule_options(command):
                              "e.g. x:1x3x224x224.")(command)
 
 
-@main.command("convert", context_settings=CONTEXT)
+@main.command("convert", context_settings=CONTEXT, short_help="Convert IN, prove it, write OUT (the default).")
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
@@ -110,7 +110,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, pr
     _write_json(report_json, result.report)
 
 
-@main.command("inspect", context_settings=CONTEXT)
+@main.command("inspect", context_settings=CONTEXT, short_help="Show what would convert, and why not; write nothing.")
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @rule_options

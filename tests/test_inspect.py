@@ -147,3 +147,11 @@ def test_model_that_convert_refuses_is_still_explained_with_a_note():
     assert [r.status for r in result.nodes] == ["converts"]
     assert result.notes == ["convert refuses this model: the input is not a valid ONNX model: "
                             "Field 'shape' of 'type' is required but missing."]
+
+
+def test_help_names_both_commands_and_the_default():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "onnx-fc2conv IN OUT [options]" in result.output
+    commands = result.output.split("Commands:")[1].split()
+    assert commands[0] == "convert" and "inspect" in commands
