@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import Fc2ConvError, UsageError, VerificationFailed
+from .errors import CouldNotVerify, Fc2ConvError, UsageError, VerificationFailed
 from .inspection import inspect
 from .pipeline import convert
 from .rules import RULE_NAMES
@@ -62,8 +62,9 @@ def rule_options(command):
     command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
                            help="Turn a rule off (repeatable).")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-                        help="Shape of an input for verification and for symbolic feature maps, "
-                             "e.g. x:1x3x224x224.")(command)
+                        help="Shape of an input (repeatable), for verification and for feature maps the graph "
+                             "leaves symbolic, e.g. x:1x3x224x224; '?' keeps a dim symbolic, e.g. "
+                             "x:?x3x48x192.")(command)
 
 
 @main.command("convert", context_settings=CONTEXT, short_help="Convert IN, prove it, write OUT (the default).")
@@ -78,11 +79,14 @@ def rule_options(command):
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
 @click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
 @rule_options
+@click.option("--input-data", "input_data", metavar="FILE.npz", type=click.Path(path_type=Path),
+              help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "
+                   "name are synthesised.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
 def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, providers, rtol, atol, skip_rules,
-                    input_shapes, report_json, quiet, verbose):
+                    input_shapes, input_data, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
@@ -90,13 +94,17 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, pr
     least as large as the original and returns one output per window. IN is never modified; OUT is
     written only when verification passes.
 
-    Exit codes: 0 converted (or nothing to convert), 1 verification failed, 2 bad input or usage.
+    Exit codes: 0 converted (or nothing to convert), 1 verification failed or could not run (the
+    original model fails on the verifier's inputs: pass --input-shape / --input-data), 2 bad input
+    or usage.
     """
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
-                         input_shapes=shapes, verify=not no_verify, providers=providers, rtol=rtol, atol=atol,
-                         inplace=inplace)
+                         input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
+                         rtol=rtol, atol=atol, inplace=inplace)
+    except CouldNotVerify as exc:
+        _fail(f"{exc}; {out_path} not written", exc.exit_code)
     except VerificationFailed as exc:
         if exc.result is not None and not quiet:
             click.echo(exc.result.report.render_text(verbose=True))

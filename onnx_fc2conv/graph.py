@@ -133,7 +133,9 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | 
         new = sg.input.add()
         new.CopyFrom(inp)
         if input_shapes and inp.name in input_shapes:
-            set_shape(new, input_shapes[inp.name])
+            _, declared = value_dims(inp)
+            pinned = input_shapes[inp.name]  # None keeps the declared (symbolic) dim
+            set_shape(new, [p if p is not None else d for p, d in zip(pinned, declared or (None,) * len(pinned))])
     for init in g.initializer:
         if math.prod(init.dims) <= _SKELETON_MAX_ELEMENTS:
             sg.initializer.append(init)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
 from .graph import (GraphIndex, attr, node_inputs, opset_version, rename_input, set_shape, skeleton, subgraphs,
                     value_dims)
+from .inputs import check_input_options, load_input_data
 from .modelio import PathLike, load_model, save_model
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
 from .safety import check_graph, check_output_path
@@ -75,8 +77,13 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
 
     ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
     result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
-    which case nothing is written to ``output_path``. ``output_path`` may be the input file only
-    with ``inplace``; it is replaced atomically, after verification.
+    which case nothing is written to ``output_path``; :class:`CouldNotVerify` when the original model
+    itself does not run on the verifier's inputs. ``output_path`` may be the input file only with
+    ``inplace``; it is replaced atomically, after verification.
+
+    ``input_shapes`` maps input names to dims (``None`` keeps a dim symbolic): they pin sizes for the
+    verifier and tell the rewrite the feature-map size the graph leaves symbolic. ``input_data`` (a
+    dict of arrays, or an ``.npz`` path) feeds the original-size check; its arrays pin shapes too.
     """
     options = make_options(keep_output_shape=keep_output_shape, skip_rules=skip_rules, include=include,
                            exclude=exclude, input_shapes=input_shapes)
@@ -86,6 +93,10 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     clock = time.perf_counter()
     work = load_model(model)
     input_passes_full_check = check_input_model(work, model_label(model))
+    if isinstance(input_data, (str, os.PathLike)):
+        input_data = load_input_data(input_data)
+    input_data = check_input_options(work, options.input_shapes, input_data)
+    options.input_shapes = {**{name: value.shape for name, value in input_data.items()}, **options.input_shapes}
     seconds["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -44,7 +44,11 @@ class InputSummary:
     dtype: str
     min: float
     max: float
-    source: str  # "random", "file", "ones", "index range", ...
+    source: str  # "random normal, seed 0", "file", "ones (mask)", "index range [0, 50)", ...
+
+    def line(self) -> str:
+        values = "empty" if 0 in self.shape else f"in [{self.min:g}, {self.max:g}]"
+        return f"  input {self.name}: {self.dtype}[{','.join(map(str, self.shape))}] {values} ({self.source})"
 
 
 @dataclass
@@ -103,8 +107,7 @@ class VerificationResult:
                 lines.append(c.line())
         lines.extend(f"  skipped: {s}" for s in self.skipped)
         if verbose:
-            for i in self.inputs:
-                lines.append(f"  input {i.name}: {i.dtype}{i.shape} in [{i.min:g}, {i.max:g}] ({i.source})")
+            lines.extend(i.line() for i in self.inputs)
         return "\n".join(lines)
 
 

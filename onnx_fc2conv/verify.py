@@ -44,7 +44,10 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     original = original if isinstance(original, onnx.ModelProto) else load_model(original)
     converted = converted if isinstance(converted, onnx.ModelProto) else load_model(converted)
     feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data)
-    expected_session = _session(original, "cpu")
+    try:
+        expected_session = _session(original, "cpu")
+    except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
+        raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: {_first_line(exc)}") from None
     try:
         expected = _run(expected_session, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of the original means no proof
@@ -56,7 +59,12 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
 
     sessions = {}
     for provider in providers:
-        session = _session(converted, provider)
+        try:
+            session = _session(converted, provider)
+        except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
+            result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
+                                             note=f"the converted model does not load: {_first_line(exc)}"))
+            continue
         if session is None:
             result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
             continue

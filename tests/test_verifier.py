@@ -1,11 +1,10 @@
 """The verifier is the proof: it must pass a right rewrite and catch a wrong one."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from onnx_fc2conv import CouldNotVerify, convert, verify
+from onnx_fc2conv import convert, verify
 from onnx_fc2conv.verify import larger_sizes
 
 
@@ -61,12 +60,6 @@ def test_verify_reports_cuda_as_skipped_when_not_available(build_models):
     assert result.passed
     assert result.skipped[0].startswith("CUDAExecutionProvider not available")
     assert {c.provider for c in result.checks} == {"cpu"}
-
-
-def test_original_model_failing_on_its_inputs_is_could_not_verify(build_models):
-    original = build_models.seed_fc()
-    with pytest.raises(CouldNotVerify, match="original model fails on synthesised inputs"):
-        verify(original, original, input_data={"x": np.zeros((2, 4, 1, 1), np.float32)})
 
 
 def test_larger_sizes_are_larger_and_one_is_not_square():

