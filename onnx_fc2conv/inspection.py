@@ -107,8 +107,8 @@ def _fed_by(index: GraphIndex, name: str) -> str:
     if source in index.graph_inputs:
         return f"input {source}"
     producer = index.producer.get(source)
-    if producer is None:
-        return "outer scope" if source not in index.initializers else "initializer"
+    if producer is None:  # an initializer, or a tensor made inside an If/Loop body
+        return "initializer" if source in index.initializers else "?"
     text = producer.op_type
     if producer.op_type in FLATTENING_OPS:
         text += f" of {format_dims(index.shape(producer.input[0]))}"

@@ -100,7 +100,7 @@ def test_fc_layer_inside_an_if_body_is_reported_in_subgraph():
     m = model(nodes, [vi("x", ["N", 4]), vi("cond", [], onnx.TensorProto.BOOL)], [vi("y", None)],
               [init("w", weights(rng, 3, 4)), init("zeros", np.zeros((1, 3), np.float32))])
     (row,) = inspect(m).nodes
-    assert (row.node, row.status, row.reason) == ("inner_fc", "skipped", "in_subgraph")
+    assert (row.node, row.status, row.reason, row.fed_by) == ("inner_fc", "skipped", "in_subgraph", "input x")
     assert "'branch'" in row.detail
 
 
