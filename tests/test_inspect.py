@@ -81,6 +81,15 @@ def test_inspect_explains_every_fc_node_of_the_shared_models(name, fc_nodes):
         assert (r.rule in RULE_NAMES) if r.status == "converts" else (r.reason in REASONS and r.detail), r
 
 
+def test_map_meeting_an_op_that_needs_the_flat_tensor_is_a_blocked_row():
+    m = conv_flatten_gemm(after=[("Concat", {"axis": 1}, ["side"])], extra_inputs=[vi("side", ["N", 2])])
+    result = inspect(m)
+    assert [(r.node, r.op, r.status, r.reason) for r in result.nodes] == [
+        ("fc", "Gemm", "converts", None), ("after0", "Concat", "blocked", "fcn_blocked")]
+    assert result.nodes[1].fed_by == "Gemm"
+    assert "1 of 1 FC nodes will convert" in result.render_text()  # the Concat is no FC node
+
+
 def test_quantized_fc_operator_is_reported_not_converted():
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
