@@ -19,7 +19,7 @@ REASONS: dict[str, str] = {
     "bias_per_sample": "the bias has one row per sample ([N,F]); a convolution bias is one value per channel",
     "flatten_axis": "the Flatten does not keep the batch axis alone (axis != 1)",
     "feature_map_rank": "the flattened tensor is not a rank 3-5 feature map [N,C,*S]",
-    "feature_map_shape_unknown": "C or the spatial size of the flattened map is not static; pass --input-shape",
+    "feature_map_shape_unknown": "the flattened map's size is symbolic and the weight does not fix it; pass --input-shape",
     "reshape_not_flatten": "the Reshape does not flatten [N,C,*S] into [N,C*prod(S)]",
     "not_a_feature_map": "the layer reads a 2D tensor that is not a flattened feature map (see --vector-fc)",
     "token_matmul": "the MatMul runs on a [B,T,D] token tensor (see --token-layout)",
