@@ -173,11 +173,47 @@ def infer_value_types(model: onnx.ModelProto, input_shapes=None) -> dict[str, tu
     return types
 
 
-class GraphIndex:
-    """Producers, consumers, shapes and constant values of one model's top-level graph."""
+def names_in(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name of ``graph`` and of the If/Loop/Scan bodies inside it."""
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.add(node.name)
+        names.update(node.input)
+        names.update(node.output)
+        for body in subgraphs(node):
+            names |= names_in(body)
+    return names
 
-    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None):
+
+def body_model(body: onnx.GraphProto, outer: "GraphIndex") -> onnx.ModelProto:
+    """An If/Loop/Scan body as a model of its own, so that GraphIndex and the rules read it as they
+    read a top-level graph: the outer-scope tensors it reads become typed inputs (their values, when
+    constant, stay with ``outer``). The nodes are copies: write them back when done."""
+    g = onnx.GraphProto()
+    g.CopyFrom(body)
+    del g.value_info[:]
+    for name in sorted(outer_names_read(body)):
+        elem, dims = outer.types.get(name, (onnx.TensorProto.UNDEFINED, None))
+        vi = helper.make_tensor_value_info(name, elem, None)
+        if dims is not None:
+            set_shape(vi, dims)
+        g.input.append(vi)
+    model = helper.make_model(g, opset_imports=list(outer.model.opset_import), ir_version=outer.model.ir_version)
+    model.functions.extend(outer.model.functions)
+    return model
+
+
+class GraphIndex:
+    """Producers, consumers, shapes and constant values of one model's top-level graph.
+
+    With ``outer`` (the index of the enclosing graph) it indexes an If/Loop/Scan body made into a
+    model by :func:`body_model`: outer-scope constants are read through ``outer``, and fresh names
+    are unique across every scope."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
+                 outer: "GraphIndex | None" = None):
         self.model = model
+        self.outer = outer
         self.graph = model.graph
         self.opset = opset_version(model)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -193,9 +229,8 @@ class GraphIndex:
         self.graph_outputs = [o.name for o in self.graph.output]
         self.types = infer_value_types(model, input_shapes)
         self._const_cache: dict[str, np.ndarray | None] = {}
-        self._used_names = set(self.producer) | set(self.consumers) | set(self.initializers)
-        self._used_names.update(n.name for n in self.graph.node)
-        self._used_names.update(self.graph_inputs)
+        self._used_names = outer._used_names if outer is not None else set()  # shared: one namespace
+        self._used_names.update(names_in(self.graph))
 
     # ---- shapes -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[Dim, ...] | None:
@@ -249,6 +284,8 @@ class GraphIndex:
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         node = self.producer.get(name)
+        if node is None and self.outer is not None:
+            return self.outer.constant(name)
         if node is None or node.domain not in ("", "ai.onnx"):
             return None
         if node.op_type == "Constant":

@@ -14,8 +14,8 @@ import onnx
 from .errors import InvalidModelError
 from .graph import GraphIndex, opset_version
 from .modelio import PathLike, load_model
-from .pipeline import (QUANTIZED_FC_OPS, Match, check_input_model, make_options, match_nodes, model_label,
-                       toposort)
+from .pipeline import (QUANTIZED_FC_OPS, Match, body_plans, check_input_model, make_options, match_nodes,
+                       model_label, toposort)
 from .report import format_dims
 from .rules import Rewrite
 
@@ -86,6 +86,10 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
     index = GraphIndex(work, opts.input_shapes)
     plan = match_nodes(index, opts)
     result.nodes = [_describe(index, m) for m in plan.matches if m.status is not None]
+    for scope, body_index, body_plan in body_plans(index, opts):
+        for row in [_describe(body_index, m) for m in body_plan.matches if m.status is not None]:
+            row.node = scope + row.node
+            result.nodes.append(row)
     return result
 
 

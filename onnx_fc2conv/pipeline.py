@@ -8,6 +8,7 @@ import fnmatch
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from onnx import helper
 
 from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
-from .graph import (GraphIndex, attr, node_inputs, opset_version, rename_input, set_shape, skeleton, subgraphs,
+from .graph import (GraphIndex, attr, body_model, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
 from .inputs import check_input_options, load_input_data
 from .modelio import PathLike, load_model, save_model
@@ -204,46 +205,23 @@ def match_nodes(index: GraphIndex, options: Options) -> Plan:
 
 def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionReport) -> None:
     """Match the rules, replace the matched nodes, put a Flatten back where a map meets an op
-    that needs the flat tensor; then finish the outputs, clean up and re-infer shapes."""
+    that needs the flat tensor, do the same inside If/Loop/Scan bodies; then finish the outputs,
+    clean up and re-infer shapes."""
     graph = model.graph
     toposort(graph)
     index = GraphIndex(model, options.input_shapes)
     plan = match_nodes(index, options)
     ctx, heads = plan.ctx, plan.heads
     report.nodes.extend(plan.node_reports())
-    replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
-    removed: set[int] = set()
-    new_initializers: list[onnx.TensorProto] = []
-    flattened: dict[str, str] = {}  # map tensor -> its Flatten, for consumers that need [N, F]
-    extra_nodes: list[onnx.NodeProto] = []
-    for match in plan.matches:
-        outcome = match.outcome
-        if isinstance(outcome, Rewrite):
-            replaced[id(outcome.removed[0])] = outcome.new_nodes
-            removed.update(id(n) for n in outcome.removed)
-            new_initializers.extend(outcome.initializers)
-            for name, dims in outcome.reshaped.items():
-                del index.initializers[name].dims[:]
-                index.initializers[name].dims.extend(dims)
-            report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
-        elif match.status == "blocked":
-            _put_flatten_back(ctx, match.node, flattened, extra_nodes)
-
-    if not replaced:
+    extra_nodes = apply_plan(graph, plan, report)
+    bodies_changed = rewrite_bodies(index, options, report)
+    if extra_nodes is None and not bodies_changed:
         return  # nothing converted: the model stays exactly as it came, byte for byte
-    nodes = []
-    for node in graph.node:
-        if id(node) in replaced:
-            nodes.extend(replaced[id(node)])
-        elif id(node) not in removed:
-            nodes.append(node)
-    nodes.extend(extra_nodes)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(new_initializers)
+    extra_nodes = extra_nodes or []
     if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
-        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_initializers)
-    report.flattens_added = len(extra_nodes)
+        listed = {i.name for i in graph.input}
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in graph.initializer if t.name not in listed)
 
     map_outputs = [o.name for o in graph.output if o.name in ctx.maps]
     if options.keep_output_shape:
@@ -260,6 +238,99 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
     report.symbolic_inputs = {i.name: _dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
     if heads:
         _write_metadata(model, options, heads, ctx.maps, map_outputs, spatial_inputs)
+
+
+def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> list[onnx.NodeProto] | None:
+    """Replace the matched nodes of ``graph`` and put a Flatten back before each blocked node.
+    Returns the Flatten nodes added, or None when the plan rewrites nothing (the graph is untouched)."""
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
+    removed: set[int] = set()
+    new_initializers: list[onnx.TensorProto] = []
+    flattened: dict[str, str] = {}  # map tensor -> its Flatten, for consumers that need [N, F]
+    extra_nodes: list[onnx.NodeProto] = []
+    for match in plan.matches:
+        outcome = match.outcome
+        if isinstance(outcome, Rewrite):
+            replaced[id(outcome.removed[0])] = outcome.new_nodes
+            removed.update(id(n) for n in outcome.removed)
+            new_initializers.extend(outcome.initializers)
+            for name, dims in outcome.reshaped.items():
+                del plan.ctx.index.initializers[name].dims[:]
+                plan.ctx.index.initializers[name].dims.extend(dims)
+            report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
+        elif match.status == "blocked":
+            _put_flatten_back(plan.ctx, match.node, flattened, extra_nodes)
+    if not replaced:
+        return None
+    nodes = []
+    for node in graph.node:
+        if id(node) in replaced:
+            nodes.extend(replaced[id(node)])
+        elif id(node) not in removed:
+            nodes.append(node)
+    nodes.extend(extra_nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_initializers)
+    report.flattens_added += len(extra_nodes)
+    return extra_nodes
+
+
+def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport, scope: str = "") -> bool:
+    """Convert the FC layers inside the If/Loop/Scan bodies of ``outer``'s graph (and theirs).
+
+    A body is matched as a model of its own whose index reads outer-scope weights through
+    ``outer``; a map that reaches a body output is flattened back, so the body keeps its output
+    shapes and the enclosing node is unchanged. Returns whether any body changed."""
+    changed = False
+    for where, body in _bodies(outer.graph, scope):
+        work, index, plan = _body_plan(body, outer, options)
+        report.nodes.extend(_scoped(plan.node_reports(), where))
+        converted = apply_plan(work.graph, plan, report) is not None
+        if not (rewrite_bodies(index, options, report, where) or converted):
+            continue
+        graph = work.graph
+        report.flattens_added += _flatten_outputs(graph, [o.name for o in graph.output if o.name in plan.ctx.maps],
+                                                  index)
+        cleanup(graph)
+        toposort(graph)
+        del body.node[:]
+        body.node.extend(graph.node)
+        del body.initializer[:]
+        body.initializer.extend(graph.initializer)  # the body's own, less the unused, plus the new kernels
+        del body.value_info[:]  # shapes inside the body changed; ONNX Runtime infers them again
+        changed = True
+    return changed
+
+
+def body_plans(outer: GraphIndex, options: Options, scope: str = "") -> Iterator[tuple[str, GraphIndex, Plan]]:
+    """The rules' decisions inside every If/Loop/Scan body, nested ones too, without changing
+    anything: ``(scope, body index, plan)`` where scope is ``"node/attribute/"``."""
+    for where, body in _bodies(outer.graph, scope):
+        _, index, plan = _body_plan(body, outer, options)
+        yield where, index, plan
+        yield from body_plans(index, options, where)
+
+
+def _bodies(graph: onnx.GraphProto, scope: str) -> Iterator[tuple[str, onnx.GraphProto]]:
+    for node in graph.node:
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+            for body in bodies:
+                yield f"{scope}{node.name or node.output[0]}/{attribute.name}/", body
+
+
+def _body_plan(body: onnx.GraphProto, outer: GraphIndex, options: Options):
+    work = body_model(body, outer)
+    toposort(work.graph)
+    index = GraphIndex(work, outer=outer)
+    return work, index, match_nodes(index, options)
+
+
+def _scoped(lines: list[NodeReport], scope: str) -> list[NodeReport]:
+    for line in lines:
+        line.node = scope + line.node
+    return lines
 
 
 def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: Options):
@@ -286,19 +357,11 @@ def _selected(node: onnx.NodeProto, options: Options) -> bool:
 
 
 def _unsupported_fc_nodes(index: GraphIndex, node: onnx.NodeProto) -> list[Match]:
-    """FC layers no rule can reach: a quantized FC operator, or FC layers inside an If/Loop/Scan body."""
+    """FC layers no rule can rewrite: quantized FC operators."""
     if node.op_type in QUANTIZED_FC_OPS and _is_fc_candidate(index, node):
         return [Match(node, None, Skip("quantized_op", f"{node.op_type} is a quantized operator; "
                                        f"no rule rewrites it"), "skipped")]
-    found = []
-    for sub in subgraphs(node):
-        for inner in sub.node:
-            if inner.op_type in FC_OPS + tuple(QUANTIZED_FC_OPS) and _is_fc_candidate(index, inner):
-                found.append(Match(inner, None, Skip("in_subgraph", f"inside the body of {node.op_type} "
-                                                     f"{node.name or node.output[0]!r}"), "skipped"))
-            else:
-                found.extend(_unsupported_fc_nodes(index, inner))
-    return found
+    return []
 
 
 def _is_fc_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:

@@ -30,7 +30,6 @@ REASONS: dict[str, str] = {
     "unsupported_dtype": "the weight's element type has no Conv kernel at this opset",
     "excluded": "the node is excluded by --include/--exclude",
     "quantized_op": "a quantized FC operator (QGemm, QLinearMatMul, MatMulInteger); no rule rewrites it",
-    "in_subgraph": "the layer is inside an If/Loop/Scan body; only the main graph is rewritten",
 }
 
 Stage = Literal["head", "chain"]
