@@ -73,6 +73,9 @@ def rule_options(command):
 @click.option("--keep-output-shape", is_flag=True,
               help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
 @click.option("--inplace", is_flag=True, help="Allow OUT to be IN: replace it (atomically, after verification).")
+@click.option("--external-data", is_flag=True,
+              help="Write the weights to OUT.data beside OUT. Automatic when IN has external data or the "
+                   "weights pass 2 GB.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
@@ -83,16 +86,18 @@ def rule_options(command):
               help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "
                    "name are synthesised.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, providers, rtol, atol, skip_rules,
-                    input_shapes, input_data, report_json, quiet, verbose):
+def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, no_verify, providers, rtol, atol,
+                    skip_rules, input_shapes, input_data, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
     By default the Flatten in front of each FC head is removed, so the model takes any input at
     least as large as the original and returns one output per window. IN is never modified; OUT is
     written only when verification passes.
+
+    Steps that take more than a second, and every step on a large model, are shown on stderr.
 
     Exit codes: 0 converted (or nothing to convert), 1 verification failed or could not run (the
     original model fails on the verifier's inputs: pass --input-shape / --input-data), 2 bad input
@@ -102,7 +107,8 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, no_verify, pr
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
                          input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
-                         rtol=rtol, atol=atol, inplace=inplace)
+                         rtol=rtol, atol=atol, inplace=inplace, external_data=external_data,
+                         show_progress=not quiet)
     except CouldNotVerify as exc:
         _fail(f"{exc}; {out_path} not written", exc.exit_code)
     except VerificationFailed as exc:

@@ -1,25 +1,44 @@
 """Reading and writing models: clear errors for bad input, and output that is never half-written."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from .errors import InvalidModelError, OutputError
 from .safety import check_external_data
 
 PathLike = str | os.PathLike
 
+PROTOBUF_LIMIT = (1 << 31) - 1  # one serialized protobuf message, in bytes
+GRAPH_HEADROOM = 64 << 20  # room left for the graph itself when deciding on external data
+EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside the .onnx file, as onnx.save does
+DATA_ALIGNMENT = 4096  # external tensors start at page offsets, so a runtime can map them
+
 
 def load_model(source: PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """A private copy of ``source``: the caller's model or file is never changed."""
+    return read_model(source)[0]
+
+
+def read_model(source: PathLike | onnx.ModelProto, *,
+               load_external_data: bool = True) -> tuple[onnx.ModelProto, bool]:
+    """:func:`load_model`, and whether the file kept weights in external data.
+
+    Without ``load_external_data`` the external tensors keep their (checked) references, for a
+    reader that only needs the graph, or that lets ONNX Runtime read the data from the model's folder.
+    """
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
-        return model
+        return model, False
     path = Path(source)
     if not path.exists():
         raise InvalidModelError(f"{path}: no such file")
@@ -36,33 +55,124 @@ def load_model(source: PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.opset_import:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph or no opset)")
     check_external_data(model, path)  # every location, before any external byte is read
-    try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
-        raise InvalidModelError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
-    return model
+    external = any(uses_external_data(t) for t in _get_all_tensors(model))
+    if external and load_external_data:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+            raise InvalidModelError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+    return model, external
 
 
-def save_model(model: onnx.ModelProto, path: PathLike) -> None:
-    """Write ``model`` to ``path`` atomically: a temp file in the same folder, then a rename, so a
-    failure leaves neither a partial OUT nor a temp file behind."""
+def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = False) -> None:
+    """Write ``model`` to ``path`` atomically: temp files in the same folder, then renames, so a
+    failure leaves neither a partial OUT nor a temp file behind.
+
+    With ``external_data``, or when the weights pass protobuf's 2 GB limit, tensors of 1 KB and more
+    go to ``<OUT>.data`` beside OUT (one file, each tensor at a 4 KB-aligned offset) and OUT holds
+    the graph; ``model`` itself is not changed.
+    """
     path = Path(path)
     if not path.parent.exists():
         raise OutputError(f"{path}: the folder {path.parent} does not exist")
+    data_path = path.with_name(path.name + ".data")
+    external = external_data or needs_external_data(model)
+    temps: list[str] = []
+    renamed: list[Path] = []
+    try:
+        model_tmp = _temp_beside(path, temps)
+        if external:
+            data_tmp = _temp_beside(data_path, temps)
+            with open(data_tmp, "wb") as data:
+                shell = _with_external_data(model, data, data_path.name)
+            blob = shell.SerializeToString()
+        else:
+            blob = model.SerializeToString()
+        with open(model_tmp, "wb") as f:
+            f.write(blob)
+        del blob
+        if external:
+            os.chmod(data_tmp, _file_mode(data_path))
+            os.replace(data_tmp, data_path)
+            renamed.append(data_path)
+        os.chmod(model_tmp, _file_mode(path))
+        os.replace(model_tmp, path)
+    except BaseException as exc:
+        for leftover in [*temps, *renamed]:
+            Path(leftover).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
+        raise
+
+
+def payload_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the model's initializers, from their dims (no data is touched)."""
+    total = 0
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.STRING:
+            total += sum(len(s) for s in init.string_data)
+        else:
+            total += math.prod(init.dims) * _itemsize(init.data_type)
+    return total
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether the model cannot be one protobuf: its weights (plus headroom for the graph) pass 2 GB."""
+    return payload_bytes(model) > PROTOBUF_LIMIT - GRAPH_HEADROOM
+
+
+def _with_external_data(model: onnx.ModelProto, data, location: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers point into ``data`` (written here), without
+    copying their payload: everything but the initializers is copied, then each initializer is
+    either copied (small) or replaced by a reference."""
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip="graph")
+    _copy_fields(model.graph, shell.graph, skip="initializer")
+    for init in model.graph.initializer:
+        size = math.prod(init.dims) * _itemsize(init.data_type)
+        if init.data_type == onnx.TensorProto.STRING or size < EXTERNAL_MIN_BYTES:
+            shell.graph.initializer.append(init)
+            continue
+        offset = -data.tell() % DATA_ALIGNMENT + data.tell()
+        data.seek(offset)
+        payload = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
+        data.write(payload)
+        ref = shell.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims,
+                                          doc_string=init.doc_string)
+        ref.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
+            ref.external_data.add(key=key, value=value)
+        del payload
+    return shell
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _itemsize(data_type: int) -> int:
+    if data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def _temp_beside(path: Path, temps: list[str]) -> str:
+    """A new temp file in ``path``'s folder (so the final rename stays on one filesystem)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
-        raise
+    os.close(fd)
+    temps.append(tmp)
+    return tmp
 
 
 def _file_mode(path: Path) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
 from .graph import (GraphIndex, attr, body_model, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
 from .inputs import check_input_options, load_input_data
-from .modelio import PathLike, load_model, save_model
+from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
+from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
 from .safety import check_graph, check_output_path
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
@@ -73,14 +73,17 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
             input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
             rtol: float | None = None, atol: float | None = None, input_data=None,
-            seed: int = 0, inplace: bool = False) -> ConversionResult:
+            seed: int = 0, inplace: bool = False, external_data: bool = False,
+            show_progress: bool = False) -> ConversionResult:
     """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
 
     ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
     result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
     which case nothing is written to ``output_path``; :class:`CouldNotVerify` when the original model
     itself does not run on the verifier's inputs. ``output_path`` may be the input file only with
-    ``inplace``; it is replaced atomically, after verification.
+    ``inplace``; it is replaced atomically, after verification. Weights go to ``<OUT>.data`` beside
+    it with ``external_data``, when the input kept them in external data, or when they pass 2 GB.
+    ``show_progress`` prints the steps that take a while on stderr.
 
     ``input_shapes`` maps input names to dims (``None`` keeps a dim symbolic): they pin sizes for the
     verifier and tell the rewrite the feature-map size the graph leaves symbolic. ``input_data`` (a
@@ -91,43 +94,48 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    work = load_model(model)
-    input_passes_full_check = check_input_model(work, model_label(model))
-    if isinstance(input_data, (str, os.PathLike)):
-        input_data = load_input_data(input_data)
-    input_data = check_input_options(work, options.input_shapes, input_data)
-    options.input_shapes = {**{name: value.shape for name, value in input_data.items()}, **options.input_shapes}
-    seconds["load"] = time.perf_counter() - clock
+    progress = Progress(show_progress, seconds)
+    label = model_label(model)
+    progress.large = not isinstance(model, onnx.ModelProto) and Path(model).is_file() and \
+        Path(model).stat().st_size >= LARGE_MODEL_BYTES
+    with progress.step("load", f"loading {label}"):
+        work, had_external_data = read_model(model)
+        input_passes_full_check = check_input_model(work, label)
+        if isinstance(input_data, (str, os.PathLike)):
+            input_data = load_input_data(input_data)
+        input_data = check_input_options(work, options.input_shapes, input_data)
+        options.input_shapes = {**{name: value.shape for name, value in input_data.items()},
+                                **options.input_shapes}
+    size = payload_bytes(work)
+    progress.large = size >= LARGE_MODEL_BYTES
 
-    clock = time.perf_counter()
-    report = ConversionReport(model=model_label(model), opset=opset_version(work),
-                              mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
-    rewrite_graph(work, options, report)
-    previous = read_metadata(work)
-    if previous and not report.converted:
-        report.notes.append(f"already converted by onnx-fc2conv {previous['version']}; nothing left to convert")
-    seconds["rewrite"] = time.perf_counter() - clock
+    with progress.step("rewrite", f"rewriting {label} ({megabytes(size)} of weights)"):
+        report = ConversionReport(model=label, opset=opset_version(work),
+                                  mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
+        rewrite_graph(work, options, report)
+        previous = read_metadata(work)
+        if previous and not report.converted:
+            report.notes.append(f"already converted by onnx-fc2conv {previous['version']}; nothing left to convert")
 
-    clock = time.perf_counter()
-    check_output_model(work, strict=input_passes_full_check)
-    seconds["check"] = time.perf_counter() - clock
+    with progress.step("check", "checking the rewritten model"):
+        check_output_model(work, strict=input_passes_full_check)
 
     result = ConversionResult(work, report)
     if verify and report.converted:
         from .verify import verify as run_verification
 
-        clock = time.perf_counter()
-        report.verification = run_verification(model, work, providers=providers, rtol=rtol, atol=atol,
-                                               input_shapes=options.input_shapes, input_data=input_data, seed=seed)
-        seconds["verify"] = time.perf_counter() - clock
+        with progress.step("verify", "verifying with ONNX Runtime"):
+            report.verification = run_verification(model, work, providers=providers, rtol=rtol, atol=atol,
+                                                   input_shapes=options.input_shapes, input_data=input_data,
+                                                   seed=seed)
         if not report.verification:
             report.seconds = seconds
             raise VerificationFailed(report.verification.summary(), result)
     if output_path is not None:
-        clock = time.perf_counter()
-        save_model(work, output_path)
-        seconds["save"] = time.perf_counter() - clock
+        external = external_data or had_external_data or needs_external_data(work)
+        where = f" (weights in {Path(output_path).name}.data)" if external else ""
+        with progress.step("save", f"writing {output_path}{where}"):
+            save_model(work, output_path, external_data=external)
     report.seconds = seconds
     return result
 

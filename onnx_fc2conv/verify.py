@@ -12,6 +12,8 @@ Two checks:
 from __future__ import annotations
 
 import itertools
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +21,7 @@ import onnx
 from .errors import CouldNotVerify
 from .graph import infer_value_types, node_inputs, set_shape
 from .inputs import make_inputs
-from .modelio import load_model
+from .modelio import needs_external_data, read_model, save_model
 from .pipeline import read_metadata
 from .report import CheckResult, VerificationResult
 
@@ -41,11 +43,11 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
-    original = original if isinstance(original, onnx.ModelProto) else load_model(original)
-    converted = converted if isinstance(converted, onnx.ModelProto) else load_model(converted)
+    original, original_folder = _graph_and_folder(original)
+    converted, converted_folder = _graph_and_folder(converted)
     feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data)
     try:
-        expected_session = _session(original, "cpu")
+        expected_session = _session(original, "cpu", original_folder)
     except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
         raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: {_first_line(exc)}") from None
     try:
@@ -60,7 +62,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     sessions = {}
     for provider in providers:
         try:
-            session = _session(converted, provider)
+            session = _session(converted, provider, converted_folder)
         except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
                                              note=f"the converted model does not load: {_first_line(exc)}"))
@@ -84,7 +86,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
 
     meta = read_metadata(converted)
     if meta and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
-        _sliding_window_checks(original, meta, feeds, sessions, result, seed)
+        _sliding_window_checks(original, original_folder, meta, feeds, sessions, result, seed)
     elif meta and meta["mode"] == "fully_convolutional":
         result.skipped.append("sliding window: the model is not fully convolutional (a path is blocked)")
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
@@ -98,16 +100,17 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
     return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
 
 
-def _sliding_window_checks(original, meta, feeds, sessions, result, seed) -> None:
+def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed) -> None:
     spatial = {name: axes for name, axes in meta["spatial_inputs"].items()}
     heads = [h for h in meta["heads"] if h["outputs"]]
     if not heads:
         result.skipped.append("sliding window: no converted head reaches a graph output")
         return
     types = infer_value_types(original)
-    backbone = _session(cut_model(original, [], [h["feature_map"] for h in heads], types, free_axes=spatial), "cpu")
-    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True), "cpu")
-                     for h in heads]
+    backbone = _session(cut_model(original, [], [h["feature_map"] for h in heads], types, free_axes=spatial),
+                        "cpu", folder)
+    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True),
+                              "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)
     for which in range(2):
         large = dict(feeds)
@@ -209,7 +212,17 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
 
 # ---- running and comparing ---------------------------------------------------------------------
 
-def _session(model: onnx.ModelProto, provider: str):
+def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
+    """A model given by path is read without its external data, and the folder ONNX Runtime reads
+    that data from: the tool never holds a second copy of the weights just to run them."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    return read_model(model, load_external_data=False)[0], Path(model).parent
+
+
+def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
+    """A session for ``model``; ``folder`` is where its external-data references point. A model
+    whose weights pass protobuf's 2 GB limit is handed over as a file with external data."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # failures are reported as checks, not as runtime log noise
@@ -218,6 +231,13 @@ def _session(model: onnx.ModelProto, provider: str):
         return None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    elif needs_external_data(model):
+        with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_model(model, path, external_data=True)
+            return ort.InferenceSession(str(path), opts, providers=[name])
     return ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
 
 

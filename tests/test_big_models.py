@@ -3,10 +3,26 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
 from onnx import helper
 
-from graphs import conv_flatten_gemm, init, initializer
+from conftest import MODELS
+from graphs import conv_flatten_gemm, initializer
 from onnx_fc2conv import convert
+from onnx_fc2conv.cli import main
+from onnx_fc2conv.errors import OutputError
+
+
+@pytest.fixture
+def lenet_path():
+    return MODELS / "lenet5.onnx"
+
+
+def run_file(path, x) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def test_fc_weight_read_only_by_its_gemm_becomes_the_kernel_in_place():
@@ -40,3 +56,102 @@ def test_excluded_layer_keeps_its_weight_shape():
     assert [n.op_type for n in result.model.graph.node][-1] == "Gemm"
     assert list(initializer(result.model, "fc.w").shape) == [5, 36]
     onnx.checker.check_model(result.model, full_check=True)
+
+
+# ---- external data ------------------------------------------------------------------------------
+
+def _save_with_external_data(model: onnx.ModelProto, path) -> None:
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".weights", size_threshold=0)
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_input_with_external_data_gives_output_with_external_data(tmp_path):
+    original = conv_flatten_gemm(channels=8, spatial=(4, 4), features=64)
+    src = tmp_path / "in" / "model.onnx"
+    src.parent.mkdir()
+    _save_with_external_data(original, src)
+    out = tmp_path / "out" / "converted.onnx"
+    out.parent.mkdir()
+    result = convert(src, out)
+    assert result.report.verification.passed  # ORT read the original's weights from its folder
+    assert sorted(p.name for p in out.parent.iterdir()) == ["converted.onnx", "converted.onnx.data"]
+    written = onnx.load(str(out), load_external_data=False)
+    external = {t.name for t in written.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert "fc.w" in external
+    assert {e.key: e.value for e in next(t for t in written.graph.initializer if t.name == "fc.w").external_data
+            }["location"] == "converted.onnx.data"
+    assert out.stat().st_size < 4096 < (out.parent / "converted.onnx.data").stat().st_size
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    assert np.allclose(run_file(out, x).reshape(2, -1), run_file(src, x), atol=1e-5)
+
+
+def test_external_data_flag_moves_inline_weights_out(tmp_path, lenet_path):
+    out = tmp_path / "o.onnx"
+    result = CliRunner().invoke(main, [str(lenet_path), str(out), "--external-data", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o.onnx.data").stat().st_size > out.stat().st_size
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    assert np.allclose(run_file(out, x).reshape(1, -1), run_file(lenet_path, x), atol=1e-5)
+
+
+def test_weights_past_the_protobuf_limit_go_to_external_data_and_are_verified(tmp_path, monkeypatch):
+    # The limit is lowered so a small model stands for a > 2 GB one: the verifier must then hand
+    # ONNX Runtime a file, and the output must get external data without being asked to.
+    from onnx_fc2conv import modelio
+
+    monkeypatch.setattr(modelio, "PROTOBUF_LIMIT", modelio.GRAPH_HEADROOM + 1000)
+    out = tmp_path / "o.onnx"
+    result = convert(conv_flatten_gemm(channels=8, spatial=(4, 4), features=64), out)
+    assert result.report.verification.passed
+    assert (tmp_path / "o.onnx.data").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_external_data_save_leaves_nothing(tmp_path, monkeypatch):
+    import os
+
+    from onnx_fc2conv import modelio
+
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):
+        if str(dst).endswith(".onnx"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(modelio.os, "replace", fail_on_model)
+    with pytest.raises(OutputError, match="No space left on device"):
+        modelio.save_model(conv_flatten_gemm(), tmp_path / "o.onnx", external_data=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- progress -----------------------------------------------------------------------------------
+
+def test_slow_steps_are_shown_on_stderr_and_quiet_hides_them(tmp_path, lenet_path, monkeypatch):
+    from onnx_fc2conv import progress
+
+    monkeypatch.setattr(progress, "SLOW_STEP_SECONDS", 0.0)  # every step counts as slow
+    shown = CliRunner().invoke(main, [str(lenet_path), str(tmp_path / "a.onnx")])
+    lines = [line for line in shown.stderr.splitlines() if line.startswith("onnx-fc2conv: ")]
+    steps = [line.split(": ")[1].split(" ")[0] for line in lines if line.endswith(" s")]
+    assert steps == ["loading", "rewriting", "checking", "verifying", "writing"]
+    quiet = CliRunner().invoke(main, [str(lenet_path), str(tmp_path / "b.onnx"), "-q"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_large_model_announces_each_step_when_it_starts(monkeypatch):
+    import io
+
+    from onnx_fc2conv.progress import Progress
+
+    stream, seconds = io.StringIO(), {}
+    steps = Progress(True, seconds, stream)
+    steps.large = True
+    with steps.step("save", "writing out.onnx"):
+        assert stream.getvalue() == "onnx-fc2conv: writing out.onnx ...\n"
+    assert stream.getvalue().splitlines()[1].startswith("onnx-fc2conv: writing out.onnx: done in ")
+    assert set(seconds) == {"save"}
