@@ -76,6 +76,9 @@ def rule_options(command):
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUT.data beside OUT. Automatic when IN has external data or the "
                    "weights pass 2 GB.")
+@click.option("--fold-batch", is_flag=True,
+              help="Fold the batch into a spatial axis around the converted convs, so ONNX Runtime runs "
+                   "each as one GEMM at batch > 1 (its Conv runs one GEMM per image).")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
@@ -88,8 +91,8 @@ def rule_options(command):
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, no_verify, providers, rtol, atol,
-                    skip_rules, input_shapes, input_data, report_json, quiet, verbose):
+def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, no_verify, providers,
+                    rtol, atol, skip_rules, input_shapes, input_data, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
@@ -107,7 +110,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
                          input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
-                         rtol=rtol, atol=atol, inplace=inplace, external_data=external_data,
+                         rtol=rtol, atol=atol, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
                          show_progress=not quiet)
     except CouldNotVerify as exc:
         _fail(f"{exc}; {out_path} not written", exc.exit_code)

@@ -73,7 +73,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
             input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
             rtol: float | None = None, atol: float | None = None, input_data=None,
-            seed: int = 0, inplace: bool = False, external_data: bool = False,
+            seed: int = 0, inplace: bool = False, external_data: bool = False, fold_batch: bool = False,
             show_progress: bool = False) -> ConversionResult:
     """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
 
@@ -83,7 +83,9 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     itself does not run on the verifier's inputs. ``output_path`` may be the input file only with
     ``inplace``; it is replaced atomically, after verification. Weights go to ``<OUT>.data`` beside
     it with ``external_data``, when the input kept them in external data, or when they pass 2 GB.
-    ``show_progress`` prints the steps that take a while on stderr.
+    ``fold_batch`` folds the batch into a spatial axis for the converted convs, so that ONNX Runtime
+    runs them as one GEMM at any batch (see :mod:`onnx_fc2conv.fold`). ``show_progress`` prints the
+    steps that take a while on stderr.
 
     ``input_shapes`` maps input names to dims (``None`` keeps a dim symbolic): they pin sizes for the
     verifier and tell the rewrite the feature-map size the graph leaves symbolic. ``input_data`` (a
@@ -113,6 +115,8 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
         report = ConversionReport(model=label, opset=opset_version(work),
                                   mode="keep_output_shape" if keep_output_shape else "fully_convolutional")
         rewrite_graph(work, options, report)
+        if fold_batch and report.converted:
+            _fold_batch(work, report)
         previous = read_metadata(work)
         if previous and not report.converted:
             report.notes.append(f"already converted by onnx-fc2conv {previous['version']}; nothing left to convert")
@@ -138,6 +142,17 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             save_model(work, output_path, external_data=external)
     report.seconds = seconds
     return result
+
+
+def _fold_batch(model: onnx.ModelProto, report: ConversionReport) -> None:
+    from .fold import fold_batch
+
+    runs = fold_batch(model, [head["node"] for head in read_metadata(model)["heads"]])
+    if runs:
+        _reinfer_shapes(model, {})
+        report.transposes_added += 2 * len(runs)
+        report.notes.append(f"--fold-batch: the batch is folded into a spatial axis around "
+                            f"{'; '.join(' -> '.join(run) for run in runs)}")
 
 
 # ---- find FC chains and apply the rules --------------------------------------------------------

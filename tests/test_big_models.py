@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from conftest import MODELS
-from graphs import conv_flatten_gemm, initializer
+from graphs import conv_flatten_gemm, init, initializer
 from onnx_fc2conv import convert
 from onnx_fc2conv.cli import main
 from onnx_fc2conv.errors import OutputError
@@ -21,7 +21,14 @@ def lenet_path():
 
 
 def run_file(path, x) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _run(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), x)
+
+
+def run_model(model, x) -> np.ndarray:
+    return _run(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), x)
+
+
+def _run(session, x) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
@@ -155,3 +162,26 @@ def test_large_model_announces_each_step_when_it_starts(monkeypatch):
         assert stream.getvalue() == "onnx-fc2conv: writing out.onnx ...\n"
     assert stream.getvalue().splitlines()[1].startswith("onnx-fc2conv: writing out.onnx: done in ")
     assert set(seconds) == {"save"}
+
+
+# ---- --fold-batch -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_fold_batch_runs_the_head_as_one_image_and_stays_exact(opset):
+    original = conv_flatten_gemm(opset=opset, after=[("Relu", {}, []), ("Gemm", {"transB": 1}, ["fc2.w"])],
+                                 extra_inits=[init("fc2.w", np.random.default_rng(1).standard_normal((3, 5))
+                                                   .astype(np.float32))])
+    result = convert(original, fold_batch=True)
+    graph = result.model.graph
+    assert [n.op_type for n in graph.node][-7:] == ["Transpose", "Unsqueeze", "Conv", "Relu", "Conv", "Squeeze",
+                                                    "Transpose"]
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name != "conv"]
+    assert [list(next(a.ints for a in c.attribute if a.name == "kernel_shape")) for c in convs] == [[1, 3, 3],
+                                                                                                  [1, 1, 1]]
+    assert list(initializer(result.model, "fc.w").shape) == [5, 4, 1, 3, 3]
+    v = result.report.verification
+    assert v.passed and len([c for c in v.checks if c.check.startswith("sliding window")]) == 2
+    x = np.random.default_rng(2).standard_normal((5, 2, 9, 11)).astype(np.float32)  # batch 5, larger map
+    unfolded = convert(original).model
+    assert np.allclose(run_model(result.model, x), run_model(unfolded, x), atol=1e-5)
+    assert run_model(result.model, x).shape == (5, 3, 5, 7)
