@@ -27,6 +27,7 @@ Values, first rule that applies:
 """
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from collections import deque
@@ -105,9 +106,12 @@ def load_input_data(path) -> dict[str, np.ndarray]:
         raise UsageError(f"--input-data {path}: not an .npz file of arrays ({exc})") from None
 
 
-def check_input_options(model: onnx.ModelProto, shapes: dict | None, data: dict | None) -> dict[str, np.ndarray]:
-    """Raise :class:`UsageError` when ``shapes`` or ``data`` do not fit the model's inputs; return
-    ``data`` with each array in its input's element type (a float64 array for a float32 input)."""
+def check_input_options(model: onnx.ModelProto, shapes: dict | None, data) -> dict[str, np.ndarray]:
+    """Raise :class:`UsageError` when ``shapes`` or ``data`` (a dict of arrays or an ``.npz`` path) do
+    not fit the model's inputs; return ``data`` with each array in its input's element type (a
+    float64 array for a float32 input)."""
+    if isinstance(data, (str, os.PathLike)):
+        data = load_input_data(data)
     specs = {s.name: s for s in input_specs(model)}
     known = ", ".join(specs) or "none"
     checked = {}

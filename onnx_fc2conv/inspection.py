@@ -13,6 +13,7 @@ import onnx
 
 from .errors import InvalidModelError
 from .graph import GraphIndex, opset_version
+from .inputs import check_input_options
 from .modelio import PathLike, load_model
 from .pipeline import (QUANTIZED_FC_OPS, Match, body_plans, check_input_model, make_options, match_nodes,
                        model_label, toposort)
@@ -82,6 +83,7 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
         check_input_model(work)
     except InvalidModelError as exc:  # still worth explaining: the rows say what a fixed model would get
         result.notes.append(f"convert refuses this model: {exc}")
+    check_input_options(work, opts.input_shapes, None)  # a misspelt --input-shape is an error, not ignored
     toposort(work.graph)
     index = GraphIndex(work, opts.input_shapes)
     plan = match_nodes(index, opts)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
 from .graph import (GraphIndex, attr, body_model, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
-from .inputs import check_input_options, load_input_data
+from .inputs import check_input_options
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
@@ -103,8 +102,6 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     with progress.step("load", f"loading {label}"):
         work, had_external_data = read_model(model)
         input_passes_full_check = check_input_model(work, label)
-        if isinstance(input_data, (str, os.PathLike)):
-            input_data = load_input_data(input_data)
         input_data = check_input_options(work, options.input_shapes, input_data)
         options.input_shapes = {**{name: value.shape for name, value in input_data.items()},
                                 **options.input_shapes}

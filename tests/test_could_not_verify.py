@@ -2,6 +2,8 @@
 "could not verify", exits 1 and writes nothing; the right --input-shape / --input-data fixes it."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -74,11 +76,16 @@ def test_the_named_flag_makes_it_verify_and_the_report_lists_the_inputs(tmp_path
     onnx.save(signal_to_image_model(), src)
     np.savez(data, x=np.linspace(-1, 1, 3 * 48).reshape(3, 48))  # float64: cast to the input's float32
     flags = ["--input-shape", "x:?x48"] if how == "input-shape" else ["--input-data", str(data)]
-    result = CliRunner().invoke(main, [str(src), str(out), *flags, "-v"])
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, [str(src), str(out), *flags, "-v", "--report-json", str(report)])
     assert result.exit_code == 0, result.output
     assert "verification passed" in result.output and out.exists()
     line = "input x: float32[2,48]" if how == "input-shape" else "input x: float32[3,48] in [-1, 1] (file)"
     assert line in result.output
+    [used] = json.loads(report.read_text())["verification"]["inputs"]
+    assert used["shape"] == ([2, 48] if how == "input-shape" else [3, 48])
+    assert used["source"] == ("random normal, seed 0" if how == "input-shape" else "file")
+    assert used["min"] < 0 < used["max"]
 
 
 def test_input_data_that_names_no_input_is_a_usage_error(tmp_path):

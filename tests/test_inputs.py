@@ -157,3 +157,14 @@ def test_load_input_data_reads_npz_and_rejects_other_files(tmp_path):
         load_input_data(tmp_path / "bad.npz")
     with pytest.raises(UsageError, match="no such file"):
         load_input_data(tmp_path / "missing.npz")
+
+
+def test_verify_and_inspect_check_the_options_too(tmp_path, build_models):
+    from onnx_fc2conv import inspect, verify
+
+    lenet = build_models.lenet5()
+    with pytest.raises(UsageError, match="--input-shape names 'images', which is not an input of the model"):
+        inspect(lenet, input_shapes={"images": (1, 1, 32, 32)})
+    np.savez(tmp_path / "x.npz", input=np.ones((1, 1, 32, 32), np.float32))
+    result = verify(lenet, lenet, input_data=tmp_path / "x.npz")  # a path works as well as a dict
+    assert result.passed and result.inputs[0].shape == [1, 1, 32, 32] and result.inputs[0].source == "file"
