@@ -37,9 +37,11 @@ RANDOM_POSITIONS = 6
 
 
 def verify(original, converted, *, providers=("cpu",), rtol: float | None = None, atol: float | None = None,
-           input_shapes: dict | None = None, input_data: dict | None = None, seed: int = 0) -> VerificationResult:
+           input_shapes: dict | None = None, input_data=None, seed: int = 0) -> VerificationResult:
     """Compare ``converted`` against ``original`` (paths or ModelProtos). Truthy when it passes.
 
+    ``input_shapes`` (name -> dims, ``None`` for a free dim) and ``input_data`` (name -> array, or an
+    ``.npz`` path) fix the inputs; the rest are synthesised (see :mod:`onnx_fc2conv.inputs`).
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
