@@ -79,6 +79,9 @@ def rule_options(command):
 @click.option("--fold-batch", is_flag=True,
               help="Fold the batch into a spatial axis around the converted convs, so ONNX Runtime runs "
                    "each as one GEMM at batch > 1 (its Conv runs one GEMM per image).")
+@click.option("--dense-pool", is_flag=True,
+              help="A global pool before an FC head becomes a stride-1 pool over its window, so a pooled "
+                   "classifier returns a class map on larger inputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
@@ -91,7 +94,7 @@ def rule_options(command):
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, no_verify, providers,
+def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, dense_pool, no_verify, providers,
                     rtol, atol, skip_rules, input_shapes, input_data, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
@@ -108,7 +111,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
     """
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
-        result = convert(in_path, out_path, keep_output_shape=keep_output_shape, skip_rules=skip_rules,
+        result = convert(in_path, out_path, keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
                          input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
                          rtol=rtol, atol=atol, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
                          show_progress=not quiet)

@@ -31,6 +31,8 @@ FOLDABLE_OPS = frozenset({
     "Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat",
     "ConstantOfShape", "Gather", "Slice", "Neg", "Mul", "Add", "Sub", "Div", "Sqrt", "Reciprocal",
 })
+# Quantization ops are folded in numpy (onnx's reference runtime lacks some of their opsets).
+QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
@@ -229,6 +231,7 @@ class GraphIndex:
         self.graph_outputs = [o.name for o in self.graph.output]
         self.types = infer_value_types(model, input_shapes)
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._refine_resize_shapes()
         self._used_names = outer._used_names if outer is not None else set()  # shared: one namespace
         self._used_names.update(names_in(self.graph))
 
@@ -244,6 +247,21 @@ class GraphIndex:
         if dims is None or not all(isinstance(d, int) for d in dims):
             return None
         return tuple(dims)  # type: ignore[arg-type]
+
+    def _refine_resize_shapes(self) -> None:
+        """ONNX shape inference leaves a Resize to ``sizes`` computed from Shape (PyTorch's
+        ``interpolate(size=...)`` exports ``Concat(Shape(x)[:2], [h, w])``) unknown; evaluating the
+        sizes gives the map after it its static size, which a head reading it needs."""
+        for node in self.graph.node:
+            if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+                continue
+            src, out = self.shape(node.input[0]), self.shape(node.output[0])
+            if src is None or (out is not None and all(isinstance(d, int) for d in out[1:])):
+                continue
+            entries = shape_entries(self, node.input[3], src[0])
+            if entries is not None and len(entries) == len(src):
+                self.types[node.output[0]] = (self.dtype(node.input[0]),
+                                              tuple(src[0] if e == BATCH else e for e in entries))
 
     # ---- constants ----------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
@@ -290,12 +308,17 @@ class GraphIndex:
             return None
         if node.op_type == "Constant":
             return _constant_node_value(node)
-        if node.op_type not in FOLDABLE_OPS:
+        if node.op_type not in FOLDABLE_OPS | QUANTIZE_OPS:
             return None
         values = [self.constant(i) if i else None for i in node.input]
         if any(v is None for i, v in zip(node.input, values) if i):
             return None
-        return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
+        if node.op_type in QUANTIZE_OPS:
+            return _fold_quantize(node, values)
+        try:
+            return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
+        except Exception:  # noqa: BLE001 - an op the reference runtime cannot fold is simply not known
+            return None
 
     def is_static(self, name: str) -> bool:
         """Whether ``name`` is computed from initializers and Constant nodes only, without evaluating
@@ -354,6 +377,25 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+def _fold_quantize(node: onnx.NodeProto, values: list) -> np.ndarray | None:
+    """QuantizeLinear / DequantizeLinear on constants, per tensor or per axis (blocked: not folded)."""
+    x, scale = values[0], values[1]
+    zero = values[2] if len(values) > 2 and values[2] is not None else None
+    if attr(node, "block_size", 0) or scale.ndim > 1:
+        return None
+    axis = attr(node, "axis", 1)
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis % x.ndim] = scale.size
+    scale = scale.reshape(shape)
+    zp = np.zeros(1, np.uint8) if zero is None else zero.reshape(shape if zero.size > 1 else ())
+    if node.op_type == "DequantizeLinear":
+        return ((x.astype(np.int64) - zp.astype(np.int64)) * scale).astype(scale.dtype)
+    info = np.iinfo(zp.dtype)
+    q = np.rint(x / scale) + zp.astype(np.int64)  # ONNX rounds half to even, as np.rint does
+    return np.clip(q, info.min, info.max).astype(zp.dtype)
+
+
 def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[np.ndarray]:
     """Evaluate one node on constant inputs with onnx's reference runtime, at the model's opset."""
     from onnx.reference import ReferenceEvaluator
@@ -363,3 +405,54 @@ def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[n
     g = helper.make_graph([node], "fold", [], outputs, initializer=inits)
     m = helper.make_model(g, opset_imports=list(opset_import))
     return [np.asarray(v) for v in ReferenceEvaluator(m).run(None, {})]
+
+
+# ---- shape tensors -----------------------------------------------------------------------------
+
+BATCH = "batch"  # a shape entry that evaluates to the batch dimension of a tensor at run time
+
+
+def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
+    """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
+    value = index.constant(name)
+    if value is not None:
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    node = index.producer.get(name)
+    if node is None:
+        return None
+    op = node.op_type
+    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        # These change a shape entry's type or rank (scalar <-> [1]), never its values.
+        return shape_entries(index, node.input[0], batch_dim)
+    if op == "Concat":
+        parts = [shape_entries(index, i, batch_dim) for i in node.input]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if op == "Shape":
+        src = index.shape(node.input[0])
+        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
+            return None
+        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
+    if op == "Gather":
+        indices = index.constant(node.input[1])
+        entries = shape_entries(index, node.input[0], batch_dim)
+        if indices is None or entries is None:
+            return None
+        return [entries[int(i)] for i in np.asarray(indices).reshape(-1)]
+    if op == "Slice":
+        entries = shape_entries(index, node.input[0], batch_dim)
+        bounds = _slice_bounds(index, node)
+        if entries is None or bounds is None:
+            return None
+        return entries[bounds[0]:bounds[1]]
+    return None
+
+
+def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] | None:
+    if len(node.input) >= 3:
+        starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
+        steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if starts is None or ends is None or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
+            return None
+        return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
+    starts, ends = attr(node, "starts"), attr(node, "ends")
+    return (starts[0], ends[0]) if starts and ends else None

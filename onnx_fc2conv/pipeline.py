@@ -35,6 +35,7 @@ SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", 
 @dataclass
 class Options:
     keep_output_shape: bool = False
+    dense_pool: bool = False
     skip_rules: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -59,17 +60,18 @@ class Head:
     node: str
 
 
-def make_options(*, keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
-                 input_shapes: dict | None = None) -> Options:
+def make_options(*, keep_output_shape: bool = False, dense_pool: bool = False, skip_rules=(), include=(),
+                 exclude=(), input_shapes: dict | None = None) -> Options:
     """The rule options shared by :func:`convert` and ``inspect``, checked."""
     unknown = sorted(set(skip_rules) - set(RULE_NAMES))
     if unknown:
         raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
-    return Options(keep_output_shape, tuple(skip_rules), tuple(include), tuple(exclude), dict(input_shapes or {}))
+    return Options(keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=tuple(skip_rules),
+                   include=tuple(include), exclude=tuple(exclude), input_shapes=dict(input_shapes or {}))
 
 
 def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = None, *,
-            keep_output_shape: bool = False, skip_rules=(), include=(), exclude=(),
+            keep_output_shape: bool = False, dense_pool: bool = False, skip_rules=(), include=(), exclude=(),
             input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
             rtol: float | None = None, atol: float | None = None, input_data=None,
             seed: int = 0, inplace: bool = False, external_data: bool = False, fold_batch: bool = False,
@@ -89,9 +91,11 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     ``input_shapes`` maps input names to dims (``None`` keeps a dim symbolic): they pin sizes for the
     verifier and tell the rewrite the feature-map size the graph leaves symbolic. ``input_data`` (a
     dict of arrays, or an ``.npz`` path) feeds the original-size check; its arrays pin shapes too.
+    ``dense_pool``: a global pool before a head becomes a stride-1 pool over its window, so a pooled
+    classifier returns a class map.
     """
-    options = make_options(keep_output_shape=keep_output_shape, skip_rules=skip_rules, include=include,
-                           exclude=exclude, input_shapes=input_shapes)
+    options = make_options(keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
+                           include=include, exclude=exclude, input_shapes=input_shapes)
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}
@@ -571,7 +575,7 @@ def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
         check_graph(model)
     except InvalidModelError as exc:
         raise InvalidModelError(f"{label}: {exc}") from None
-    sk = skeleton(model)
+    sk = _checkable(model)
     try:
         onnx.checker.check_model(sk, full_check=True)
         return True
@@ -587,10 +591,31 @@ def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
 def check_output_model(model: onnx.ModelProto, strict: bool) -> None:
     """``onnx.checker`` with ``full_check`` (strict shape inference) when the input passed it too."""
     try:
-        onnx.checker.check_model(skeleton(model), full_check=strict)
+        onnx.checker.check_model(_checkable(model), full_check=strict)
     except onnx.checker.ValidationError as exc:
         raise Fc2ConvError(f"internal error: the rewritten model fails onnx.checker: "
                            f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The skeleton the checker sees. A graph output declared with a type but no shape (Polygraphy's
+    test models) fails even the basic check; ONNX Runtime runs such models, so it gets its inferred
+    shape here, and the model itself is left as it is."""
+    sk = skeleton(model)
+    missing = [o for o in sk.graph.output if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape")]
+    if missing:
+        inferred = {vi.name: vi for vi in infer_outputs(sk)}
+        for out in missing:
+            if out.name in inferred and inferred[out.name].type.tensor_type.HasField("shape"):
+                out.type.tensor_type.shape.CopyFrom(inferred[out.name].type.tensor_type.shape)
+    return sk
+
+
+def infer_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    try:
+        return list(onnx.shape_inference.infer_shapes(model, strict_mode=False).graph.output)
+    except Exception:  # noqa: BLE001 - best effort, as in _reinfer_shapes
+        return []
 
 
 def model_label(model) -> str:

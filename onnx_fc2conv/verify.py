@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
+
 from .errors import CouldNotVerify
 from .graph import infer_value_types, node_inputs, set_shape
 from .inputs import make_inputs
@@ -58,7 +60,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
         raise CouldNotVerify(
             f"could not verify: the original model fails on synthesised inputs: {_first_line(exc)}; "
             "pass --input-data or --input-shape") from None
-    out_rtol, out_atol = _tolerances(expected, rtol, atol)
+    out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(original))
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
 
     sessions = {}
@@ -231,8 +233,13 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():
         return None
+    if provider == "cpu" and any(i.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for i in model.graph.input):
+        return ReferenceSession(model)  # ONNX Runtime's Python API takes no bfloat16 arrays
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Run Q/DQ models as written: ORT's QDQ fusions replace DQ(W) -> MatMul by kernels that also
+    # quantize the activations, which moves a float output by far more than any tolerance.
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     elif needs_external_data(model):
@@ -240,7 +247,46 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
             path = Path(tmp) / "model.onnx"
             save_model(model, path, external_data=True)
             return ort.InferenceSession(str(path), opts, providers=[name])
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
+    except NotImplementedByRuntime:
+        if provider != "cpu" or not _has_float64(model):
+            raise
+        return ReferenceSession(model)
+
+
+def _has_float64(model: onnx.ModelProto) -> bool:
+    return any(t.data_type == onnx.TensorProto.DOUBLE for t in model.graph.initializer) or any(
+        i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in model.graph.input)
+
+
+class ReferenceSession:
+    """ONNX's reference runtime behind ONNX Runtime's session calls, for double models whose ops
+    ONNX Runtime's CPU provider lacks for that type (Conv in double) and for bfloat16 models (its
+    Python API takes no bfloat16 arrays): slower, but it runs every op of the standard, so such a
+    model is still checked with numbers."""
+
+    def __init__(self, model: onnx.ModelProto):
+        from onnx.reference import ReferenceEvaluator
+
+        self._evaluator = ReferenceEvaluator(model)
+        self._inputs = [_Named(i.name) for i in model.graph.input
+                        if i.name not in {t.name for t in model.graph.initializer}]
+        self._outputs = [_Named(o.name) for o in model.graph.output]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feeds):
+        return self._evaluator.run(names, feeds)
+
+
+class _Named:
+    def __init__(self, name: str):
+        self.name = name
 
 
 def _run(session, feeds: dict) -> dict[str, np.ndarray]:
@@ -255,6 +301,8 @@ def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
         return CheckResult(check, provider, output, False, compared=max(got.size, 1),
                            note=f"shape {list(got.shape)} cannot stand for {list(want.shape)}")
     got = got.reshape(want.shape)
+    if want.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 is not a numpy floating type
+        got, want = got.astype(np.float32), want.astype(np.float32)
     if not np.issubdtype(want.dtype, np.floating):
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         mismatched = int(np.count_nonzero(diff))
@@ -271,9 +319,28 @@ def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
                        float(np.nanmax(needed, initial=0)), compared=want.size)
 
 
-def _tolerances(outputs: dict, rtol, atol) -> tuple[float, float]:
-    """The loosest default among the outputs' float types, unless the caller set them."""
-    defaults = [(1e-4, 1e-5)]
+def quantization_steps(model: onnx.ModelProto) -> list[float]:
+    """The (largest) step of each graph output written by a DequantizeLinear (QDQ models).
+
+    ONNX Runtime fuses DQ -> Gemm -> Q into QGemm and DQ -> Conv -> Q into QLinearConv; the two
+    integer kernels round the requantization differently, so an exact rewrite can move an output by
+    one step (with graph optimizations off the two models agree exactly)."""
+    from .graph import GraphIndex
+
+    index = GraphIndex(model)
+    steps = []
+    for name in index.graph_outputs:
+        node = index.producer.get(index.skip_passthrough(name))
+        scale = index.constant(node.input[1]) if node is not None and node.op_type == "DequantizeLinear" else None
+        if scale is not None and scale.size:
+            steps.append(float(np.abs(scale).max()))
+    return steps
+
+
+def _tolerances(outputs: dict, rtol, atol, steps=()) -> tuple[float, float]:
+    """The loosest default among the outputs' float types (and one quantization step of a QDQ
+    output), unless the caller set them."""
+    defaults = [(1e-4, 1e-5), *((0.0, step * 1.001) for step in steps)]  # room for rounding the step
     for value in outputs.values():
         dtype = np.asarray(value).dtype
         defaults.append(BF16_TOLERANCE if dtype.name == "bfloat16" else TOLERANCES.get(dtype, (1e-4, 1e-5)))

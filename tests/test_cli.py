@@ -84,12 +84,12 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     # A deliberately broken rewrite: every conv kernel written 1% too large.
     from onnx_fc2conv.rules import _dense
 
-    def broken(index, dense, shape):
+    def broken(index, dense, shape, *layout):
         from onnx import numpy_helper
         w = index.constant(dense.weight)
         w = (w.T if dense.weight_is_k_by_f else w) * dense.alpha * 1.01
         name = index.fresh_name("broken_kernel")
-        return name, [numpy_helper.from_array(w.astype(np.float32).reshape(shape), name)], {}
+        return name, [numpy_helper.from_array(w.astype(np.float32).reshape(shape), name)], [], {}
 
     monkeypatch.setattr(_dense, "_conv_weight", broken)
     out = tmp_path / "o.onnx"

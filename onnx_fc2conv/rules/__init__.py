@@ -3,10 +3,12 @@
 Head rules turn the first FC layer after a flatten into a Conv whose kernel covers the feature map;
 chain rules carry the map through what follows. ``--skip-rule NAME`` turns one off by name.
 """
-from . import axis_fixups, fc_chain, flatten_gemm, matmul_add, reshape_flatten
+from . import axis_fixups, dense_pool, fc_chain, flatten_gemm, matmul_add, nhwc_flatten, reshape_flatten
 from .base import REASONS, MapInfo, Rewrite, Rule, RuleContext, Skip
 
 RULES: tuple[Rule, ...] = (
+    dense_pool.RULE,  # only with --dense-pool: runs the head rules below, then widens the pool
+    nhwc_flatten.RULE,  # first: the other head rules would read its transposed map as NCHW
     flatten_gemm.RULE,
     reshape_flatten.RULE,
     matmul_add.RULE,

@@ -21,6 +21,9 @@ from ..graph import GraphIndex, attr
 from .base import Rewrite, Skip
 
 
+CONV_BFLOAT16_SINCE = 22  # Conv-1 and Conv-11 take float16, float and double only
+
+
 @dataclass
 class Dense:
     """An FC layer ``y = alpha * x @ W^T + bias`` read from the graph, without touching its data."""
@@ -97,14 +100,21 @@ def _bias_vector(c: np.ndarray, out_f: int) -> np.ndarray | None:
 
 
 def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kernel: tuple[int, ...],
-                    spatial_rank: int, **rewrite_fields) -> Rewrite | Skip:
-    """The Conv that computes ``dense`` on map ``x`` ``[N, channels, *spatial]`` with ``kernel``."""
+                    spatial_rank: int, flatten_perm: tuple[int, ...] | None = None, **rewrite_fields) -> Rewrite | Skip:
+    """The Conv that computes ``dense`` on map ``x`` ``[N, channels, *spatial]`` with ``kernel``.
+
+    ``flatten_perm``: the layer flattened ``Transpose(x, perm)`` rather than ``x`` (see nhwc_flatten)."""
+    if index.dtype(x) == onnx.TensorProto.BFLOAT16 and index.opset < CONV_BFLOAT16_SINCE:
+        return Skip("unsupported_dtype", f"Conv takes bfloat16 from opset {CONV_BFLOAT16_SINCE}; the model has opset {index.opset}")
     if channels * int(np.prod(kernel)) != dense.in_features:
         return Skip("weight_shape_mismatch",
                     f"the layer takes {dense.in_features} inputs but the map gives "
                     f"{channels}x{'x'.join(map(str, kernel))}={channels * int(np.prod(kernel))}")
     conv_shape = (dense.out_features, channels, *kernel)
-    weight_name, new_inits, reshaped = _conv_weight(index, dense, conv_shape)
+    weight = _conv_weight(index, dense, conv_shape, flatten_perm)
+    if isinstance(weight, Skip):
+        return weight
+    weight_name, new_inits, weight_nodes, reshaped = weight
     inputs = [x, weight_name]
     if dense.bias is not None:
         bias_name = index.fresh_name(f"{dense.name}.bias")
@@ -114,24 +124,86 @@ def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kern
                             kernel_shape=list(kernel), strides=[1] * len(kernel))
     detail = (f"{dense.describe()} -> Conv {dense.out_features}x{channels}x"
               f"{'x'.join(map(str, kernel))}")
-    return Rewrite(removed=list(dense.nodes), new_nodes=[conv], maps={dense.output: spatial_rank},
+    return Rewrite(removed=list(dense.nodes), new_nodes=[*weight_nodes, conv], maps={dense.output: spatial_rank},
                    initializers=new_inits, reshaped=reshaped, detail=detail, **rewrite_fields)
 
 
-def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...]) -> tuple[str, list, dict]:
-    """The conv kernel: its name, new initializers, and initializers to reshape in place.
+def kernel_layout(w: np.ndarray, weight_is_k_by_f: bool, conv_shape: tuple[int, ...],
+                  flatten_perm: tuple[int, ...] | None = None) -> np.ndarray:
+    """The stored weight (``[F,K]``, or ``[K,F]``) as a conv kernel ``conv_shape`` = ``[F, C, *S]``.
 
-    With ``W`` stored ``[F, K]`` and ``alpha = 1`` the kernel has the same bytes as ``W``: when only
-    this layer reads ``W``, the rewrite just gives it the kernel's dims (no copy of a weight that may
-    be hundreds of MB). Otherwise a new initializer is written: the original is never mutated, as
-    other nodes may read it."""
+    With ``flatten_perm`` the rows are in the order of ``Transpose(x, perm)`` (e.g. H,W,C for
+    ``perm=[0,2,3,1]``): axis ``j`` of the rows is axis ``perm[j]`` of ``x``, so the kernel is the
+    rows reshaped to ``[F, *x.shape[perm[1:]]]`` and transposed back to x's axis order.
+    """
+    w = w.T if weight_is_k_by_f else w
+    if flatten_perm is not None:
+        perm = list(flatten_perm)
+        rows = (conv_shape[0], *(conv_shape[p] for p in perm[1:]))
+        w = w.reshape(rows).transpose([0, *(perm.index(axis) for axis in range(1, len(perm)))])
+    return np.ascontiguousarray(w).reshape(conv_shape)
+
+
+def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...],
+                 flatten_perm) -> tuple[str, list, list, dict] | Skip:
+    """The conv kernel: its name, new initializers, nodes that make it (a quantized weight stays
+    integer behind its DequantizeLinear), and initializers to reshape in place.
+
+    With ``W`` stored ``[F, K]`` in the map's order and ``alpha = 1`` the kernel has the same bytes
+    as ``W``: when only this layer reads ``W``, the rewrite just gives it the kernel's dims (no copy
+    of a weight that may be hundreds of MB). Otherwise a new initializer is written: the original is
+    never mutated, as other nodes may read it."""
+    quantized = quantized_weight(index, dense.weight)
+    if quantized is not None:
+        kernel = quantized_kernel(index, dense, quantized,
+                                  lambda w: kernel_layout(w, dense.weight_is_k_by_f, conv_shape, flatten_perm))
+        return kernel if isinstance(kernel, Skip) else (*kernel, {})
     owned = index.owned_initializer(dense.weight)
-    if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0:
-        return dense.weight, [], {dense.weight: conv_shape}
-    w = index.constant(dense.weight)
-    if dense.weight_is_k_by_f:
-        w = w.T
+    if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0 and flatten_perm is None:
+        return dense.weight, [], [], {dense.weight: conv_shape}
+    w = kernel_layout(index.constant(dense.weight), dense.weight_is_k_by_f, conv_shape, flatten_perm)
     if dense.alpha != 1.0:
         w = (w * dense.alpha).astype(w.dtype)
     name = index.fresh_name(f"{dense.name}.weight")
-    return name, [numpy_helper.from_array(np.ascontiguousarray(w).reshape(conv_shape), name)], {}
+    return name, [numpy_helper.from_array(w, name)], [], {}
+
+
+def quantized_weight(index: GraphIndex, name: str) -> list[onnx.NodeProto] | None:
+    """``[DequantizeLinear]`` when the weight is DQ of a constant integer tensor, ``[QuantizeLinear,
+    DequantizeLinear]`` when it is a float constant behind a Q->DQ pair; None for a plain weight."""
+    dq = index.producer.get(index.skip_passthrough(name))
+    if dq is None or dq.op_type != "DequantizeLinear" or not all(index.is_constant(i) for i in dq.input if i):
+        return None
+    q = index.producer.get(dq.input[0])
+    return [q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]
+
+
+def quantized_kernel(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto], arrange) -> tuple[str, list, list] | Skip:
+    """Rearrange the tensor the Q/DQ stages read (``arrange``), keep their scales and zero points, and
+    move a per-channel ``axis`` to 0, the conv's output channels. ``alpha`` goes into the DQ scale."""
+    out_axis = 1 if dense.weight_is_k_by_f else 0  # the output-feature axis of the stored weight
+    source = index.fresh_name(f"{dense.name}.weight_{'float' if len(stages) == 2 else 'quantized'}")
+    inits = [numpy_helper.from_array(arrange(index.constant(stages[0].input[0])), source)]
+    nodes, current = [], source
+    for stage in stages:
+        scale = index.constant(stage.input[1])
+        per_channel = scale.size > 1
+        if attr(stage, "block_size", 0) or (per_channel and attr(stage, "axis", 1) % 2 != out_axis):
+            return Skip("quantized_weight_axis",
+                        f"{stage.op_type} {stage.name!r} quantizes the weight per input feature or in blocks")
+        if stage.op_type == "DequantizeLinear" and dense.alpha != 1.0:
+            scale = (scale * dense.alpha).astype(scale.dtype)
+        scale_name = index.fresh_name(f"{dense.name}.weight_scale")
+        inits.append(numpy_helper.from_array(scale, scale_name))
+        inputs = [current, scale_name]
+        if len(stage.input) > 2 and stage.input[2]:
+            zero_name = index.fresh_name(f"{dense.name}.weight_zero_point")
+            inits.append(numpy_helper.from_array(index.constant(stage.input[2]), zero_name))
+            inputs.append(zero_name)
+        current = index.fresh_name(f"{dense.name}.weight_{stage.op_type}")
+        node = helper.make_node(stage.op_type, inputs, [current], name=index.fresh_name(f"{dense.name}_{stage.op_type}"))
+        node.attribute.extend(a for a in stage.attribute if a.name != "axis")
+        if per_channel:
+            node.attribute.append(helper.make_attribute("axis", 0))
+        nodes.append(node)
+    return current, inits, nodes

@@ -30,6 +30,8 @@ REASONS: dict[str, str] = {
     "unsupported_dtype": "the weight's element type has no Conv kernel at this opset",
     "excluded": "the node is excluded by --include/--exclude",
     "quantized_op": "a quantized FC operator (QGemm, QLinearMatMul, MatMulInteger); no rule rewrites it",
+    "quantized_weight_axis": "the weight is quantized per input feature or in blocks; a conv kernel keeps one scale per output channel",
+    "channels_last": "the flattened tensor is a transposed map (e.g. NHWC) whose axis order the rule cannot undo",
 }
 
 Stage = Literal["head", "chain"]

@@ -17,8 +17,10 @@ reshaped constant is a new initializer, so a weight read elsewhere is never chan
 
 Pointwise ops passed through: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, Sigmoid, HardSigmoid,
 HardSwish, Tanh, Softplus, Softsign, Gelu, Erf, Abs, Neg, Exp, Log, Sqrt, Reciprocal, Clip, Dropout,
-Identity, Cast, BatchNormalization (its channel axis is 1 in both layouts), and
-Add/Sub/Mul/Div/Pow/Max/Min whose other operands are constants (or maps of the same head).
+Identity, Cast, BatchNormalization (its channel axis is 1 in both layouts),
+Add/Sub/Mul/Div/Pow/Max/Min whose other operands are constants (or maps of the same head), and
+QuantizeLinear/DequantizeLinear with constant scale and zero point (QDQ models): per tensor as they
+are, per channel with ``axis`` 1 (the feature axis of ``[N,F]`` is the channel axis of the map).
 
 Returns None for anything else: the pipeline then puts a Flatten back on that edge (``fcn_blocked``).
 """
@@ -28,16 +30,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph import node_inputs
+from ..graph import attr, node_inputs, set_attr
 from ._dense import conv_from_dense
-from ._head import read_fc
+from ._head import QDQ_OPS, UNARY_OPS, read_fc
 from .base import Outcome, Rewrite, Rule, RuleContext, Skip
 
-UNARY_OPS = frozenset({
-    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Softsign", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
-    "Dropout", "Identity", "Cast",
-})
 # Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
 CONSTANT_ARG_OPS = frozenset({"Clip", "BatchNormalization"})
 BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
@@ -64,7 +61,21 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return _same_node(node, spatial_rank, outputs=node.output[:1])
     if op in BROADCAST_OPS:
         return _broadcast_op(ctx, node, spatial_rank)
+    if op in QDQ_OPS:
+        return _quantize_on_map(ctx, node, spatial_rank)
     return None
+
+
+def _quantize_on_map(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
+    params = [ctx.index.constant(i) for i in node.input[1:] if i]
+    if any(p is None for p in params) or attr(node, "block_size", 0):
+        return None
+    rewrite = _same_node(node, spatial_rank)
+    if any(p.size > 1 for p in params):
+        if attr(node, "axis", 1) not in (1, -1):
+            return None
+        set_attr(rewrite.new_nodes[0], "axis", 1)
+    return rewrite
 
 
 def _dense_as_1x1(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:

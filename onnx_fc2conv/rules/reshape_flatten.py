@@ -25,12 +25,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import GraphIndex, attr
+from ..graph import BATCH, GraphIndex, attr, shape_entries
 from ._head import head_from_feature_map, input_producer, read_fc
 from .base import Outcome, Rule, RuleContext, Skip
-
-BATCH = "batch"  # a shape entry that evaluates to X's batch dimension at run time
-
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if node.op_type not in ("Gemm", "MatMul"):
@@ -68,52 +65,6 @@ def is_flatten_target(index: GraphIndex, reshape: onnx.NodeProto, dims) -> bool:
         return second == -1 or (k is not None and second == k)
     # [-1, K]: the batch is whatever is left once the rows have K entries.
     return first == -1 and k is not None and second == k
-
-
-def shape_entries(index: GraphIndex, name: str, batch_dim) -> list | None:
-    """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
-    value = index.constant(name)
-    if value is not None:
-        return [int(v) for v in np.asarray(value).reshape(-1)]
-    node = index.producer.get(name)
-    if node is None:
-        return None
-    op = node.op_type
-    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
-        # These change a shape entry's type or rank (scalar <-> [1]), never its values.
-        return shape_entries(index, node.input[0], batch_dim)
-    if op == "Concat":
-        parts = [shape_entries(index, i, batch_dim) for i in node.input]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
-    if op == "Shape":
-        src = index.shape(node.input[0])
-        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
-            return None
-        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
-    if op == "Gather":
-        indices = index.constant(node.input[1])
-        entries = shape_entries(index, node.input[0], batch_dim)
-        if indices is None or entries is None:
-            return None
-        return [entries[int(i)] for i in np.asarray(indices).reshape(-1)]
-    if op == "Slice":
-        entries = shape_entries(index, node.input[0], batch_dim)
-        bounds = _slice_bounds(index, node)
-        if entries is None or bounds is None:
-            return None
-        return entries[bounds[0]:bounds[1]]
-    return None
-
-
-def _slice_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[int, int] | None:
-    if len(node.input) >= 3:
-        starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
-        steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-        if starts is None or ends is None or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
-            return None
-        return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
-    starts, ends = attr(node, "starts"), attr(node, "ends")
-    return (starts[0], ends[0]) if starts and ends else None
 
 
 RULE = Rule("reshape_flatten", "head",

@@ -1,0 +1,139 @@
+"""dense_pool (``--dense-pool``): a classifier with a global pool returns a class map on larger inputs.
+
+Before::
+
+    X [N,C,H,W] -> GlobalAveragePool -> [N,C,1,1] -> (1x1 Conv, BN, Relu, ...) -> Flatten -> Gemm -> Y [N,F]
+
+After::
+
+    X [N,C,H,W] -> AveragePool(kernel_shape=[H,W], strides=1) -> (1x1 Conv, BN, Relu, ...) -> Conv 1x1 -> Y [N,F,1,1]
+                   (on a larger X: [N,F,H'-H+1,W'-W+1], the scores of every HxW window)
+
+Without the option the head converts too, but the global pool averages whatever it gets, so every
+input size gives one 1x1 output. ``H,W`` is the size of the pooled map at the model's input size.
+At that size an ``HxW`` AveragePool with stride 1 is one average per channel, the global pool's
+value, so the model is unchanged there; on a larger map each output position is the original model
+applied to one ``HxW`` window of X, which the sliding-window check proves with X as the feature map.
+No weights change: the head's Conv is the one the other head rules build.
+
+Pools: GlobalAveragePool, GlobalMaxPool (-> MaxPool), ReduceMean over every spatial axis with
+``keepdims=1``, and an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head).
+Between the pool and the flatten only position-wise ops may stand (element-wise ops, per-tensor
+Q/DQ, BatchNormalization, 1x1 Conv with stride 1 and no padding, a constant operand that broadcasts
+per channel), each read by nothing else.
+
+Returns None, so the head converts as usual with its global pool, when the option is off, no such
+pool feeds the head, or the pooled map's size is not static (pass ``--input-shape``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..graph import GraphIndex, attr
+from ._head import is_elementwise
+from .base import Outcome, Rewrite, Rule, RuleContext
+
+GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
+                "ReduceMean": "AveragePool", "AveragePool": "AveragePool"}
+BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "PRelu"})
+
+
+def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
+    if not getattr(ctx.options, "dense_pool", False):
+        return None
+    from . import RULES  # the registry imports this module, so look the other head rules up late
+
+    for rule in RULES:
+        if rule.stage == "head" and rule is not RULE and rule.name not in ctx.options.skip_rules:
+            outcome = rule.apply(ctx, node)
+            if outcome is not None:
+                break
+    else:
+        return None
+    if not isinstance(outcome, Rewrite) or any(s != 1 for s in outcome.window[1:]):
+        return None
+    pool = _pool_before(ctx.index, outcome.feature_map)
+    dims = ctx.index.shape(pool.input[0]) if pool is not None else None
+    if dims is None or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        return None
+    window = list(dims[2:])
+    dense = helper.make_node(GLOBAL_POOLS[pool.op_type], [pool.input[0]], [pool.output[0]],
+                             name=ctx.index.fresh_name(f"{pool.name or pool.op_type}_dense"),
+                             kernel_shape=window, strides=[1] * len(window))
+    outcome.removed.append(pool)
+    outcome.new_nodes.insert(0, dense)
+    outcome.feature_map, outcome.window = pool.input[0], tuple(dims[1:])
+    outcome.detail += f", {pool.op_type} -> {dense.op_type} {'x'.join(map(str, window))} stride 1"
+    return outcome
+
+
+def _pool_before(index: GraphIndex, name: str) -> onnx.NodeProto | None:
+    """The global pool that ``name`` is computed from position by position, or None."""
+    flatten = [r for r in index.consumers.get(name, []) if r.op_type in ("Flatten", "Reshape")]
+    reader = flatten[0] if len(flatten) == 1 else None
+    while True:
+        node = index.producer.get(name)
+        if node is None or reader is None or name in index.graph_outputs or not all(
+                r is reader or _only_shapes(index, r, flatten[0]) for r in index.consumers.get(name, [])):
+            return None
+        reader = node
+        if _is_global_pool(index, node):
+            return node
+        if not _is_position_wise(index, node):
+            return None
+        name = node.input[0]
+
+
+def _only_shapes(index: GraphIndex, node: onnx.NodeProto, flatten: onnx.NodeProto) -> bool:
+    """Whether ``node`` only helps compute the target shape of the head's flatten (PyTorch's
+    ``x.view(x.size(0), -1)`` reads Shape(x)), which the head makes dead."""
+    if node.op_type == "Reshape" and node is not flatten or any(o in index.graph_outputs for o in node.output):
+        return False
+    for out in node.output:
+        for reader in index.consumers.get(out, []):
+            if reader is flatten and flatten.input[0] != out:
+                continue
+            if reader is flatten or not _only_shapes(index, reader, flatten):
+                return False
+    return True
+
+
+def _is_global_pool(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    dims = index.shape(node.input[0])
+    if node.op_type not in GLOBAL_POOLS or dims is None or len(dims) < 3:
+        return False
+    if node.op_type == "ReduceMean":
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1:
+            value = index.constant(node.input[1])
+            axes = None if value is None else value.reshape(-1).tolist()
+        return attr(node, "keepdims", 1) == 1 and axes is not None and \
+            sorted(a % len(dims) for a in axes) == list(range(2, len(dims)))
+    if node.op_type == "AveragePool":
+        return (attr(node, "kernel_shape") == list(dims[2:]) and not any(attr(node, "pads", [])) and
+                attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
+    return True
+
+
+def _is_position_wise(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Whether each output position depends on the same input position alone (and the input is input 0)."""
+    if is_elementwise(index, node):
+        return True
+    others = [index.constant(i) for i in node.input[1:] if i]
+    if any(v is None for v in others):
+        return False
+    if node.op_type == "BatchNormalization":
+        return True
+    if node.op_type == "Conv":
+        return (all(k == 1 for k in index.constant(node.input[1]).shape[2:]) and
+                all(s == 1 for s in attr(node, "strides", [1])) and not any(attr(node, "pads", [])) and
+                attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
+    rank = len(index.shape(node.output[0]) or ())
+    return node.op_type in BINARY_OPS and rank >= 3 and all(
+        v.size == 1 or (v.ndim >= rank - 1 and all(d == 1 for d in v.shape[-(rank - 2):])) for v in others)
+
+
+RULE = Rule("dense_pool", "head",
+            "with --dense-pool, the global pool before a head becomes a stride-1 pool over its window", apply)
