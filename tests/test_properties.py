@@ -4,7 +4,8 @@ window, or its nodes are reported skipped with a reason code. Never a wrong rewr
 The heads are drawn at random: a rank 3/4/5 feature map of random channels and spatial size, a
 Flatten or a Reshape (``[0,-1]`` or ``[-1,K]``), a chain of 1-4 FC layers (Gemm with transB,
 alpha, beta and every bias form, a per-sample bias no Conv can hold, or MatMul with an Add in either order), random pointwise ops
-between them, an optional Softmax at the end, opsets 11-21, fp32 and fp16, both output modes.
+between them, an optional Softmax at the end, opsets 11-21, fp32 and fp16, both output modes, and
+either in the main graph or as both branches of an If (reading the map and weights from outside).
 
 ``make test`` runs a bounded, derandomized sample; ``make fuzz`` runs FC2CONV_FUZZ_EXAMPLES of them
 (default 2000) with fresh randomness. ``pytest --hypothesis-show-statistics`` shows what ran.
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import graphs
-from onnx_fc2conv import REASONS, convert
+from onnx_fc2conv import REASONS, convert, verify
 
 BOUNDED_EXAMPLES = 100
 FUZZ_EXAMPLES = int(os.environ.get("FC2CONV_FUZZ_EXAMPLES", "2000"))
@@ -53,6 +54,7 @@ class Head:
     layers: tuple[Layer, ...]
     softmax: bool
     keep_output_shape: bool
+    in_if: bool  # the head (from the flatten on) is the body of both branches of an If
     seed: int
 
 
@@ -74,7 +76,7 @@ def heads(draw) -> Head:
                 conv_kernel=draw(st.integers(1, 2)),
                 flatten=draw(st.sampled_from(["Flatten", "Reshape[0,-1]", "Reshape[-1,K]"])),
                 layers=tuple(draw(st.lists(layers(), min_size=1, max_size=4))), softmax=draw(st.booleans()),
-                keep_output_shape=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                keep_output_shape=draw(st.booleans()), in_if=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 
 def build(head: Head):
@@ -130,15 +132,35 @@ def build(head: Head):
     if head.softmax:
         x = node("Softmax", [x], axis=-1)
     nodes[-1].output[0] = "y"
+    inputs = []
+    if head.in_if:
+        nodes[2:] = [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=_branch(nodes[2:], "then_", dt),
+                                      else_branch=_branch(nodes[2:], "else_", dt))]
+        inputs.append(graphs.vi("cond", [], TensorProto.BOOL))
     per_sample = any(layer.bias == "per_sample" for layer in head.layers)
     in_dims = [BATCH if per_sample else "N", 2, *[s + k - 1 for s in head.spatial]]
-    return graphs.model(nodes, [graphs.vi("x", in_dims, ELEM[dt])], [graphs.vi("y", None, 0)], inits,
+    return graphs.model(nodes, [graphs.vi("x", in_dims, ELEM[dt]), *inputs], [graphs.vi("y", None, 0)], inits,
                         opset=head.opset)
 
 
+def _branch(nodes, prefix: str, dt):
+    """An If branch holding copies of ``nodes`` whose own tensors and names get ``prefix``; what
+    they read from outside (the feature map, the weights) stays an outer-scope name."""
+    own = {out for n in nodes for out in n.output}
+    copies = []
+    for n in nodes:
+        copy = helper.make_node(n.op_type, [prefix + i if i in own else i for i in n.input],
+                                [prefix + o for o in n.output], name=prefix + n.name)
+        copy.attribute.extend(n.attribute)
+        copies.append(copy)
+    return helper.make_graph(copies, prefix + "branch", [], [graphs.vi(prefix + "y", [None, None], ELEM[dt])])
+
+
 def check_head(head: Head) -> None:
-    result = convert(build(head), keep_output_shape=head.keep_output_shape)  # VerificationFailed fails the test
+    model = build(head)
+    result = convert(model, keep_output_shape=head.keep_output_shape)  # VerificationFailed fails the test
     report = result.report
+    event("head inside an If" if head.in_if else "head in the main graph")
     for node in report.nodes:
         assert node.status == "converted" or node.reason in REASONS, node
         event(f"{node.status} {node.reason or node.rule}")
@@ -148,7 +170,9 @@ def check_head(head: Head) -> None:
     assert verification.passed
     assert any(c.check == "original size" and c.passed and c.compared for c in verification.checks)
     windows = [c for c in verification.checks if c.check.startswith("sliding window")]
-    if head.keep_output_shape:
+    if head.in_if:  # the verifier fed cond = True; the else branch must hold too
+        assert verify(model, result.model, input_data={"cond": np.array(False)})
+    if head.keep_output_shape or head.in_if:  # an If body keeps its output shapes
         assert windows == []
     else:
         assert all(c.passed for c in windows)
