@@ -3,6 +3,7 @@ and nothing written. External data that points outside the model's folder is ref
 of it is read."""
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def _escaping(location: str):
     return build
 
 
+def _one_node(tmp_path: Path, op: str, source: str) -> Path:
+    g = helper.make_graph([helper.make_node(op, [source], ["y"], name="only")], "one", [graphs.vi("x", [1, 2])],
+                          [graphs.vi("y", [1, 2])])
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+
+
+def _duplicate_initializer(tmp_path: Path) -> Path:
+    model = graphs.conv_flatten_gemm()
+    model.graph.initializer.append(model.graph.initializer[0])
+    return _save(model, tmp_path / "m.onnx")
+
+
 LENET = (MODELS / "lenet5.onnx").read_bytes()
 
 # name -> (how to make it, error type, the words the one-line message must contain)
@@ -120,6 +133,12 @@ BAD_INPUTS = {
     "duplicate tensor names": (_duplicate_names, InvalidModelError, "'t' is defined twice"),
     "a cycle": (_cyclic, InvalidModelError, "the graph has a cycle: 'first' -> 'second' -> 'first'"),
     "no inputs": (_no_inputs, InvalidModelError, "the graph has no inputs"),
+    "duplicate initializer": (_duplicate_initializer, InvalidModelError, "'conv.w' is defined twice"),
+    "a node reading an undefined tensor": (lambda p: _one_node(p, "Relu", "nowhere"), InvalidModelError,
+                                           "node 'only' (Relu) reads 'nowhere', which no node"),
+    "an op onnx does not know": (lambda p: _one_node(p, "FooBar", "x"), InvalidModelError,
+                                 "is not a valid ONNX model: No Op registered for FooBar"),
+    "a gzipped model": (lambda p: _write(p, gzip.compress(LENET)), InvalidModelError, "not a readable ONNX model"),
 }
 
 

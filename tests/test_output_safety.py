@@ -122,16 +122,23 @@ def test_converting_a_converted_model_converts_nothing_and_says_so(tmp_path, nam
     assert sha256(second) == sha256(first)
 
 
-def test_the_same_input_gives_byte_identical_output_across_processes(tmp_path):
+@pytest.mark.parametrize("name", ["vgg_small", "if_branches"])
+def test_the_same_input_gives_byte_identical_output_across_processes(tmp_path, name):
     # Different hash seeds change set and dict-of-set orders between processes: the output must not.
+    source = MODELS / f"{name}.onnx"
+    if name == "if_branches":  # FC layers in both branches of an If: fresh names in three scopes
+        from test_subgraphs import if_model
+
+        source = tmp_path / "if.onnx"
+        onnx.save(if_model(), source)
     outputs = []
     for seed in ("1", "2"):
         out = tmp_path / f"out{seed}.onnx"
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, "-m", "onnx_fc2conv", str(MODELS / "vgg_small.onnx"), str(out), "-q"],
+        subprocess.run([sys.executable, "-m", "onnx_fc2conv", str(source), str(out), "-q"],
                        check=True, env=env, cwd=ROOT)
         outputs.append(out.read_bytes())
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] and outputs[0] != source.read_bytes()
 
 
 def test_a_model_with_nothing_to_convert_is_written_byte_for_byte(tmp_path):
