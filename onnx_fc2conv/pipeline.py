@@ -15,7 +15,7 @@ from onnx import helper
 
 from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
-from .graph import (GraphIndex, attr, body_model, node_inputs, opset_version, rename_input, set_shape, skeleton,
+from .graph import (GraphIndex, attr, body_model, infer_value_types, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
 from .inputs import check_input_options
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
@@ -251,7 +251,8 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
     if options.keep_output_shape:
         report.flattens_added += _flatten_outputs(graph, map_outputs, index)
     report.fully_convolutional = bool(heads) and not options.keep_output_shape and not extra_nodes
-    spatial_inputs = _make_spatial_inputs_symbolic(index, graph, heads) if report.fully_convolutional else {}
+    spatial_inputs = (_make_spatial_inputs_symbolic(index, graph, heads, options.input_shapes)
+                      if report.fully_convolutional else {})
     cleanup(graph)
     toposort(graph)
     before = {o.name: value_dims(o)[1] for o in graph.output}
@@ -434,23 +435,43 @@ def _flatten_outputs(graph: onnx.GraphProto, outputs: list[str], index: GraphInd
     return len(outputs)
 
 
-def _make_spatial_inputs_symbolic(index: GraphIndex, graph: onnx.GraphProto, heads: list[Head]) -> dict[str, list[int]]:
-    """Give the spatial dims of every graph input that feeds a converted head a symbolic size."""
-    ancestors = _ancestor_inputs(index, [h.feature_map for h in heads])
-    spatial: dict[str, list[int]] = {}
+def _make_spatial_inputs_symbolic(index: GraphIndex, graph: onnx.GraphProto, heads: list[Head],
+                                  pinned: dict) -> dict[str, list[int]]:
+    """Give the spatial dims of every graph input that sizes a converted head's map a symbolic size."""
+    backbone = _upstream(index, [h.feature_map for h in heads])
+    candidates: dict[str, tuple] = {}
     for inp in graph.input:
         _, dims = value_dims(inp)
-        if inp.name not in ancestors or dims is None or len(dims) < 3:
+        if inp.name not in backbone or inp.name not in index.graph_inputs or dims is None or len(dims) < 3:
             continue
         axes = _spatial_axes(index, inp.name, len(dims))
+        if _sizes_the_backbone(index, inp.name, dims, axes, backbone, pinned):
+            candidates[inp.name] = (inp, dims, axes)
+    spatial: dict[str, list[int]] = {}
+    for name, (inp, dims, axes) in candidates.items():
         names = SPATIAL_NAMES.get(len(axes), tuple(f"dim{a}" for a in axes))
-        prefix = f"{inp.name}_" if len(ancestors) > 1 else ""
+        prefix = f"{name}_" if len(candidates) > 1 else ""
         new_dims = list(dims)
         for axis, dim_name in zip(axes, names):
             new_dims[axis] = prefix + dim_name
         set_shape(inp, new_dims)
-        spatial[inp.name] = axes
+        spatial[name] = axes
     return spatial
+
+
+def _sizes_the_backbone(index: GraphIndex, name: str, dims, axes: list[int], backbone: set[str],
+                        pinned: dict) -> bool:
+    """Whether a larger input ``name`` gives the backbone larger tensors: with its ``axes`` free, shape
+    inference changes the shape of some tensor between the inputs and the maps. A broadcast operand
+    fed as an input (a per-channel gain ``[C,1,1]``) changes none, so it keeps its shape and the
+    larger-size checks reuse its value. An input whose spatial size is already free is assumed to."""
+    own = [p if p is not None else d for p, d in zip(pinned.get(name) or dims, dims)]
+    if not all(isinstance(own[a], int) for a in axes):
+        return True
+    probe = [f"{name}_probe{a}" if a in axes else d for a, d in enumerate(own)]
+    types = infer_value_types(index.model, {**pinned, name: probe})
+    inner = backbone - set(index.graph_inputs) - set(index.initializers)
+    return not inner or any(types.get(t, (0, None))[1] != index.shape(t) for t in inner)
 
 
 def _spatial_axes(index: GraphIndex, name: str, rank: int) -> list[int]:
@@ -463,19 +484,18 @@ def _spatial_axes(index: GraphIndex, name: str, rank: int) -> list[int]:
     return list(range(2, rank))
 
 
-def _ancestor_inputs(index: GraphIndex, tensors: list[str]) -> set[str]:
-    seen, stack, found = set(), list(tensors), set()
+def _upstream(index: GraphIndex, tensors: list[str]) -> set[str]:
+    """``tensors`` and every tensor they are computed from."""
+    seen, stack = set(), list(tensors)
     while stack:
         name = stack.pop()
         if name in seen:
             continue
         seen.add(name)
-        if name in index.graph_inputs:
-            found.add(name)
         node = index.producer.get(name)
         if node is not None:
             stack.extend(node_inputs(node))
-    return found
+    return seen
 
 
 def _write_metadata(model, options, heads, maps, map_outputs, spatial_inputs) -> None:

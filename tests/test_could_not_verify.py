@@ -2,6 +2,7 @@
 "could not verify", exits 1 and writes nothing; the right --input-shape / --input-data fixes it."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -95,3 +96,27 @@ def test_input_data_that_names_no_input_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, [str(src), str(tmp_path / "o.onnx"), "--input-data", str(data)])
     assert result.exit_code == 2
     assert "--input-data names 'y', which is not an input of the model (inputs: x)" in result.output
+
+
+def test_larger_size_checks_reuse_the_non_spatial_inputs_from_the_file(monkeypatch):
+    # x [N,2,6,6] * gain (a per-channel input from the file) -> Conv -> Flatten -> Gemm.
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["scaled"], name="scale"),
+             helper.make_node("Conv", ["scaled", "conv.w"], ["fmap"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("Flatten", ["fmap"], ["flat"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["flat", "fc.w"], ["y"], name="fc", transB=1)]
+    m = model(nodes, [vi("x", ["N", 2, 6, 6]), vi("gain", [2, 1, 1])], [vi("y", None, 0)],
+              [init("conv.w", weights(rng, 3, 2, 3, 3)), init("fc.w", weights(rng, 4, 48))])
+    gain = np.array([0.5, -2.0], np.float32).reshape(2, 1, 1)
+    verifier = importlib.import_module("onnx_fc2conv.verify")  # the module, not the function of that name
+    fed = []
+    real_run = verifier._run
+    monkeypatch.setattr(verifier, "_run", lambda session, feeds: fed.append(feeds) or real_run(session, feeds))
+    converted = convert(m, input_data={"gain": gain})
+    assert list(converted.report.symbolic_inputs) == ["x"]  # gain is broadcast, not an image: it keeps [2,1,1]
+    assert [d.dim_value for d in converted.model.graph.input[1].type.tensor_type.shape.dim] == [2, 1, 1]
+    result = converted.report.verification
+    assert result.passed and sum(c.check.startswith("sliding window") for c in result.checks) == 2
+    sizes = {f["x"].shape for f in fed if "x" in f}
+    assert sizes == {(2, 2, 6, 6), (2, 2, 12, 12), (2, 2, 9, 13)}  # the original size and both larger ones
+    assert all(f["gain"] is gain or np.array_equal(f["gain"], gain) for f in fed if "gain" in f)
