@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .errors import CouldNotVerify, Fc2ConvError, UsageError, VerificationFailed
 from .inspection import inspect
+from .layouts import TOKEN_LAYOUTS
 from .pipeline import convert
 from .rules import RULE_NAMES
 
@@ -59,6 +60,18 @@ def main():
 
 def rule_options(command):
     """The options that change which rules match: shared by convert and inspect."""
+    command = click.option("--exclude", multiple=True, metavar="GLOB",
+                           help="Leave FC nodes whose name matches this glob as they are (repeatable).")(command)
+    command = click.option("--include", multiple=True, metavar="GLOB",
+                           help="Convert only FC nodes whose name matches this glob (repeatable), "
+                                "e.g. 'ffn*'.")(command)
+    command = click.option("--vector-fc", is_flag=True,
+                           help="Also turn Gemm/MatMul on plain [N,D] tensors (MLPs) into 1x1 Convs on "
+                                "[N,D,1,1].")(command)
+    command = click.option("--token-layout", type=click.Choice(sorted(TOKEN_LAYOUTS)),
+                           help="Also turn MatMuls on [B,T,D] tokens (Transformer projections and FFNs) into "
+                                "kernel-1 Convs: conv1d on [B,D,T], conv2d on [B,D,1,T] (tokens last, for "
+                                "Apple ANE / Qualcomm HTP).")(command)
     command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
                            help="Turn a rule off (repeatable).")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
@@ -94,8 +107,9 @@ def rule_options(command):
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, dense_pool, no_verify, providers,
-                    rtol, atol, skip_rules, input_shapes, input_data, report_json, quiet, verbose):
+def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, dense_pool, no_verify,
+                    providers, rtol, atol, skip_rules, token_layout, vector_fc, include, exclude, input_shapes,
+                    input_data, report_json, quiet, verbose):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
@@ -112,6 +126,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
+                         token_layout=token_layout, vector_fc=vector_fc, include=include, exclude=exclude,
                          input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
                          rtol=rtol, atol=atol, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
                          show_progress=not quiet)
@@ -134,7 +149,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @rule_options
-def inspect_command(in_path, as_json, skip_rules, input_shapes):
+def inspect_command(in_path, as_json, skip_rules, token_layout, vector_fc, include, exclude, input_shapes):
     """Show each FC-like node of the ONNX model IN: op, input and weight shapes, what feeds it, and
     the rule that will convert it or the reason code that stops it. Nothing is written.
 
@@ -142,7 +157,8 @@ def inspect_command(in_path, as_json, skip_rules, input_shapes):
     """
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
-        result = inspect(in_path, skip_rules=skip_rules, input_shapes=shapes)
+        result = inspect(in_path, skip_rules=skip_rules, token_layout=token_layout, vector_fc=vector_fc,
+                         include=include, exclude=exclude, input_shapes=shapes)
     except Fc2ConvError as exc:
         _fail(str(exc), exc.exit_code)
     click.echo(result.to_json() if as_json else result.render_text())

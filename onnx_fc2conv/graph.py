@@ -229,6 +229,7 @@ class GraphIndex:
                 self.consumers[name].append(node)
         self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
         self.graph_outputs = [o.name for o in self.graph.output]
+        self.input_shapes = input_shapes
         self.types = infer_value_types(model, input_shapes)
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._refine_resize_shapes()
@@ -238,6 +239,24 @@ class GraphIndex:
     # ---- shapes -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.types.get(name, (0, None))[1]
+
+    def infer_unknown_shapes(self) -> None:
+        """Fill in the shapes ONNX's own inference leaves unknown with ONNX Runtime's symbolic shape
+        inference, which also follows a Reshape to a computed target (``x.view(B, T, H, D)`` in BERT's
+        attention) and ORT's com.microsoft ops (Attention, SkipLayerNormalization). Shapes already
+        known stay. Best effort: without sympy, or where it fails, nothing changes."""
+        if all(self.shape(o) is not None for n in self.graph.node for o in n.output if o):
+            return
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            inferred = SymbolicShapeInference.infer_shapes(skeleton(self.model, self.input_shapes), auto_merge=True)
+        except Exception:  # noqa: BLE001 - ImportError without sympy, or any op it cannot follow
+            return
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            elem, dims = value_dims(vi)
+            if dims is not None and self.shape(vi.name) is None:
+                self.types[vi.name] = (elem, dims)
 
     def dtype(self, name: str) -> int:
         return self.types.get(name, (0, None))[0]

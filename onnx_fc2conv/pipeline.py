@@ -18,11 +18,13 @@ from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
 from .graph import (GraphIndex, attr, body_model, infer_value_types, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
 from .inputs import check_input_options
+from .layouts import TOKEN_LAYOUTS, Layout, flat
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
 from .safety import check_graph, check_output_path
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
+from .runs import LayoutBridge
 
 FC_OPS = ("Gemm", "MatMul")
 # FC layers written with quantized operators, which no rule rewrites; they are still reported, so
@@ -40,6 +42,8 @@ class Options:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     input_shapes: dict[str, tuple] = field(default_factory=dict)
+    token_layout: str | None = None  # "conv1d" / "conv2d": token MatMuls become kernel-1 Convs
+    vector_fc: bool = False  # Gemm/MatMul on plain [N,D] tensors become 1x1 Convs
 
 
 @dataclass
@@ -61,21 +65,25 @@ class Head:
 
 
 def make_options(*, keep_output_shape: bool = False, dense_pool: bool = False, skip_rules=(), include=(),
-                 exclude=(), input_shapes: dict | None = None) -> Options:
+                 exclude=(), input_shapes: dict | None = None, token_layout: str | None = None,
+                 vector_fc: bool = False) -> Options:
     """The rule options shared by :func:`convert` and ``inspect``, checked."""
     unknown = sorted(set(skip_rules) - set(RULE_NAMES))
     if unknown:
         raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
+    if token_layout is not None and token_layout not in TOKEN_LAYOUTS:
+        raise Fc2ConvError(f"unknown token layout {token_layout!r}; layouts are: {', '.join(TOKEN_LAYOUTS)}")
     return Options(keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=tuple(skip_rules),
-                   include=tuple(include), exclude=tuple(exclude), input_shapes=dict(input_shapes or {}))
+                   include=tuple(include), exclude=tuple(exclude), input_shapes=dict(input_shapes or {}),
+                   token_layout=token_layout, vector_fc=vector_fc)
 
 
 def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = None, *,
             keep_output_shape: bool = False, dense_pool: bool = False, skip_rules=(), include=(), exclude=(),
-            input_shapes: dict | None = None, verify: bool = True, providers=("cpu",),
-            rtol: float | None = None, atol: float | None = None, input_data=None,
-            seed: int = 0, inplace: bool = False, external_data: bool = False, fold_batch: bool = False,
-            show_progress: bool = False) -> ConversionResult:
+            input_shapes: dict | None = None, token_layout: str | None = None, vector_fc: bool = False,
+            verify: bool = True, providers=("cpu",), rtol: float | None = None, atol: float | None = None,
+            input_data=None, seed: int = 0, inplace: bool = False, external_data: bool = False,
+            fold_batch: bool = False, show_progress: bool = False) -> ConversionResult:
     """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
 
     ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
@@ -92,10 +100,13 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     verifier and tell the rewrite the feature-map size the graph leaves symbolic. ``input_data`` (a
     dict of arrays, or an ``.npz`` path) feeds the original-size check; its arrays pin shapes too.
     ``dense_pool``: a global pool before a head becomes a stride-1 pool over its window, so a pooled
-    classifier returns a class map.
+    classifier returns a class map. ``token_layout`` ("conv1d" or "conv2d") turns MatMuls on
+    ``[B,T,D]`` tokens into kernel-1 Convs, ``vector_fc`` FC layers on plain ``[N,D]`` tensors into
+    1x1 Convs; ``include``/``exclude`` are node-name globs that pick FC layers.
     """
     options = make_options(keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
-                           include=include, exclude=exclude, input_shapes=input_shapes)
+                           include=include, exclude=exclude, input_shapes=input_shapes, token_layout=token_layout,
+                           vector_fc=vector_fc)
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}
@@ -148,7 +159,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
 def _fold_batch(model: onnx.ModelProto, report: ConversionReport) -> None:
     from .fold import fold_batch
 
-    runs = fold_batch(model, [head["node"] for head in read_metadata(model)["heads"]])
+    runs = fold_batch(model, [head["node"] for head in (read_metadata(model) or {}).get("heads", [])])
     if runs:
         _reinfer_shapes(model, {})
         report.transposes_added += 2 * len(runs)
@@ -163,13 +174,15 @@ class Match:
     """What the rules decided for one node, before anything is changed.
 
     ``status`` is the node's line in the report (``None`` for the pointwise ops and axis fix-ups
-    carried along a converted map, which are not reported on their own).
+    carried along a converted map, which are not reported on their own, and for the ops where a
+    token or vector run ends). ``restores``: the node reads a map but needs the original tensor.
     """
 
     node: onnx.NodeProto
     rule: str | None
     outcome: Rewrite | Skip
     status: NodeStatus | None
+    restores: bool = False
 
     def node_report(self) -> NodeReport:
         name = self.node.name or self.node.output[0]
@@ -197,6 +210,8 @@ class Plan:
 def match_nodes(index: GraphIndex, options: Options) -> Plan:
     """Walk the graph once in topological order, trying head rules on FC nodes and chain rules on
     nodes that read a converted map. Nothing in the graph is changed."""
+    if options.token_layout or options.vector_fc:
+        index.infer_unknown_shapes()  # transformer exports lose ranks at computed Reshapes and contrib ops
     ctx = RuleContext(index, maps={}, options=options)
     plan = Plan(ctx, [], [])
     removed: set[int] = set()
@@ -209,18 +224,26 @@ def match_nodes(index: GraphIndex, options: Options) -> Plan:
             continue
         outcome, rule = _first_outcome(ctx, node, "chain" if reads_map else "head", options)
         if isinstance(outcome, Rewrite):
+            read_maps = [n for n in node_inputs(node) if n in ctx.maps]
+            head, layout = None, outcome.layout  # a token/vector entry starts a run of its own layout
             if outcome.feature_map is not None:
                 head = len(plan.heads)
                 plan.heads.append(Head(outcome.feature_map, outcome.window, node.name or node.output[0]))
-            else:
-                head = next(ctx.maps[n].head for n in node_inputs(node) if n in ctx.maps)
+            elif read_maps:
+                head, layout = ctx.maps[read_maps[0]].head, ctx.maps[read_maps[0]].layout
             for name, rank in outcome.maps.items():
-                ctx.maps[name] = MapInfo(rank, head)
+                ctx.maps[name] = MapInfo(rank, head, layout)
             removed.update(id(n) for n in outcome.removed)
             plan.matches.append(Match(node, rule, outcome, "converted" if outcome.kind == "fc" else None))
         elif reads_map:
-            plan.matches.append(Match(node, rule, outcome if isinstance(outcome, Skip) else Skip("fcn_blocked"),
-                                      "blocked"))
+            # A head's map meeting such an op blocks the fully convolutional model; a token or vector
+            # run simply ends there (reported only when the op is an FC layer left as it is).
+            skip = outcome if isinstance(outcome, Skip) else Skip("fcn_blocked")
+            if any(_layout_of(ctx.maps[n]).name == "flat" for n in node_inputs(node) if n in ctx.maps):
+                status = "blocked"
+            else:
+                status = "skipped" if node.op_type in FC_OPS and isinstance(outcome, Skip) else None
+            plan.matches.append(Match(node, rule, skip, status, restores=True))
         elif _is_fc_candidate(index, node) or outcome is not None:
             plan.matches.append(Match(node, rule, outcome if isinstance(outcome, Skip) else _default_skip(index, node),
                                       "skipped"))
@@ -237,20 +260,24 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
     plan = match_nodes(index, options)
     ctx, heads = plan.ctx, plan.heads
     report.nodes.extend(plan.node_reports())
-    extra_nodes = apply_plan(graph, plan, report)
+    bridge = apply_plan(graph, plan, report)
     bodies_changed = rewrite_bodies(index, options, report)
-    if extra_nodes is None and not bodies_changed:
+    if bridge is None and not bodies_changed:
         return  # nothing converted: the model stays exactly as it came, byte for byte
-    extra_nodes = extra_nodes or []
+    bridge = bridge or LayoutBridge(index)
+    blocked = bridge.flattens_added > 0
+    token_entries = [name for name, layout in bridge.entered if layout in TOKEN_LAYOUTS]
+    token_axes = _token_axes(index, token_entries) if token_entries else None
+    # Token and vector maps always get their layout back at a graph output; head maps only when asked.
+    map_outputs = [o.name for o in graph.output if o.name in ctx.maps and not bridge.in_run(o.name)]
+    run_outputs = [o.name for o in graph.output if o.name in ctx.maps and bridge.in_run(o.name)]
+    _finish_layouts(ctx, graph, run_outputs + (map_outputs if options.keep_output_shape else []), bridge, report)
     if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
         listed = {i.name for i in graph.input}
         graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                            for t in graph.initializer if t.name not in listed)
 
-    map_outputs = [o.name for o in graph.output if o.name in ctx.maps]
-    if options.keep_output_shape:
-        report.flattens_added += _flatten_outputs(graph, map_outputs, index)
-    report.fully_convolutional = bool(heads) and not options.keep_output_shape and not extra_nodes
+    report.fully_convolutional = bool(heads) and not options.keep_output_shape and not blocked
     spatial_inputs = (_make_spatial_inputs_symbolic(index, graph, heads, options.input_shapes)
                       if report.fully_convolutional else {})
     cleanup(graph)
@@ -261,30 +288,40 @@ def rewrite_graph(model: onnx.ModelProto, options: Options, report: ConversionRe
     report.outputs = [OutputChange(o.name, _dims_list(before[o.name]), _dims_list(value_dims(o)[1]))
                       for o in graph.output]
     report.symbolic_inputs = {i.name: _dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
-    if heads:
-        _write_metadata(model, options, heads, ctx.maps, map_outputs, spatial_inputs)
+    if heads or token_axes is not None:
+        _write_metadata(model, options, heads, ctx.maps, map_outputs, spatial_inputs, token_axes)
 
 
-def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> list[onnx.NodeProto] | None:
-    """Replace the matched nodes of ``graph`` and put a Flatten back before each blocked node.
-    Returns the Flatten nodes added, or None when the plan rewrites nothing (the graph is untouched)."""
+def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> LayoutBridge | None:
+    """Replace the matched nodes of ``graph``, put the tensors token and vector layers read into their
+    layout, and give each node that needs the original tensor its layout back (a Flatten before a
+    blocked node). Returns the bridge that did it, or None when the plan rewrites nothing (the graph
+    is untouched)."""
+    ctx = plan.ctx
     replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
     removed: set[int] = set()
     new_initializers: list[onnx.TensorProto] = []
-    flattened: dict[str, str] = {}  # map tensor -> its Flatten, for consumers that need [N, F]
-    extra_nodes: list[onnx.NodeProto] = []
+    bridge = LayoutBridge(ctx.index)  # enters and restores layouts, and keeps the token/vector runs
+    extra_nodes: list[onnx.NodeProto] = []  # layouts restored for ops that need the original tensor
     for match in plan.matches:
-        outcome = match.outcome
+        outcome, label = match.outcome, match.node.name or match.node.output[0]
         if isinstance(outcome, Rewrite):
-            replaced[id(outcome.removed[0])] = outcome.new_nodes
+            new_nodes = outcome.new_nodes
+            read_maps = [n for n in node_inputs(match.node) if n in ctx.maps]
+            if outcome.entry is not None:
+                new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
+                new_initializers.extend(entry_inits)
+                read_maps = [entered]
+            bridge.record(label, outcome.kind, read_maps, list(outcome.maps))
+            replaced[id(outcome.removed[0])] = new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(outcome.initializers)
             for name, dims in outcome.reshaped.items():
-                del plan.ctx.index.initializers[name].dims[:]
-                plan.ctx.index.initializers[name].dims.extend(dims)
+                del ctx.index.initializers[name].dims[:]
+                ctx.index.initializers[name].dims.extend(dims)
             report.transposes_added += sum(n.op_type == "Transpose" for n in outcome.new_nodes)
-        elif match.status == "blocked":
-            _put_flatten_back(plan.ctx, match.node, flattened, extra_nodes)
+        elif match.restores:
+            _restore_layout(ctx, match.node, bridge, extra_nodes, new_initializers)
     if not replaced:
         return None
     nodes = []
@@ -297,26 +334,25 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_initializers)
-    report.flattens_added += len(extra_nodes)
-    return extra_nodes
+    return bridge
 
 
 def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport, scope: str = "") -> bool:
     """Convert the FC layers inside the If/Loop/Scan bodies of ``outer``'s graph (and theirs).
 
     A body is matched as a model of its own whose index reads outer-scope weights through
-    ``outer``; a map that reaches a body output is flattened back, so the body keeps its output
+    ``outer``; a map that reaches a body output gets its layout back, so the body keeps its output
     shapes and the enclosing node is unchanged. Returns whether any body changed."""
     changed = False
     for where, body in _bodies(outer.graph, scope):
         work, index, plan = _body_plan(body, outer, options)
         report.nodes.extend(_scoped(plan.node_reports(), where))
-        converted = apply_plan(work.graph, plan, report) is not None
-        if not (rewrite_bodies(index, options, report, where) or converted):
+        bridge = apply_plan(work.graph, plan, report)
+        if not (rewrite_bodies(index, options, report, where) or bridge is not None):
             continue
         graph = work.graph
-        report.flattens_added += _flatten_outputs(graph, [o.name for o in graph.output if o.name in plan.ctx.maps],
-                                                  index)
+        if bridge is not None:
+            _finish_layouts(plan.ctx, graph, [o.name for o in graph.output if o.name in plan.ctx.maps], bridge, report)
         cleanup(graph)
         toposort(graph)
         del body.node[:]
@@ -359,7 +395,10 @@ def _scoped(lines: list[NodeReport], scope: str) -> list[NodeReport]:
 
 
 def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: Options):
-    """The outcome of the first rule of ``stage`` that recognises ``node``, and that rule's name."""
+    """The first rewrite a rule of ``stage`` makes of ``node`` and that rule's name; else the first
+    rule's refusal (a later rule may still rewrite what an earlier one refused: a Gemm on a Flatten
+    that does not keep the batch alone is still a vector FC layer)."""
+    refusal = None, None
     for rule in RULES:
         if rule.stage != stage:
             continue
@@ -367,11 +406,14 @@ def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: 
         if outcome is None:
             continue
         if rule.name in options.skip_rules:
-            return Skip("rule_disabled", f"rule {rule.name} is turned off"), rule.name
-        if stage == "head" and isinstance(outcome, Rewrite) and not _selected(node, options):
-            return Skip("excluded", f"{node.name!r} is not selected by --include/--exclude"), rule.name
-        return outcome, rule.name
-    return None, None
+            outcome = Skip("rule_disabled", f"rule {rule.name} is turned off")
+        elif isinstance(outcome, Rewrite) and outcome.kind == "fc" and not _selected(node, options):
+            outcome = Skip("excluded", f"{node.name!r} is not selected by --include/--exclude")
+        if isinstance(outcome, Rewrite):
+            return outcome, rule.name
+        if refusal[0] is None:
+            refusal = outcome, rule.name
+    return refusal
 
 
 def _selected(node: onnx.NodeProto, options: Options) -> bool:
@@ -410,29 +452,65 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     return Skip("not_a_feature_map")
 
 
-def _put_flatten_back(ctx: RuleContext, node: onnx.NodeProto, flattened: dict, extra_nodes: list) -> None:
-    """Make ``node`` read ``Flatten(map)``: at the original size that is the [N, F] it read before."""
+def _restore_layout(ctx: RuleContext, node: onnx.NodeProto, bridge: LayoutBridge, extra_nodes: list,
+                    new_initializers: list) -> None:
+    """Make ``node`` read each map it reads in the original layout: ``Flatten(map)`` for a head's map
+    (at the original size that is the [N, F] it read before), the inverse Transpose or Reshape for a
+    token or vector map. Once per map, however many nodes read it."""
     for name in dict.fromkeys(node_inputs(node)):
         if name not in ctx.maps:
             continue
-        if name not in flattened:
-            flat = ctx.index.fresh_name(f"{name}_flat")
-            extra_nodes.append(helper.make_node("Flatten", [name], [flat], name=ctx.index.fresh_name(f"{name}_flatten"), axis=1))
-            flattened[name] = flat
-        rename_input(node, name, flattened[name])
+        nodes, inits, restored = bridge.restore(name, _layout_of(ctx.maps[name]), node.name or node.output[0])
+        extra_nodes.extend(nodes)
+        new_initializers.extend(inits)
+        rename_input(node, name, restored)
 
 
-def _flatten_outputs(graph: onnx.GraphProto, outputs: list[str], index: GraphIndex) -> int:
-    """Keep-output-shape mode: the map is renamed and one Flatten writes the output's own name."""
+def _finish_layouts(ctx: RuleContext, graph: onnx.GraphProto, outputs: list[str], bridge: LayoutBridge,
+                    report: ConversionReport) -> None:
+    """The graph outputs ``outputs`` get their original layout back under their own names (the map
+    is renamed); the report gets the Flattens, runs and Transposes the bridge added."""
     for name in outputs:
-        inner = index.fresh_name(f"{name}_map")
-        for node in graph.node:
-            rename_input(node, name, inner)
-            for i, out in enumerate(node.output):
-                if out == name:
-                    node.output[i] = inner
-        graph.node.append(helper.make_node("Flatten", [inner], [name], name=index.fresh_name(f"{name}_flatten"), axis=1))
-    return len(outputs)
+        nodes, inits, restored = bridge.restore(name, _layout_of(ctx.maps[name]), f"output {name}")
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
+        _rename_tensor(graph, name, ctx.index.fresh_name(f"{name}_map"))
+        _rename_tensor(graph, restored, name)
+    report.flattens_added += bridge.flattens_added
+    runs = bridge.reports()
+    report.runs.extend(runs)
+    report.transposes_added += sum(r.transposes_added for r in runs)
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        rename_input(node, old, new)
+        for i, out in enumerate(node.output):
+            if out == old:
+                node.output[i] = new
+
+
+def _layout_of(info: MapInfo) -> Layout:
+    return info.layout or flat(info.spatial_rank)
+
+
+def _token_axes(index: GraphIndex, entries: list[str]) -> dict[str, list[int]]:
+    """The graph-input axes that carry the token axis of the tensors put into a token layout, so the
+    verifier can vary the sequence length: the symbolic input axes whose size is the token axis's (its
+    name, or its value under --input-shape). Where shape inference renamed it (``unk__3``), the one
+    symbolic non-batch size the inputs have, if they have only one."""
+    tokens = {dims[1] for dims in map(index.shape, entries) if dims is not None and len(dims) == 3} - {None}
+    declared = {name: value_dims(inp)[1] or () for name, inp in index.graph_inputs.items()}
+    symbolic = {d for dims in declared.values() for d in dims[1:] if isinstance(d, str)}
+    if not tokens & symbolic and not any(isinstance(t, int) for t in tokens) and len(symbolic) == 1:
+        tokens = symbolic
+    axes = {}
+    for name, dims in declared.items():
+        current = index.shape(name) or dims
+        found = [a for a in range(1, min(len(dims), len(current))) if isinstance(dims[a], str) and current[a] in tokens]
+        if found:
+            axes[name] = found
+    return axes
 
 
 def _make_spatial_inputs_symbolic(index: GraphIndex, graph: onnx.GraphProto, heads: list[Head],
@@ -498,8 +576,9 @@ def _upstream(index: GraphIndex, tensors: list[str]) -> set[str]:
     return seen
 
 
-def _write_metadata(model, options, heads, maps, map_outputs, spatial_inputs) -> None:
-    """Record what the verifier needs for the sliding-window proof inside the model itself."""
+def _write_metadata(model, options, heads, maps, map_outputs, spatial_inputs, token_axes=None) -> None:
+    """Record what the verifier needs for the sliding-window proof (and, with token runs, the input
+    axes to vary the sequence length on) inside the model itself."""
     meta = {
         "version": __version__,
         "mode": "keep_output_shape" if options.keep_output_shape else "fully_convolutional",
@@ -507,6 +586,8 @@ def _write_metadata(model, options, heads, maps, map_outputs, spatial_inputs) ->
                    "outputs": [o for o in map_outputs if maps[o].head == i]} for i, h in enumerate(heads)],
         "spatial_inputs": spatial_inputs,
     }
+    if token_axes is not None:
+        meta["token_axes"] = token_axes
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)

@@ -98,6 +98,9 @@ class VerificationResult:
                 f"(rtol {self.rtol:g}, atol {self.atol:g})")
         if windows:
             text += f", {windows} window positions matched"
+        lengths = sorted({c.check.rsplit(" ", 1)[1] for c in ran if c.check.startswith("sequence length")}, key=int)
+        if lengths:
+            text += f", also at sequence lengths {' and '.join(lengths)}"
         return text
 
     def render_text(self, verbose: bool = False) -> str:
@@ -112,6 +115,30 @@ class VerificationResult:
 
 
 @dataclass
+class RunReport:
+    """A maximal run of token or vector layers done in a channels-first layout, and what it cost."""
+
+    layout: str  # "conv1d", "conv2d" or "vector"
+    starts: list[str] = field(default_factory=list)  # tensors put into the layout
+    converted: list[str] = field(default_factory=list)  # FC layers that became Convs
+    passed_through: list[str] = field(default_factory=list)  # pointwise ops that run on the map
+    ends: list[str] = field(default_factory=list)  # ops (or "output NAME") that get the original layout back
+    transposes_added: int = 0
+    reshapes_added: int = 0
+
+    def absorb(self, other: "RunReport") -> None:
+        for name in ("starts", "converted", "passed_through", "ends"):
+            getattr(self, name).extend(getattr(other, name))
+        self.transposes_added += other.transposes_added
+        self.reshapes_added += other.reshapes_added
+
+    def line(self) -> str:
+        return (f"run ({self.layout}) {', '.join(self.starts)} -> {', '.join(dict.fromkeys(self.ends))}: "
+                f"{len(self.converted)} FC and {len(self.passed_through)} pointwise ops, "
+                f"added {self.transposes_added} Transpose and {self.reshapes_added} Reshape")
+
+
+@dataclass
 class ConversionReport:
     model: str
     opset: int
@@ -122,6 +149,7 @@ class ConversionReport:
     fully_convolutional: bool = False
     flattens_added: int = 0
     transposes_added: int = 0
+    runs: list[RunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verification: VerificationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -157,8 +185,10 @@ class ConversionReport:
                 lines.append(f"  output {o.name}: {format_dims(o.before)} -> {format_dims(o.after)}")
         for name, dims in self.symbolic_inputs.items():
             lines.append(f"  input {name} now takes {format_dims(dims)} (spatial size >= the original)")
-        if self.converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
+        heads_converted = len(self.converted) > sum(len(r.converted) for r in self.runs)
+        if heads_converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
             lines.append("  not fully convolutional: input sizes kept (see blocked nodes)")
+        lines.extend("  " + r.line() for r in self.runs)
         if self.flattens_added or self.transposes_added:
             lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
         lines.extend(f"  note: {n}" for n in self.notes)

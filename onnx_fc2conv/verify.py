@@ -8,6 +8,8 @@ Two checks:
   flattens (the feature map). On a larger input, the backbone gives a larger map; every sampled
   output position of the converted model (the corners, the centre and random ones) must equal the
   original head applied to the matching window of that map. This holds even when the backbone pads.
+* **Sequence lengths** (token layers converted). The token axis is dynamic, so both models also run
+  at two other lengths (one shorter where possible, one longer) and every output must match.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImp
 
 from .errors import CouldNotVerify
 from .graph import infer_value_types, node_inputs, set_shape
-from .inputs import make_inputs
+from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
 from .pipeline import read_metadata
 from .report import CheckResult, VerificationResult
@@ -89,12 +91,61 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
 
     meta = read_metadata(converted)
-    if meta and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
+    if meta and meta["heads"] and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
         _sliding_window_checks(original, original_folder, meta, feeds, sessions, result, seed)
-    elif meta and meta["mode"] == "fully_convolutional":
+    elif meta and meta["heads"] and meta["mode"] == "fully_convolutional":
         result.skipped.append("sliding window: the model is not fully convolutional (a path is blocked)")
+    if meta and "token_axes" in meta:
+        _sequence_length_checks(original, expected_session, meta["token_axes"], feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
+
+
+# ---- sequence lengths ---------------------------------------------------------------------------
+
+def other_lengths(length: int) -> list[int]:
+    """Two sequence lengths besides ``length``: half of it (when that is at least 1) and one more,
+    else one and two more."""
+    return [n for n in (length // 2, length + 1, 2 * length + 1) if 1 <= n != length][:2]
+
+
+def _sequence_length_checks(original, expected_session, token_axes, feeds, sessions, result, seed) -> None:
+    if not token_axes:
+        result.skipped.append("sequence lengths: the token axis is not a symbolic input dimension")
+        return
+    name, axes = next(iter(token_axes.items()))
+    current = feeds[name].shape[axes[0]]
+    varied = _axes_of_length(original, token_axes, feeds, current)
+    rng = np.random.default_rng(seed + 2)
+    for length in other_lengths(current):
+        check = f"sequence length {length}"
+        resized = dict(feeds)
+        for inp, inp_axes in varied.items():
+            shape = list(feeds[inp].shape)
+            for axis in inp_axes:
+                shape[axis] = length
+            resized[inp] = _random_like(feeds[inp], shape, rng)
+        try:
+            expected = _run(expected_session, resized)
+        except Exception as exc:  # noqa: BLE001
+            result.skipped.append(f"{check}: the original model does not run at this length ({_first_line(exc)})")
+            continue
+        for provider, got in _converted_outputs(check, sessions, resized, result):
+            for output, want in expected.items():
+                result.checks.append(_compare(check, provider, output, got[output], want, result.rtol, result.atol))
+
+
+def _axes_of_length(original, token_axes, feeds, length) -> dict[str, list[int]]:
+    """The token axes, and every other symbolic non-batch input axis fed at the same length: a
+    decoder's attention mask runs over ``total_seq_len``, which is the sequence length when the past
+    is empty."""
+    varied = {name: list(axes) for name, axes in token_axes.items()}
+    for spec in input_specs(original):
+        for axis, dim in enumerate(spec.dims or ()):
+            if (axis > 0 and isinstance(dim, str) and spec.name in feeds and feeds[spec.name].shape[axis] == length
+                    and axis not in varied.get(spec.name, [])):
+                varied.setdefault(spec.name, []).append(axis)
+    return varied
 
 
 # ---- sliding window ----------------------------------------------------------------------------
@@ -131,18 +182,24 @@ def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed
         except Exception as exc:  # noqa: BLE001
             result.skipped.append(f"{check}: the original backbone does not run at this size ({_first_line(exc)})")
             continue
-        for provider, session in sessions.items():
-            try:
-                got = _run(session, large)
-            except Exception as exc:  # noqa: BLE001
-                result.checks.append(CheckResult(check, provider, "*", False, compared=1,
-                                                 note=f"the converted model fails: {_first_line(exc)}"))
-                continue
+        for provider, got in _converted_outputs(check, sessions, large, result):
             for head, head_session in zip(heads, head_sessions):
                 fmap = maps[head["feature_map"]]
                 for output in head["outputs"]:
                     result.checks.append(_window_check(check, provider, output, got[output], fmap, head,
                                                        head_session, large, result, rng))
+
+
+def _converted_outputs(check, sessions, feeds, result):
+    """Each provider's outputs of the converted model on ``feeds``; a run that fails is a failed check."""
+    for provider, session in sessions.items():
+        try:
+            got = _run(session, feeds)
+        except Exception as exc:  # noqa: BLE001 - a converted model that cannot run is a failed proof
+            result.checks.append(CheckResult(check, provider, "*", False, compared=1,
+                                             note=f"the converted model fails: {_first_line(exc)}"))
+            continue
+        yield provider, got
 
 
 def _window_check(check, provider, output, out_map, fmap, head, head_session, feeds, result, rng) -> CheckResult:

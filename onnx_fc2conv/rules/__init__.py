@@ -1,9 +1,11 @@
 """The rewrite rules, in the order the pipeline tries them. Add a rule here to make it exist.
 
-Head rules turn the first FC layer after a flatten into a Conv whose kernel covers the feature map;
-chain rules carry the map through what follows. ``--skip-rule NAME`` turns one off by name.
+Head rules turn the first FC layer after a flatten into a Conv whose kernel covers the feature map
+(or, when asked, a token or vector FC layer into a kernel-1 Conv); chain rules carry the map through
+what follows. ``--skip-rule NAME`` turns one off by name.
 """
-from . import axis_fixups, dense_pool, fc_chain, flatten_gemm, matmul_add, nhwc_flatten, reshape_flatten
+from . import (axis_fixups, dense_pool, fc_chain, flatten_gemm, matmul_add, nhwc_flatten, reshape_flatten, token_matmul,
+               vector_fc)
 from .base import REASONS, MapInfo, Rewrite, Rule, RuleContext, Skip
 
 RULES: tuple[Rule, ...] = (
@@ -12,6 +14,8 @@ RULES: tuple[Rule, ...] = (
     flatten_gemm.RULE,
     reshape_flatten.RULE,
     matmul_add.RULE,
+    token_matmul.RULE,
+    vector_fc.RULE,
     fc_chain.RULE,
     axis_fixups.RULE,
 )

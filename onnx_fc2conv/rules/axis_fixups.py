@@ -15,7 +15,8 @@ would normalise over K*h*w)::
 
 No weights change. Only the class axis (1 or -1 of the original 2D tensor) is supported, with
 ``keepdims=1`` for ArgMax/ArgMin/Reduce* (``keepdims=0`` would drop the channel axis of the map); any
-other form returns None and the pipeline puts a Flatten back in front of it.
+other form returns None and the pipeline puts a Flatten back in front of it. On token maps the
+class axis is not axis 1 of the original tensor, so they are left to end the run.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ AXES_INPUT_DEFAULT = 18
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if node.domain not in ("", "ai.onnx") or node.input[0] not in ctx.maps:
         return None
-    spatial_rank = ctx.maps[node.input[0]].spatial_rank
+    info = ctx.maps[node.input[0]]
+    if info.layout is not None and not info.layout.keeps_channel_axis:
+        return None
+    spatial_rank = info.spatial_rank
     opset = ctx.index.opset
     op = node.op_type
     if op in SOFTMAX_OPS:

@@ -11,6 +11,7 @@ from typing import Callable, Literal
 import onnx
 
 from ..graph import GraphIndex
+from ..layouts import Layout
 
 # Reason codes: stable identifiers for scripts, with the sentence users read.
 REASONS: dict[str, str] = {
@@ -58,7 +59,9 @@ class Rewrite:
     A head rewrite also names the tensor it reads (``feature_map``) and its window ``[C, *S]``, which
     the verifier needs for the sliding-window proof. ``reshaped`` gives initializers new dims in
     place (a weight whose bytes already are the kernel); the pipeline applies it only when it takes
-    the rewrite, so a rule never changes the model itself.
+    the rewrite, so a rule never changes the model itself. A token or vector rewrite names the tensor
+    its new nodes read in ``layout`` (``entry``): the pipeline puts it into that layout once, however
+    many layers read it.
     """
 
     removed: list[onnx.NodeProto]
@@ -70,6 +73,8 @@ class Rewrite:
     feature_map: str | None = None
     window: tuple[int, ...] | None = None
     kind: Literal["fc", "pointwise", "fixup"] = "fc"
+    entry: str | None = None
+    layout: Layout | None = None
 
 
 Outcome = Rewrite | Skip | None
@@ -97,7 +102,9 @@ class RuleContext:
 
 @dataclass(frozen=True)
 class MapInfo:
-    """A tensor that holds a feature map ``[N, F, *spatial]`` where the original held ``[N, F]``."""
+    """A tensor that holds a map where the original held another layout: a head's feature map
+    ``[N, F, *spatial]`` for ``[N, F]`` (``layout`` None or flat), or a token or vector map."""
 
     spatial_rank: int
-    head: int
+    head: int | None
+    layout: Layout | None = None

@@ -15,22 +15,29 @@ broadcast on the last axis of ``[N,F]`` (``[F]``, ``[1,F]``, PRelu slopes) is re
 ``[F,1,1]`` / ``[1,F,1,1]`` so it still meets the channel axis; scalars stay as they are. The
 reshaped constant is a new initializer, so a weight read elsewhere is never changed.
 
+Token and vector maps (``token_matmul``, ``vector_fc``) go the same way with kernel-1 Convs; their
+constants take the layout's own steps (``layouts.Layout.constant``: ``[D]`` -> ``[D,1]`` for conv1d
+tokens, a ``[T,D]`` table -> ``[1,D,T]``). BatchNormalization normalises axis 1, which is the token
+axis of ``[B,T,D]``, so on tokens it ends the run.
+
 Pointwise ops passed through: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, Sigmoid, HardSigmoid,
 HardSwish, Tanh, Softplus, Softsign, Gelu, Erf, Abs, Neg, Exp, Log, Sqrt, Reciprocal, Clip, Dropout,
-Identity, Cast, BatchNormalization (its channel axis is 1 in both layouts),
+Identity, Cast, com.microsoft Gelu/FastGelu/QuickGelu on tokens (FastGelu's bias becomes an Add),
+BatchNormalization (its channel axis is 1 in both layouts),
 Add/Sub/Mul/Div/Pow/Max/Min whose other operands are constants (or maps of the same head), and
 QuantizeLinear/DequantizeLinear with constant scale and zero point (QDQ models): per tensor as they
-are, per channel with ``axis`` 1 (the feature axis of ``[N,F]`` is the channel axis of the map).
+are, per channel with ``axis`` 1 (the feature axis of ``[N,F]``, and the last axis of ``[B,T,D]``
+tokens, is the channel axis of the map).
 
 Returns None for anything else: the pipeline then puts a Flatten back on that edge (``fcn_blocked``).
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..graph import attr, node_inputs, set_attr
+from ..layouts import TOKEN_LAYOUTS, Layout, flat
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
 from .base import Outcome, Rewrite, Rule, RuleContext, Skip
@@ -38,16 +45,23 @@ from .base import Outcome, Rewrite, Rule, RuleContext, Skip
 # Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
 CONSTANT_ARG_OPS = frozenset({"Clip", "BatchNormalization"})
 BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
+# ONNX Runtime's fused GELUs (its transformers optimizer writes them): elementwise, except for
+# FastGelu's optional bias, added first on the last axis.
+CONTRIB_GELUS = frozenset({"Gelu", "FastGelu", "QuickGelu"})
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
+    if node.domain == "com.microsoft" and node.op_type in CONTRIB_GELUS:
+        return _contrib_gelu(ctx, node)
     if node.domain not in ("", "ai.onnx"):
         return None
     readers = [i for i in node_inputs(node) if i in ctx.maps]
     infos = {ctx.maps[i] for i in readers}
     if len(infos) != 1:
         return Skip("mixed_maps")
-    spatial_rank = infos.pop().spatial_rank
+    info = infos.pop()
+    spatial_rank = info.spatial_rank
+    layout = info.layout or flat(spatial_rank)
     op = node.op_type
     if op in ("Gemm", "MatMul"):
         return _dense_as_1x1(ctx, node, spatial_rank)
@@ -58,21 +72,23 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if op in CONSTANT_ARG_OPS:
         if not all(ctx.index.is_constant(i) for i in node.input[1:] if i):
             return None
+        if op == "BatchNormalization" and not layout.keeps_channel_axis:
+            return None
         return _same_node(node, spatial_rank, outputs=node.output[:1])
     if op in BROADCAST_OPS:
-        return _broadcast_op(ctx, node, spatial_rank)
+        return _broadcast_op(ctx, node, layout)
     if op in QDQ_OPS:
-        return _quantize_on_map(ctx, node, spatial_rank)
+        return _quantize_on_map(ctx, node, layout)
     return None
 
 
-def _quantize_on_map(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
+def _quantize_on_map(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Outcome:
     params = [ctx.index.constant(i) for i in node.input[1:] if i]
     if any(p is None for p in params) or attr(node, "block_size", 0):
         return None
-    rewrite = _same_node(node, spatial_rank)
+    rewrite = _same_node(node, layout.spatial_rank)
     if any(p.size > 1 for p in params):
-        if attr(node, "axis", 1) not in (1, -1):
+        if attr(node, "axis", 1) % layout.original_rank != layout.original_rank - 1:  # not per feature
             return None
         set_attr(rewrite.new_nodes[0], "axis", 1)
     return rewrite
@@ -93,7 +109,30 @@ def _same_node(node: onnx.NodeProto, spatial_rank: int, outputs=None) -> Rewrite
                    kind="pointwise")
 
 
-def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
+def _contrib_gelu(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
+    """``FastGelu(x, b) = FastGelu(x + b)``: on a map the bias becomes an Add of ``b`` in the map's layout."""
+    info = ctx.maps.get(node.input[0])
+    if info is None or info.layout is None or info.layout.name not in TOKEN_LAYOUTS:
+        return None  # ORT's transformer fusions: only token runs carry them; elsewhere they are left alone
+    if any(i in ctx.maps for i in node.input[1:]):
+        return None
+    if len(node_inputs(node)) == 1:
+        return _same_node(node, info.spatial_rank)
+    bias = ctx.index.constant(node.input[1]) if node.op_type == "FastGelu" else None
+    mapped = (info.layout or flat(info.spatial_rank)).constant(bias) if bias is not None else None
+    if mapped is None:
+        return None
+    bias_name = ctx.index.fresh_name(f"{node.input[1]}_per_channel")
+    biased = ctx.index.fresh_name(f"{node.output[0]}_biased")
+    add = helper.make_node("Add", [node.input[0], bias_name], [biased], name=ctx.index.fresh_name(f"{node.name}_bias"))
+    gelu = _copy(node)
+    del gelu.input[1:]
+    gelu.input[0] = biased
+    return Rewrite(removed=[node], new_nodes=[add, gelu], maps={node.output[0]: info.spatial_rank},
+                   initializers=[numpy_helper.from_array(mapped, bias_name)], kind="pointwise")
+
+
+def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Outcome:
     new = _copy(node)
     inits = []
     for pos, name in enumerate(node.input):
@@ -102,26 +141,15 @@ def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> 
         value = ctx.index.constant(name)
         if value is None:
             return None
-        channel_value = channel_broadcast(value, spatial_rank)
+        channel_value = layout.constant(value)
         if channel_value is None:
             return Skip("bias_per_sample", f"the constant {name!r} of shape {list(value.shape)} is per sample")
         if channel_value.shape != value.shape:
             new_name = ctx.index.fresh_name(f"{name}_per_channel")
             inits.append(numpy_helper.from_array(channel_value, new_name))
             new.input[pos] = new_name
-    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: spatial_rank},
+    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: layout.spatial_rank},
                    initializers=inits, kind="pointwise")
-
-
-def channel_broadcast(value: np.ndarray, spatial_rank: int) -> np.ndarray | None:
-    """A constant that broadcast against ``[N, F]`` reshaped to broadcast against ``[N, F, *S]``."""
-    if value.size == 1 or value.ndim == 0:
-        return value
-    if value.ndim == 1:
-        return value.reshape(value.shape + (1,) * spatial_rank)
-    if value.ndim == 2 and value.shape[0] == 1:
-        return value.reshape(value.shape + (1,) * spatial_rank)
-    return None
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
