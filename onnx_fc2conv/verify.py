@@ -94,7 +94,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     if meta and meta["heads"] and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
         _sliding_window_checks(original, original_folder, meta, feeds, sessions, result, seed)
     elif meta and meta["heads"] and meta["mode"] == "fully_convolutional":
-        result.skipped.append("sliding window: the model is not fully convolutional (a path is blocked)")
+        result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
+                              "spatial size reaches the converted maps)")
     if meta and "token_axes" in meta:
         _sequence_length_checks(original, expected_session, meta["token_axes"], feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
@@ -286,14 +287,16 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
     whose weights pass protobuf's 2 GB limit is handed over as a file with external data."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # failures are reported as checks, not as runtime log noise
+    # 4 (fatal only): a failing run is reported as a check or as "could not verify", so the runtime's
+    # own error log (3) would print the same message twice, in colour, before the tool's one line.
+    ort.set_default_logger_severity(4)
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():
         return None
     if provider == "cpu" and any(i.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for i in model.graph.input):
         return ReferenceSession(model)  # ONNX Runtime's Python API takes no bfloat16 arrays
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     # Run Q/DQ models as written: ORT's QDQ fusions replace DQ(W) -> MatMul by kernels that also
     # quantize the activations, which moves a float output by far more than any tolerance.
     opts.add_session_config_entry("session.disable_quant_qdq", "1")

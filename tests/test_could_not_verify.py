@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -11,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
+from conftest import ROOT
 from graphs import init, model, vi, weights
 from onnx_fc2conv import CouldNotVerify, Fc2ConvError, convert, verify
 from onnx_fc2conv.cli import main
@@ -120,3 +123,12 @@ def test_larger_size_checks_reuse_the_non_spatial_inputs_from_the_file(monkeypat
     sizes = {f["x"].shape for f in fed if "x" in f}
     assert sizes == {(2, 2, 6, 6), (2, 2, 12, 12), (2, 2, 9, 13)}  # the original size and both larger ones
     assert all(f["gain"] is gain or np.array_equal(f["gain"], gain) for f in fed if "gain" in f)
+
+
+def test_the_runtime_does_not_print_its_own_copy_of_the_error(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(signal_to_image_model(), src)
+    done = subprocess.run([sys.executable, "-m", "onnx_fc2conv", str(src), str(out)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"onnx-fc2conv: error: {MESSAGE}") and done.stderr.count("\n") == 1
