@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from .errors import InvalidModelError, OutputError
-from .safety import check_external_data
+from .safety import check_external_data, external_data_path
 
 PathLike = str | os.PathLike
 
@@ -75,7 +75,7 @@ def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = Fal
     path = Path(path)
     if not path.parent.exists():
         raise OutputError(f"{path}: the folder {path.parent} does not exist")
-    data_path = path.with_name(path.name + ".data")
+    data_path = external_data_path(path)
     external = external_data or needs_external_data(model)
     temps: list[str] = []
     renamed: list[Path] = []

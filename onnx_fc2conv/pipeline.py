@@ -22,7 +22,7 @@ from .layouts import TOKEN_LAYOUTS, Layout, flat
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
-from .safety import check_graph, check_output_path
+from .safety import check_graph, check_output_path, external_data_path
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
 from .runs import LayoutBridge
 
@@ -149,7 +149,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             raise VerificationFailed(report.verification.summary(), result)
     if output_path is not None:
         external = external_data or had_external_data or needs_external_data(work)
-        where = f" (weights in {Path(output_path).name}.data)" if external else ""
+        where = f" (weights in {external_data_path(Path(output_path)).name})" if external else ""
         with progress.step("save", f"writing {output_path}{where}"):
             save_model(work, output_path, external_data=external)
     report.seconds = seconds

@@ -24,25 +24,28 @@ _EXTERNAL_DATA_REFUSALS = (
     ("absolute path", "is an absolute path"),
     ("outside", "points outside the model's folder"),
     ("symbolic link", "is a symbolic link"),
+    ("hard link", "has several hard links (a file linked from elsewhere)"),
 )
 
 
-def check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse the model if any external tensor's location is unsafe or its file is missing.
+def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, int]]:
+    """Refuse the model if any external tensor's location is unsafe or its file is missing; return
+    the identities (device, inode) of the external-data files.
 
     Uses the resolver ``onnx.load`` itself uses (it opens a file only after validating its path);
-    the descriptor is closed at once, so nothing is read here.
+    each descriptor is closed at once, so nothing is read here.
     """
     from onnx.external_data_helper import _get_all_tensors  # what onnx.load walks
     from onnx.onnx_cpp2py_export.checker import _open_external_data  # onnx.load's own resolver
 
     folder = str(path.parent)
+    files = set()
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
         location = ExternalDataInfo(tensor).location
         try:
-            os.close(_open_external_data(folder, location, tensor.name, True))
+            fd = _open_external_data(folder, location, tensor.name, True)
         except (onnx.checker.ValidationError, OSError, RuntimeError) as exc:
             text = str(exc)
             why = next((ours for phrase, ours in _EXTERNAL_DATA_REFUSALS if phrase in text), None)
@@ -51,6 +54,10 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
                                        f"({location!r}) {why}; nothing was read") from None
             raise InvalidModelError(f"{path}: the external data file {location!r} of tensor {tensor.name!r} "
                                     "is missing or not a regular file") from None
+        stat = os.fstat(fd)
+        os.close(fd)
+        files.add((stat.st_dev, stat.st_ino))
+    return files
 
 
 def check_graph(model: onnx.ModelProto) -> None:
@@ -140,3 +147,30 @@ def check_output_path(source, output: Path, inplace: bool) -> None:
     same = output.exists() and Path(source).exists() and os.path.samefile(source, output)
     if same or output.resolve() == Path(source).resolve():
         raise OutputError(f"{output}: OUT is the input model; pass --inplace (inplace=True) to overwrite it")
+    _check_output_keeps_input_data(Path(source), output)
+
+
+def external_data_path(output: Path) -> Path:
+    """Where the weights of OUT go when it is saved with external data."""
+    return output.with_name(output.name + ".data")
+
+
+def _check_output_keeps_input_data(source: Path, output: Path) -> None:
+    """Refuse an OUT (or its ``.data`` file) that would replace an external-data file of IN.
+
+    Only a file that exists can be one, and IN is parsed again only then: an OUT ``.onnx`` from an
+    earlier run is not a data file of IN, so re-running a conversion costs nothing here."""
+    at_risk = [p for p in (output, external_data_path(output))
+               if p.is_file() and (p != output or p.suffix != ".onnx")]
+    if not at_risk or not source.is_file():
+        return
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable IN is reported, with its reason, by the load
+        return
+    inputs_data = check_external_data(model, source)
+    for path in at_risk:
+        stat = path.stat()
+        if (stat.st_dev, stat.st_ino) in inputs_data:
+            raise OutputError(f"{output}: writing it would replace {path}, which holds the input model's "
+                              "weights; choose another OUT")

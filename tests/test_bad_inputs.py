@@ -84,6 +84,12 @@ def _symlinked_folder_out(tmp_path: Path) -> Path:
     return _with_external_weight(tmp_path / "m", "data/secret.bin")
 
 
+def _hard_link(tmp_path: Path) -> Path:
+    (tmp_path / "m").mkdir()
+    os.link(_outside_secret(tmp_path), tmp_path / "m" / "w.bin")
+    return _with_external_weight(tmp_path / "m", "w.bin")
+
+
 def _escaping(location: str):
     def build(tmp_path: Path) -> Path:
         _outside_secret(tmp_path)
@@ -128,6 +134,7 @@ BAD_INPUTS = {
                                  "points outside the model's folder"),
     "external data absolute path": (_escaping("/etc/passwd"), UnsafeModelError, "is an absolute path"),
     "external data symlink out": (_symlink_out, UnsafeModelError, "is a symbolic link"),
+    "external data hard-linked from outside": (_hard_link, UnsafeModelError, "has several hard links"),
     "external data in a symlinked folder": (_symlinked_folder_out, UnsafeModelError,
                                             "points outside the model's folder"),
     "duplicate tensor names": (_duplicate_names, InvalidModelError, "'t' is defined twice"),

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+import graphs
 from conftest import MODELS, ROOT
 from onnx_fc2conv import OutputError, convert
 from onnx_fc2conv.cli import main
@@ -146,3 +147,19 @@ def test_a_model_with_nothing_to_convert_is_written_byte_for_byte(tmp_path):
     result = convert(MODELS / "seed_mlp.onnx", out)
     assert result.report.converted == [] and len(result.report.nodes) > 0
     assert out.read_bytes() == (MODELS / "seed_mlp.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("out_name", ["out.onnx", "out.onnx.data"])
+def test_out_that_would_replace_the_inputs_external_data_is_refused(tmp_path, out_name):
+    # IN keeps its Gemm weight in "out.onnx.data": OUT out.onnx would write its weights there, and
+    # OUT out.onnx.data is that file itself.
+    from test_bad_inputs import _with_external_weight
+
+    source = _with_external_weight(tmp_path, "out.onnx.data")
+    weight = next(t for t in graphs.conv_flatten_gemm().graph.initializer if t.name == "fc.w")
+    (tmp_path / "out.onnx.data").write_bytes(weight.raw_data)
+    before = {p.name: sha256(p) for p in tmp_path.iterdir()}
+    with pytest.raises(OutputError, match="which holds the input model's weights; choose another OUT"):
+        convert(source, tmp_path / out_name)
+    assert {p.name: sha256(p) for p in tmp_path.iterdir()} == before
+    assert convert(source, tmp_path / "elsewhere.onnx").report.converted  # the same IN converts to another OUT
