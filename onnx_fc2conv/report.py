@@ -188,7 +188,13 @@ class ConversionReport:
         heads_converted = len(self.converted) > sum(len(r.converted) for r in self.runs)
         if heads_converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
             lines.append("  not fully convolutional: input sizes kept (see blocked nodes)")
-        lines.extend("  " + r.line() for r in self.runs)
+        if verbose or len(self.runs) <= 3:
+            lines.extend("  " + r.line() for r in self.runs)
+        elif self.runs:  # compact: one line for all runs
+            lines.append(f"  {len(self.runs)} runs ({', '.join(sorted({r.layout for r in self.runs}))}): "
+                         f"{sum(len(r.converted) for r in self.runs)} FC layers, added "
+                         f"{sum(r.transposes_added for r in self.runs)} Transpose and "
+                         f"{sum(r.reshapes_added for r in self.runs)} Reshape (-v lists each run)")
         if self.flattens_added or self.transposes_added:
             lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
         lines.extend(f"  note: {n}" for n in self.notes)

@@ -17,6 +17,8 @@ from .report import RunReport
 
 
 class LayoutBridge:
+    """The entries and restores of one graph's maps, and the runs they delimit."""
+
     def __init__(self, index: GraphIndex):
         self.index = index
         self.flattens_added = 0

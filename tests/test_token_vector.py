@@ -343,3 +343,14 @@ def test_cli_help_lists_the_token_and_vector_options():
     result = invoke("convert", "--help")
     for option in ("--token-layout [conv1d|conv2d]", "--vector-fc", "--include GLOB", "--exclude GLOB"):
         assert option in result.output
+
+
+def test_report_lists_up_to_three_runs_and_sums_up_more_unless_verbose():
+    from onnx_fc2conv.report import ConversionReport, RunReport
+
+    runs = [RunReport("conv1d", ["x"], ["fc"], [], ["out"], transposes_added=2) for _ in range(4)]
+    report = ConversionReport("m", 13, "fully_convolutional", runs=runs)
+    assert "  4 runs (conv1d): 4 FC layers, added 8 Transpose and 0 Reshape (-v lists each run)" in report.render_text()
+    assert report.render_text(verbose=True).count("run (conv1d) x -> out: 1 FC and 0 pointwise ops") == 4
+    report.runs = runs[:3]
+    assert report.render_text().count("run (conv1d)") == 3
