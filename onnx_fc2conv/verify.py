@@ -165,8 +165,8 @@ def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed
     types = infer_value_types(original)
     backbone = _session(cut_model(original, [], [h["feature_map"] for h in heads], types, free_axes=spatial),
                         "cpu", folder)
-    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True),
-                              "cpu", folder) for h in heads]
+    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True,
+                                        spatial_free=None in h["window"]), "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)
     for which in range(2):
         large = dict(feeds)
@@ -204,7 +204,9 @@ def _converted_outputs(check, sessions, feeds, result):
 
 
 def _window_check(check, provider, output, out_map, fmap, head, head_session, feeds, result, rng) -> CheckResult:
-    window = head["window"][1:]
+    # None: the head reduces the whole map (a global reduce kept by squeeze_flatten), so its window
+    # on a larger input is the whole larger map.
+    window = [f if w is None else w for f, w in zip(fmap.shape[2:], head["window"][1:])]
     spatial_out = out_map.shape[2:]
     expect_out = tuple(f - w + 1 for f, w in zip(fmap.shape[2:], window))
     if spatial_out != expect_out:
@@ -233,11 +235,12 @@ def _sample_positions(shape: tuple[int, ...], rng: np.random.Generator) -> list[
 
 
 def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], types, batch_free=False,
-              free_axes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+              free_axes: dict[str, list[int]] | None = None, spatial_free=False) -> onnx.ModelProto:
     """The part of ``model`` that computes ``outputs`` from ``inputs`` (and the graph's own inputs).
 
     ``free_axes`` names graph-input axes to make symbolic, so the cut runs on larger inputs;
-    ``batch_free`` makes the batch of the new ``inputs`` symbolic."""
+    ``batch_free`` makes the batch of the new ``inputs`` symbolic, ``spatial_free`` their axes 2..
+    (a head that reduces the whole map takes the whole larger map)."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     needed, stack, keep = set(), list(outputs), set()
@@ -263,6 +266,8 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
     for name in inputs:
         elem, dims = types[name]
         vi = onnx.helper.make_tensor_value_info(name, elem, None)
+        if spatial_free:
+            dims = [*dims[:2], *(f"S{i}" for i in range(len(dims) - 2))]
         set_shape(vi, ["N", *dims[1:]] if batch_free else dims)
         g.input.append(vi)
     for name in outputs:

@@ -411,3 +411,57 @@ def test_dense_pool_leaves_a_head_whose_pool_output_is_read_elsewhere():
     assert [n.rule for n in result.report.converted] == ["reshape_flatten"]
     assert "GlobalAveragePool" in ops(result.model)
     assert_proved(result, windows=False)
+
+
+# ---- squeeze_flatten: Squeeze and keepdims=0 reduce heads -------------------------------------
+
+def _reduced_head(op, opset=13, keepdims=0):
+    """fmap [N,C,H,W] -> GlobalAveragePool + Squeeze, or ReduceMean/ReduceMax(keepdims=0) -> MatMul + Add."""
+    rng = np.random.default_rng(18)
+    if op == "Squeeze":
+        squeeze = (node("Squeeze", ["pooled", "axes"], "vec") if opset >= 13 else node("Squeeze", ["pooled"], "vec", axes=[2, 3]))
+        reduce = [node("GlobalAveragePool", ["fmap"], "pooled"), squeeze]
+    elif opset >= 18:
+        reduce = [node(op, ["fmap", "axes"], "vec", keepdims=keepdims)]
+    else:
+        reduce = [node(op, ["fmap"], "vec", axes=[2, 3], keepdims=keepdims)]
+    head = [*reduce, node("MatMul", ["vec", "w"], "mm"), node("Add", ["mm", "b"], "y")]
+    inits = [init("axes", np.array([2, 3], np.int64)), init("w", weights(rng, C, F)), init("b", weights(rng, F))]
+    return head_model(head, inits, opset=opset)
+
+
+@pytest.mark.parametrize("op, opset", [("Squeeze", 11), ("Squeeze", 13), ("ReduceMean", 13), ("ReduceMean", 18),
+                                       ("ReduceMax", 13)])
+def test_squeezed_and_keepdims_0_pooled_heads_become_1x1_convs(op, opset):
+    original = _reduced_head(op, opset)
+    result = convert(original)
+    assert [(n.rule, n.detail.split(" -> ")[1].split(" ")[1]) for n in result.report.converted] == [
+        ("squeeze_flatten", f"{F}x{C}x1x1")]
+    kernel, conv = kernel_of(result)
+    np.testing.assert_array_equal(kernel, initializer(original, "w").T.reshape(F, C, 1, 1))
+    if op != "Squeeze":  # the reduce is kept, global, with keepdims=1
+        reduce = next(n for n in result.model.graph.node if n.op_type == op)
+        assert [a.i for a in reduce.attribute if a.name == "keepdims"] == [1]
+    v = assert_proved(result, windows=False)
+    assert v.max_abs_error < 1e-5
+    # on each larger input the head still reduces the whole (larger) map: one position, proved
+    assert [c.compared for c in v.checks if c.check.startswith("sliding window")] == [1, 1]
+
+
+def test_squeeze_of_axes_not_known_to_be_1_is_skipped_with_reason():
+    head = [node("Squeeze", ["fmap", "axes"], "vec"), node("MatMul", ["vec", "w"], "y")]
+    nodes, inits, _ = backbone()
+    m = model([*nodes, *head], [vi("x", ["N", 2, "h", 3])], [vi("y", None, 0)],
+              [*inits, init("axes", np.array([2, 3], np.int64)), init("w", np.ones((C, F), np.float32))])
+    result = convert(m)
+    assert statuses(result) == [("MatMul_y", "skipped", "squeeze_flatten", "feature_map_shape_unknown")]
+
+
+@pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
+def test_dense_pool_widens_a_keepdims_0_reduce_head(op, dense):
+    result = convert(_reduced_head(op), dense_pool=True)
+    widened = next(n for n in result.model.graph.node if n.op_type == dense)
+    assert [list(a.ints) for a in widened.attribute if a.name == "kernel_shape"] == [[H, W]]
+    assert op not in ops(result.model) and [n.rule for n in result.report.converted] == ["dense_pool"]
+    v = assert_proved(result)
+    assert v.max_abs_error < 1e-5

@@ -106,15 +106,7 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
     window = window_from_weight(dims[1:], dense.in_features)
     if isinstance(window, Skip):
         return Skip(window.reason, f"the flattened map {x!r} has shape {_fmt(dims)}; {window.message}")
-    copies, conv_input = [], x
-    for node in [*carried, *elementwise_path(index, dense.input)[1]]:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = index.fresh_name(f"{node.name or node.op_type}_on_map")
-        copy.input[0] = conv_input
-        del copy.output[1:]  # Dropout's mask is not needed on the map
-        copy.output[0] = conv_input = index.fresh_name(f"{node.output[0]}_map")
-        copies.append(copy)
+    copies, conv_input = carry_onto_map(index, [*carried, *elementwise_path(index, dense.input)[1]], x)
     rewrite = conv_from_dense(index, dense, conv_input, window[0], window[1:], len(window) - 1, flatten_perm,
                               feature_map=x, window=window)
     if isinstance(rewrite, Rewrite):
@@ -122,6 +114,20 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
         if window != tuple(dims[1:]):
             rewrite.detail += f" (map size {'x'.join(map(str, window))} from the weight)"
     return rewrite
+
+
+def carry_onto_map(index: GraphIndex, nodes: list[onnx.NodeProto], x: str) -> tuple[list[onnx.NodeProto], str]:
+    """Copies of the element-wise ``nodes`` chained on ``x``, and the tensor the last one writes."""
+    copies = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = index.fresh_name(f"{node.name or node.op_type}_on_map")
+        copy.input[0] = x
+        del copy.output[1:]  # Dropout's mask is not needed on the map
+        copy.output[0] = x = index.fresh_name(f"{node.output[0]}_map")
+        copies.append(copy)
+    return copies, x
 
 
 def window_from_weight(dims, in_features: int) -> tuple[int, ...] | Skip:

@@ -17,7 +17,8 @@ applied to one ``HxW`` window of X, which the sliding-window check proves with X
 No weights change: the head's Conv is the one the other head rules build.
 
 Pools: GlobalAveragePool, GlobalMaxPool (-> MaxPool), ReduceMean over every spatial axis with
-``keepdims=1``, and an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head).
+``keepdims=1``, an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head), and the
+ReduceMean/ReduceMax with ``keepdims=0`` that ``squeeze_flatten`` keeps (-> AveragePool/MaxPool).
 Between the pool and the flatten only position-wise ops may stand (element-wise ops, per-tensor
 Q/DQ, BatchNormalization, 1x1 Conv with stride 1 and no padding, a constant operand that broadcasts
 per channel), each read by nothing else.
@@ -36,7 +37,7 @@ from ._head import is_elementwise
 from .base import Outcome, Rewrite, Rule, RuleContext
 
 GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
-                "ReduceMean": "AveragePool", "AveragePool": "AveragePool"}
+                "ReduceMean": "AveragePool", "ReduceMax": "MaxPool", "AveragePool": "AveragePool"}
 BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "PRelu"})
 
 
@@ -52,9 +53,14 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
                 break
     else:
         return None
-    if not isinstance(outcome, Rewrite) or any(s != 1 for s in outcome.window[1:]):
+    if not isinstance(outcome, Rewrite):
         return None
-    pool = _pool_before(ctx.index, outcome.feature_map)
+    if outcome.window[1] is None:  # squeeze_flatten kept the model's own global reduce: widen that
+        pool, kept = outcome.new_nodes[0], True
+    elif all(s == 1 for s in outcome.window[1:]):
+        pool, kept = _pool_before(ctx.index, outcome.feature_map), False
+    else:
+        return None
     dims = ctx.index.shape(pool.input[0]) if pool is not None else None
     if dims is None or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
         return None
@@ -62,8 +68,11 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     dense = helper.make_node(GLOBAL_POOLS[pool.op_type], [pool.input[0]], [pool.output[0]],
                              name=ctx.index.fresh_name(f"{pool.name or pool.op_type}_dense"),
                              kernel_shape=window, strides=[1] * len(window))
-    outcome.removed.append(pool)
-    outcome.new_nodes.insert(0, dense)
+    if kept:
+        outcome.new_nodes[0] = dense
+    else:
+        outcome.removed.append(pool)
+        outcome.new_nodes.insert(0, dense)
     outcome.feature_map, outcome.window = pool.input[0], tuple(dims[1:])
     outcome.detail += f", {pool.op_type} -> {dense.op_type} {'x'.join(map(str, window))} stride 1"
     return outcome
