@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Measure onnx-fc2conv against its performance targets and write the figures down.
+
+    python benchmarks/run.py                 # everything (~15 min on 2 cores; needs ~12 GB of disk)
+    python benchmarks/run.py --only P2,P3    # a part
+    python benchmarks/run.py --no-large      # P1 without the 3 GB model
+
+The models are generated here with random weights (benchmarks/models.py); nothing is downloaded.
+Prints one table, writes it with the machine it came from into benchmarks/README.md (between the
+``results`` markers), the raw figures into benchmarks/plots/results.json, and PNG plots next to it
+when matplotlib is installed (``pip install .[plot]``). Generated models go to a temporary folder
+under benchmarks/out/ and are deleted at the end.
+
+P1  pass cost: ``onnx-fc2conv IN OUT --no-verify`` in a child process against the floor,
+    ``onnx.load`` + ``onnx.save`` of the same model in a child process, interleaved in the same run
+    (median time, peak RSS from ``wait4``). onnx-graphsurgeon's import+export round trip is shown
+    for comparison. Targets: time <= 1.3x, peak RSS <= 1.2x.
+P2  dense maps: one run of the converted VGG-style net (padded 3x3 convs) on an input twice the
+    original size, against the original run on every window crop (stride = the net's stride, 8).
+    Target >= 8x faster.
+P3  latency at the original size on ONNX Runtime CPU, converted / original, batch 1 and 32, and
+    with ``--fold-batch``. Targets: batch 1 <= 1.1x; batch 32 <= 1.5x with --fold-batch.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+import models  # noqa: E402  (benchmarks/models.py)
+
+README = HERE / "README.md"
+PLOTS = HERE / "plots"
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5}
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its target and whether it is met."""
+
+    part: str
+    what: str
+    measured: str
+    ratio: float
+    target: str
+    met: bool | None  # None: shown for comparison, no target
+
+
+# ---- machine -------------------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        memory = f"{mem_kb / (1 << 20):.0f} GiB RAM"
+    except (OSError, StopIteration):
+        memory = "RAM unknown"
+    import onnx
+    import onnxruntime
+
+    return (f"{cpu}, {os.cpu_count()} cores, {memory}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+# ---- P1: pass cost ----------------------------------------------------------------------------------
+
+def run_child(args: list[str]) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (MiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(args[:4])}... failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def roundtrip_command(src: Path, dst: Path, external: bool, graphsurgeon: bool = False) -> list[str]:
+    save_extra = f", save_as_external_data=True, location={dst.name + '.data'!r}" if external else ""
+    through = "m = gs.export_onnx(gs.import_onnx(m)); " if graphsurgeon else ""
+    imports = "import onnx, onnx_graphsurgeon as gs" if graphsurgeon else "import onnx"
+    return [sys.executable, "-c", f"{imports}; m = onnx.load({str(src)!r}); {through}"
+                                  f"onnx.save(m, {str(dst)!r}{save_extra})"]
+
+
+def p1(work: Path, large: bool, reps: int) -> tuple[list[Row], dict]:
+    cases = [("VGG16 (553 MB, Gemm head)", "vgg16.onnx", models.vgg16, False)]
+    if large:
+        cases.append(("3 GB external data", "wide.onnx", models.wide_external, True))
+    rows, raw = [], {}
+    for label, name, build, external in cases:
+        src = build(work / name)
+        size = models.size_of(src)
+        floor_out, ours_out, gs_out = work / f"floor_{name}", work / f"ours_{name}", work / f"gs_{name}"
+        ours_cmd = [sys.executable, "-m", "onnx_fc2conv", str(src), str(ours_out), "--no-verify", "-q"]
+        floor, ours = [], []
+        for _ in range(reps):  # interleaved, so a busy moment hits both
+            floor.append(run_child(roundtrip_command(src, floor_out, external)))
+            _remove(floor_out)
+            ours.append(run_child(ours_cmd))
+            _remove(ours_out)
+        graphsurgeon = run_child(roundtrip_command(src, gs_out, external, graphsurgeon=True))
+        _remove(gs_out)
+        _remove(src)
+        ft, fr = statistics.median(t for t, _ in floor), max(r for _, r in floor)
+        ot, orss = statistics.median(t for t, _ in ours), max(r for _, r in ours)
+        gt, grss = graphsurgeon
+        raw[name] = {"bytes": size, "floor": floor, "ours": ours, "graphsurgeon": graphsurgeon}
+        rows += [
+            Row("P1", f"{label}: time, convert --no-verify / load+save",
+                f"{ot:.1f} s / {ft:.1f} s", ot / ft, f"<= {TARGETS['time']}x", ot / ft <= TARGETS["time"]),
+            Row("P1", f"{label}: peak RSS, convert / load+save",
+                f"{orss:,.0f} / {fr:,.0f} MiB", orss / fr, f"<= {TARGETS['rss']}x", orss / fr <= TARGETS["rss"]),
+            Row("P1", f"{label}: onnx-graphsurgeon round trip / load+save (for comparison)",
+                f"{gt:.1f} s, {grss:,.0f} MiB", gt / ft, "-", None),
+        ]
+    return rows, raw
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".data")):
+        p.unlink(missing_ok=True)
+
+
+# ---- P2 / P3: ONNX Runtime runs ----------------------------------------------------------------------
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def timed(fn, reps: int) -> float:
+    """Median seconds of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def convert_file(src: Path, dst: Path, **options):
+    from onnx_fc2conv import convert
+
+    return convert(src, dst, **options)
+
+
+def p2(work: Path, reps: int) -> tuple[list[Row], dict]:
+    src = models.small_vgg(work / "small_vgg.onnx")
+    dst = work / "small_vgg_fcn.onnx"
+    result = convert_file(src, dst)
+    original, converted = session(src), session(dst)
+    size, stride = 64, 8
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 3, 2 * size, 2 * size)).astype(np.float32)
+    dense = converted.run(None, {"input": image})[0]
+    positions = [(i, j) for i in range(dense.shape[2]) for j in range(dense.shape[3])]
+    crops = np.concatenate([image[:, :, i * stride:i * stride + size, j * stride:j * stride + size]
+                            for i, j in positions])
+
+    def one_by_one():
+        for k in range(len(crops)):
+            original.run(None, {"input": crops[k:k + 1]})
+
+    t_dense = timed(lambda: converted.run(None, {"input": image}), reps)
+    t_crops = timed(one_by_one, max(2, reps // 5))
+    t_batched = timed(lambda: original.run(None, {"input": crops}), max(2, reps // 5))
+    _remove(src)
+    _remove(dst)
+    n = len(positions)
+    raw = {"positions": n, "dense_s": t_dense, "crops_one_by_one_s": t_crops, "crops_one_batch_s": t_batched,
+           "verification_passed": bool(result.report.verification)}
+    rows = [
+        Row("P2", f"dense map {dense.shape[2]}x{dense.shape[3]} of a 64x64 VGG-style net on 128x128: "
+                  f"{n} crops one by one / one converted run",
+            f"{t_crops * 1e3:.1f} ms / {t_dense * 1e3:.2f} ms", t_crops / t_dense, f">= {TARGETS['dense']:.0f}x",
+            t_crops / t_dense >= TARGETS["dense"]),
+        Row("P2", f"the same, the {n} crops as one batch / one converted run",
+            f"{t_batched * 1e3:.1f} ms / {t_dense * 1e3:.2f} ms", t_batched / t_dense, f">= {TARGETS['dense']:.0f}x",
+            t_batched / t_dense >= TARGETS["dense"]),
+    ]
+    return rows, raw
+
+
+def p3(work: Path, reps: int) -> tuple[list[Row], dict]:
+    cases = [("VGG16 classifier on its 512x7x7 map (472 MB)", models.vgg16_head, "vgg16_head", (512, 7, 7)),
+             ("VGG-style net, 64x64 input", models.small_vgg, "small_vgg", (3, 64, 64))]
+    rows, raw = [], {}
+    for label, build, name, shape in cases:
+        src = build(work / f"{name}.onnx")
+        plain, folded = work / f"{name}_conv.onnx", work / f"{name}_folded.onnx"
+        convert_file(src, plain, verify=False)
+        verified = convert_file(src, folded, fold_batch=True)  # the folded model is proved like any other
+        check = verified.report.verification
+        sessions = {"original": session(src), "converted": session(plain), "folded": session(folded)}
+        figures = {}
+        for batch in (1, 32):
+            x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+            n = reps if batch == 1 else max(3, reps // 4)
+            times = {key: [] for key in sessions}
+            for _ in range(n):  # interleaved, so a busy moment hits every variant
+                for key, s in sessions.items():
+                    times[key].append(timed(lambda s=s: s.run(None, {"input": x}), 1))
+            figures[batch] = {key: statistics.median(t) for key, t in times.items()}
+        raw[name] = {"seconds": figures, "folded_verification_passed": bool(check),
+                     "folded_max_abs_error": check.max_abs_error}
+        for path in (src, plain, folded):
+            _remove(path)
+        o1, c1, f1 = (figures[1][k] for k in ("original", "converted", "folded"))
+        o32, c32, f32 = (figures[32][k] for k in ("original", "converted", "folded"))
+        rows += [
+            Row("P3", f"{label}: batch 1, converted / original", f"{c1 * 1e3:.2f} / {o1 * 1e3:.2f} ms",
+                c1 / o1, f"<= {TARGETS['batch1']}x", c1 / o1 <= TARGETS["batch1"]),
+            Row("P3", f"{label}: batch 32, converted / original", f"{c32 * 1e3:.1f} / {o32 * 1e3:.1f} ms",
+                c32 / o32, "-", None),
+            Row("P3", f"{label}: batch 32, --fold-batch / original (verified: max abs error "
+                      f"{check.max_abs_error:.2g})", f"{f32 * 1e3:.1f} / {o32 * 1e3:.1f} ms", f32 / o32,
+                f"<= {TARGETS['batch32_folded']}x", f32 / o32 <= TARGETS["batch32_folded"] and bool(check)),
+            Row("P3", f"{label}: batch 1, --fold-batch / original", f"{f1 * 1e3:.2f} / {o1 * 1e3:.2f} ms",
+                f1 / o1, "-", None),
+        ]
+    return rows, raw
+
+
+# ---- output --------------------------------------------------------------------------------------------
+
+def table(rows: list[Row]) -> str:
+    lines = ["| part | what | measured | ratio | target | met |", "|---|---|---|---:|---|---|"]
+    for r in rows:
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.part} | {r.what} | {r.measured} | {r.ratio:.2f}x | {r.target} | {met} |")
+    return "\n".join(lines)
+
+
+def write_readme(rows: list[Row], where: str, when: str) -> None:
+    text = README.read_text()
+    block = (f"{MARK_START}\nMeasured {when} on: {where}.\n\n{table(rows)}\n{MARK_END}")
+    start, end = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
+    README.write_text(text[:start] + block + text[end:])
+
+
+def plot(rows: list[Row]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install .[plot])", file=sys.stderr)
+        return []
+    written = []
+    for part, title in (("P1", "P1 pass cost, / floor (lower is better)"),
+                        ("P2", "P2 dense map speed-up (higher is better)"),
+                        ("P3", "P3 latency, converted / original (lower is better)")):
+        chosen = [r for r in rows if r.part == part]
+        if not chosen:
+            continue
+        fig, ax = plt.subplots(figsize=(9, 0.55 * len(chosen) + 1.2))
+        colors = ["tab:gray" if r.met is None else ("tab:green" if r.met else "tab:red") for r in chosen]
+        ax.barh(range(len(chosen)), [r.ratio for r in chosen], color=colors)
+        ax.set_yticks(range(len(chosen)), [_short(r.what) for r in chosen], fontsize=8)
+        ax.invert_yaxis()
+        for i, r in enumerate(chosen):
+            if r.target != "-":
+                ax.plot([float(r.target.split()[1].rstrip("x"))] * 2, [i - 0.4, i + 0.4], color="black")
+        ax.set_xlabel("ratio (black line: target; green met, red missed, grey no target)")
+        ax.set_title(title)
+        fig.tight_layout()
+        path = PLOTS / f"{part.lower()}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _short(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="P1,P2,P3", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--no-large", action="store_true", help="P1 without the 3 GB external-data model")
+    parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
+    parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    args = parser.parse_args()
+    parts = {p.strip().upper() for p in args.only.split(",")}
+    need = (12 if "P1" in parts and not args.no_large else 3) << 30
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        print(f"benchmarks: need {need >> 30} GB free in {out}, have {free / (1 << 30):.1f} GB", file=sys.stderr)
+        return 2
+    where, when = machine(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"machine: {where}", flush=True)
+    rows, raw = [], {"machine": where, "when": when}
+    with tempfile.TemporaryDirectory(dir=out, prefix="run-") as tmp:
+        work = Path(tmp)
+        for part, fn in (("P1", lambda: p1(work, not args.no_large, args.p1_reps)),
+                         ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps))):
+            if part in parts:
+                start = time.perf_counter()
+                part_rows, raw[part] = fn()
+                rows += part_rows
+                print(f"{part} done in {time.perf_counter() - start:.0f} s", flush=True)
+    print(table(rows))
+    PLOTS.mkdir(exist_ok=True)
+    (PLOTS / "results.json").write_text(json.dumps({**raw, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    for path in plot(rows):
+        print(f"wrote {path.relative_to(ROOT)}")
+    if not args.no_readme:
+        write_readme(rows, where, when)
+        print(f"wrote the table into {README.relative_to(ROOT)}")
+    return 0 if all(r.met is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
