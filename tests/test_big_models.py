@@ -138,16 +138,41 @@ def test_failed_external_data_save_leaves_nothing(tmp_path, monkeypatch):
 
 # ---- progress -----------------------------------------------------------------------------------
 
-def test_slow_steps_are_shown_on_stderr_and_quiet_hides_them(tmp_path, lenet_path, monkeypatch):
-    from onnx_fc2conv import progress
+def test_steps_of_a_large_model_are_shown_on_stderr_and_quiet_hides_them(tmp_path, lenet_path, monkeypatch):
+    from onnx_fc2conv import pipeline
 
-    monkeypatch.setattr(progress, "SLOW_STEP_SECONDS", 0.0)  # every step counts as slow
+    monkeypatch.setattr(pipeline, "LARGE_MODEL_BYTES", 0)  # every model counts as large
     shown = CliRunner().invoke(main, [str(lenet_path), str(tmp_path / "a.onnx")])
     lines = [line for line in shown.stderr.splitlines() if line.startswith("onnx-fc2conv: ")]
-    steps = [line.split(": ")[1].split(" ")[0] for line in lines if line.endswith(" s")]
-    assert steps == ["loading", "rewriting", "checking", "verifying", "writing"]
+    assert [line.split(": ")[1].split(" ")[0] for line in lines if line.endswith(" ...")] == [
+        "loading", "rewriting", "checking", "verifying", "writing"]
+    assert len([line for line in lines if line.endswith(" s")]) == 5
+    assert "wrote" in shown.stdout and "onnx-fc2conv: " not in shown.stdout
     quiet = CliRunner().invoke(main, [str(lenet_path), str(tmp_path / "b.onnx"), "-q"])
     assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_a_slow_step_of_a_small_model_is_announced_once_it_runs_long(monkeypatch):
+    import io
+    import time
+
+    from onnx_fc2conv import progress
+
+    monkeypatch.setattr(progress, "SLOW_STEP_SECONDS", 0.01)
+    stream = io.StringIO()
+    steps = progress.Progress(True, {}, stream)
+    with steps.step("verify", "verifying"):
+        for _ in range(1000):  # wait for the timer's line (no duration is asserted)
+            if stream.getvalue():
+                break
+            time.sleep(0.01)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "onnx-fc2conv: verifying ..." and lines[1].startswith("onnx-fc2conv: verifying: done in ")
+    monkeypatch.setattr(progress, "SLOW_STEP_SECONDS", 1000.0)
+    quick, seconds = io.StringIO(), {}
+    with progress.Progress(True, seconds, quick).step("check", "checking"):
+        pass
+    assert quick.getvalue() == "" and set(seconds) == {"check"}  # timed, not shown
 
 
 def test_large_model_announces_each_step_when_it_starts(monkeypatch):
