@@ -62,7 +62,6 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
         raise CouldNotVerify(
             f"could not verify: the original model fails on synthesised inputs: {_first_line(exc)}; "
             "pass --input-data or --input-shape") from None
-    del expected_session  # the original's weights, held by the runtime: not needed again
     out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(original))
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
 
