@@ -128,3 +128,25 @@ def test_cli_verifies_a_dynamic_size_model_with_the_shape_its_manifest_names(tmp
     assert result.exit_code == 0, result.output
     assert "verification passed" in result.output and "input x: float32[1,3,48,192]" in result.output
     assert out.exists()
+
+
+# FC nodes that --token-layout / --vector-fc convert (issue 4's rules); each model then verifies on the
+# synthesised inputs (ids in the vocabulary, masks of ones, an empty past) or its manifest's flags.
+CONVERT_WITH_TOKEN_OPTIONS = {
+    "magika_standard_v3_3_tf2onnx_op15.onnx": 2, "onnx2c_mnist_mlp_bn_pytorch_op9.onnx": 3,
+    "ortgenai_tiny_gpt2_fp16_op11.onnx": 16, "ortgenai_tiny_gpt2_fp32_op11.onnx": 16,
+    "ortgenai_tiny_qwen35_fp16_op21.onnx": 13, "polygraphy_attention_head_op22.onnx": 3,
+    "polygraphy_matmul_fp16_op13.onnx": 1, "silero_vad_ifless_pytorch_op18.onnx": 2,
+    "smart_turn_v3_2_qdq_op18.onnx": 29, "tract_keras_mlp_tf2onnx_op13.onnx": 2,
+    "tribuo_tinybert_pytorch_op11.onnx": 7, "winml_iris_mlp_pytorch_op11.onnx": 3,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERT_WITH_TOKEN_OPTIONS))
+def test_token_and_vector_conversions_verify_on_synthesised_inputs(name):
+    _load(name)
+    result = convert(SHARED_MODELS / name, token_layout="conv1d", vector_fc=True, **FLAGS.get(name, {}))
+    assert len(result.report.converted) >= CONVERT_WITH_TOKEN_OPTIONS[name]
+    v = result.report.verification
+    assert v.passed, v.render_text(verbose=True)
+    assert {i.source for i in v.inputs} != {"file"}  # at least one input was synthesised
