@@ -465,3 +465,22 @@ def test_dense_pool_widens_a_keepdims_0_reduce_head(op, dense):
     assert op not in ops(result.model) and [n.rule for n in result.report.converted] == ["dense_pool"]
     v = assert_proved(result)
     assert v.max_abs_error < 1e-5
+
+
+def test_transpose_that_moves_the_batch_is_skipped_as_channels_last():
+    head = [node("Transpose", ["fmap"], "moved", perm=[1, 0, 2, 3]), node("Flatten", ["moved"], "flat", axis=1),
+            node("Gemm", ["flat", "w"], "y", transB=1)]
+    result = convert(head_model(head, [init("w", np.ones((F, 2 * H * W), np.float32))]))
+    assert statuses(result) == [("Gemm_y", "skipped", "nhwc_flatten", "channels_last")]
+
+
+def test_cli_dense_pool_flag_writes_a_class_map_model(tmp_path):
+    from click.testing import CliRunner
+    from onnx_fc2conv.cli import main
+
+    src, out = tmp_path / "pooled.onnx", tmp_path / "map.onnx"
+    onnx.save(_pooled_classifier("GlobalAveragePool"), str(src))
+    result = CliRunner().invoke(main, [str(src), str(out), "--dense-pool", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "by dense_pool" in result.output and "GlobalAveragePool -> AveragePool 3x2 stride 1" in result.output
+    assert "AveragePool" in ops(onnx.load(str(out)))
