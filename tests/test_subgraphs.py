@@ -124,16 +124,17 @@ SILERO = SHARED_MODELS / "silero_vad_ifless_pytorch_op18.onnx"
 
 
 @pytest.mark.skipif(not SILERO.exists(), reason="the shared real-model folder is absent")
-def test_silero_vad_gemms_inside_its_if_are_found_and_whatever_converts_verifies():
+@pytest.mark.parametrize("sr, samples", [(16000, 512), (8000, 256)])  # the If picks a branch by sample rate
+def test_silero_vad_gemms_inside_its_if_convert_with_vector_fc_and_verify(sr, samples):
     rng = np.random.default_rng(0)
-    feeds = {"input": rng.standard_normal((1, 512)).astype(np.float32), "sr": np.array(16000, np.int64),
+    feeds = {"input": rng.standard_normal((1, samples)).astype(np.float32), "sr": np.array(sr, np.int64),
              "state": rng.standard_normal((2, 1, 128)).astype(np.float32)}
-    result = convert(SILERO, input_data=feeds)
-    # Two LSTM-cell Gemms in each branch of its If, on [1,128] vectors (not flattened maps).
-    branches = [n.node.split("/")[1] for n in result.report.nodes if n.op == "Gemm"]
-    assert sorted(branches) == ["else_branch", "else_branch", "then_branch", "then_branch"]
-    assert all(n.status == "converted" or n.reason for n in result.report.nodes)
-    if result.report.converted:
-        assert result.report.verification and result.report.verification.max_abs_error < 1e-4
-    check = verify(SILERO, result.model, input_data=feeds)
-    assert check and check.max_abs_error < 1e-4
+    result = convert(SILERO, input_data=feeds, vector_fc=True)
+    # Two LSTM-cell Gemms in each branch of its If: the hidden-state one (on the [1,128] state) becomes
+    # a 1x1 Conv; the input one reads a Gather of the encoder map and is reported with its reason.
+    gemms = [(n.node.split("/")[1], n.status) for n in result.report.nodes if n.op == "Gemm"]
+    assert sorted(gemms) == [("else_branch", "converted"), ("else_branch", "skipped"),
+                             ("then_branch", "converted"), ("then_branch", "skipped")]
+    assert [sum(n.op_type == "Conv" for n in g.node) - 6 for g in _bodies(result.model)] == [1, 1]
+    assert result.report.verification and result.report.verification.max_abs_error < 1e-4
+    assert verify(SILERO, result.model, input_data=feeds)
