@@ -5,7 +5,8 @@ The heads are drawn at random: a rank 3/4/5 feature map of random channels and s
 Flatten or a Reshape (``[0,-1]`` or ``[-1,K]``), a chain of 1-4 FC layers (Gemm with transB,
 alpha, beta and every bias form, a per-sample bias no Conv can hold, or MatMul with an Add in either order), random pointwise ops
 between them, an optional Softmax at the end, opsets 11-21, fp32 and fp16, both output modes, and
-either in the main graph or as both branches of an If (reading the map and weights from outside).
+either in the main graph or as both branches of an If (reading the map and weights from outside),
+with or without --vector-fc and --fold-batch.
 
 ``make test`` runs a bounded, derandomized sample; ``make fuzz`` runs FC2CONV_FUZZ_EXAMPLES of them
 (default 2000) with fresh randomness. ``pytest --hypothesis-show-statistics`` shows what ran.
@@ -55,6 +56,8 @@ class Head:
     softmax: bool
     keep_output_shape: bool
     in_if: bool  # the head (from the flatten on) is the body of both branches of an If
+    vector_fc: bool  # --vector-fc: FC layers on plain [N,D] tensors become 1x1 convs too
+    fold_batch: bool  # --fold-batch
     seed: int
 
 
@@ -76,7 +79,8 @@ def heads(draw) -> Head:
                 conv_kernel=draw(st.integers(1, 2)),
                 flatten=draw(st.sampled_from(["Flatten", "Reshape[0,-1]", "Reshape[-1,K]"])),
                 layers=tuple(draw(st.lists(layers(), min_size=1, max_size=4))), softmax=draw(st.booleans()),
-                keep_output_shape=draw(st.booleans()), in_if=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                keep_output_shape=draw(st.booleans()), in_if=draw(st.booleans()), vector_fc=draw(st.booleans()),
+                fold_batch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 
 def build(head: Head):
@@ -158,7 +162,8 @@ def _branch(nodes, prefix: str, dt):
 
 def check_head(head: Head) -> None:
     model = build(head)
-    result = convert(model, keep_output_shape=head.keep_output_shape)  # VerificationFailed fails the test
+    result = convert(model, keep_output_shape=head.keep_output_shape, vector_fc=head.vector_fc,
+                     fold_batch=head.fold_batch)  # VerificationFailed fails the test
     report = result.report
     event("head inside an If" if head.in_if else "head in the main graph")
     for node in report.nodes:
