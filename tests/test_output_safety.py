@@ -163,3 +163,15 @@ def test_out_that_would_replace_the_inputs_external_data_is_refused(tmp_path, ou
         convert(source, tmp_path / out_name)
     assert {p.name: sha256(p) for p in tmp_path.iterdir()} == before
     assert convert(source, tmp_path / "elsewhere.onnx").report.converted  # the same IN converts to another OUT
+
+
+def test_inplace_with_a_failed_verification_leaves_in_as_it_was(lenet, monkeypatch):
+    from onnx_fc2conv.report import VerificationResult
+
+    verify_module = sys.modules["onnx_fc2conv.verify"]  # the package's ``verify`` name is the function
+    monkeypatch.setattr(verify_module, "verify", lambda *a, **k: VerificationResult(passed=False, rtol=0, atol=0))
+    before = sha256(lenet)
+    result = CliRunner().invoke(main, [str(lenet), str(lenet), "--inplace"])
+    assert result.exit_code == 1 and "not written" in result.output
+    assert sha256(lenet) == before
+    assert sorted(p.name for p in lenet.parent.iterdir()) == ["lenet5.onnx"]
