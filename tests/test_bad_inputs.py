@@ -213,3 +213,15 @@ def test_custom_domain_ops_are_left_alone_and_the_rest_converts():
     assert [n.status for n in result.report.nodes] == ["converted"] and result.report.verification
     custom = [n for n in result.model.graph.node if n.domain == "com.microsoft"]
     assert [(n.op_type, list(n.input), list(n.output)) for n in custom] == [("Gelu", ["x"], ["side"])]
+
+
+def test_ops_of_a_domain_nobody_knows_are_kept_and_the_head_still_converts():
+    # ONNX Runtime cannot run "my.company" ops, so there is no proof here; the rewrite still happens.
+    model = graphs.conv_flatten_gemm()
+    model.graph.node.append(helper.make_node("Mystery", ["x"], ["side"], name="custom", domain="my.company", k=3))
+    model.graph.output.append(graphs.vi("side", ["N", 2, 5, 5]))
+    model.opset_import.append(helper.make_opsetid("my.company", 1))
+    result = convert(model, verify=False)
+    assert [n.status for n in result.report.nodes] == ["converted"]
+    (custom,) = [n for n in result.model.graph.node if n.domain == "my.company"]
+    assert custom == model.graph.node[-1]
