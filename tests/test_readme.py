@@ -98,3 +98,11 @@ def test_supported_patterns_table_links_every_rule_module():
     links = dict(re.fullmatch(r"\[`(\w+)`\]\((.+)\)", cell).groups() for cell in cells)
     assert list(links) == list(RULE_NAMES)
     assert all((ROOT / path).is_file() for path in links.values())
+
+
+def test_contents_line_links_every_section_in_order():
+    contents = next(line for line in README.splitlines() if line.startswith("Contents: "))
+    linked = re.findall(r"\[([^]]+)\]\(#([\w-]+)\)", contents)
+    sections = re.findall(r"(?m)^## (.+)$", README)
+    assert [title for title, _ in linked] == sections, "add new README sections to the Contents line"
+    assert all(anchor == re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-") for title, anchor in linked)
