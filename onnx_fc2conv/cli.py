@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import CouldNotVerify, Fc2ConvError, UsageError, VerificationFailed
+from .errors import CouldNotVerify, Fc2ConvError, OutputError, UsageError, VerificationFailed
 from .inspection import inspect
 from .layouts import TOKEN_LAYOUTS
 from .pipeline import convert
@@ -124,6 +124,8 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
     or usage.
     """
     try:
+        if report_json is not None and not report_json.parent.is_dir():  # fail before the work, not after
+            raise OutputError(f"{report_json}: the folder {report_json.parent} does not exist")
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
                          token_layout=token_layout, vector_fc=vector_fc, include=include, exclude=exclude,

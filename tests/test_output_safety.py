@@ -175,3 +175,11 @@ def test_inplace_with_a_failed_verification_leaves_in_as_it_was(lenet, monkeypat
     assert result.exit_code == 1 and "not written" in result.output
     assert sha256(lenet) == before
     assert sorted(p.name for p in lenet.parent.iterdir()) == ["lenet5.onnx"]
+
+
+def test_report_json_in_a_missing_folder_fails_before_out_is_written(lenet):
+    out, report = lenet.parent / "out.onnx", lenet.parent / "no" / "report.json"
+    result = CliRunner().invoke(main, [str(lenet), str(out), "--report-json", str(report)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"onnx-fc2conv: error: {report}: the folder {report.parent} does not exist"
+    assert not out.exists()
