@@ -72,6 +72,9 @@ def rule_options(command):
                            help="Also turn MatMuls on [B,T,D] tokens (Transformer projections and FFNs) into "
                                 "kernel-1 Convs: conv1d on [B,D,T], conv2d on [B,D,1,T] (tokens last, for "
                                 "Apple ANE / Qualcomm HTP).")(command)
+    command = click.option("--dense-pool", is_flag=True,
+                           help="A global pool before an FC head becomes a stride-1 pool over its window, so a "
+                                "pooled classifier returns a class map on larger inputs.")(command)
     command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
                            help="Turn a rule off (repeatable).")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
@@ -92,9 +95,6 @@ def rule_options(command):
 @click.option("--fold-batch", is_flag=True,
               help="Fold the batch into a spatial axis around the converted convs, so ONNX Runtime runs "
                    "each as one GEMM at batch > 1 (its Conv runs one GEMM per image).")
-@click.option("--dense-pool", is_flag=True,
-              help="A global pool before an FC head becomes a stride-1 pool over its window, so a pooled "
-                   "classifier returns a class map on larger inputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
@@ -151,7 +151,7 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @rule_options
-def inspect_command(in_path, as_json, skip_rules, token_layout, vector_fc, include, exclude, input_shapes):
+def inspect_command(in_path, as_json, skip_rules, dense_pool, token_layout, vector_fc, include, exclude, input_shapes):
     """Show each FC-like node of the ONNX model IN: op, input and weight shapes, what feeds it, and
     the rule that will convert it or the reason code that stops it. Nothing is written.
 
@@ -159,8 +159,8 @@ def inspect_command(in_path, as_json, skip_rules, token_layout, vector_fc, inclu
     """
     try:
         shapes = dict(parse_input_shape(s) for s in input_shapes)
-        result = inspect(in_path, skip_rules=skip_rules, token_layout=token_layout, vector_fc=vector_fc,
-                         include=include, exclude=exclude, input_shapes=shapes)
+        result = inspect(in_path, skip_rules=skip_rules, dense_pool=dense_pool, token_layout=token_layout,
+                         vector_fc=vector_fc, include=include, exclude=exclude, input_shapes=shapes)
     except Fc2ConvError as exc:
         _fail(str(exc), exc.exit_code)
     click.echo(result.to_json() if as_json else result.render_text())

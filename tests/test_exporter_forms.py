@@ -484,3 +484,16 @@ def test_cli_dense_pool_flag_writes_a_class_map_model(tmp_path):
     assert result.exit_code == 0, result.output
     assert "by dense_pool" in result.output and "GlobalAveragePool -> AveragePool 3x2 stride 1" in result.output
     assert "AveragePool" in ops(onnx.load(str(out)))
+
+
+def test_inspect_dense_pool_shows_the_widened_pool(tmp_path):
+    from click.testing import CliRunner
+    from onnx_fc2conv.cli import main
+
+    src = tmp_path / "pooled.onnx"
+    onnx.save(_pooled_classifier("GlobalAveragePool"), str(src))
+    plain = CliRunner().invoke(main, ["inspect", str(src)])
+    dense = CliRunner().invoke(main, ["inspect", str(src), "--dense-pool"])
+    assert plain.exit_code == dense.exit_code == 0
+    assert "converts by reshape_flatten" in plain.output and "AveragePool" not in plain.output
+    assert "converts by dense_pool: Gemm 6->5 -> Conv 5x6x1x1, GlobalAveragePool -> AveragePool 3x2 stride 1" in dense.output
