@@ -378,7 +378,8 @@ def _pooled_classifier(pool):
     rng = np.random.default_rng(17)
     pools = {"GlobalAveragePool": [node("GlobalAveragePool", ["fmap"], "pooled")],
              "GlobalMaxPool": [node("GlobalMaxPool", ["fmap"], "pooled")],
-             "ReduceMean": [node("ReduceMean", ["fmap"], "pooled", axes=[2, 3], keepdims=1)]}[pool]
+             "ReduceMean": [node("ReduceMean", ["fmap"], "pooled", axes=[2, 3], keepdims=1)],
+             "ReduceMax": [node("ReduceMax", ["fmap"], "pooled", axes=[2, 3], keepdims=1)]}[pool]
     head = [*pools, node("Conv", ["pooled", "c1.w"], "c1", kernel_shape=[1, 1]), node("Relu", ["c1"], "act"),
             node("Shape", ["act"], "shp"), node("Gather", ["shp", "zero"], "n", axis=0),
             node("Unsqueeze", ["n", "zero"], "n1"), node("Concat", ["n1", "minus1"], "target", axis=0),
@@ -390,7 +391,7 @@ def _pooled_classifier(pool):
 
 
 @pytest.mark.parametrize("pool, dense", [("GlobalAveragePool", "AveragePool"), ("GlobalMaxPool", "MaxPool"),
-                                         ("ReduceMean", "AveragePool")])
+                                         ("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
 def test_dense_pool_turns_a_pooled_classifier_into_a_class_map(pool, dense):
     original = _pooled_classifier(pool)
     plain = convert(original)

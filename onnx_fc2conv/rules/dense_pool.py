@@ -16,8 +16,8 @@ value, so the model is unchanged there; on a larger map each output position is 
 applied to one ``HxW`` window of X, which the sliding-window check proves with X as the feature map.
 No weights change: the head's Conv is the one the other head rules build.
 
-Pools: GlobalAveragePool, GlobalMaxPool (-> MaxPool), ReduceMean over every spatial axis with
-``keepdims=1``, an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head), and the
+Pools: GlobalAveragePool, GlobalMaxPool (-> MaxPool), ReduceMean / ReduceMax over every spatial
+axis with ``keepdims=1``, an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head), and the
 ReduceMean/ReduceMax with ``keepdims=0`` that ``squeeze_flatten`` keeps (-> AveragePool/MaxPool).
 Between the pool and the flatten only position-wise ops may stand (element-wise ops, per-tensor
 Q/DQ, BatchNormalization, 1x1 Conv with stride 1 and no padding, a constant operand that broadcasts
@@ -35,6 +35,7 @@ from onnx import helper
 from ..graph import GraphIndex, attr
 from ._head import is_elementwise
 from .base import Outcome, Rewrite, Rule, RuleContext
+from .squeeze_flatten import GLOBAL_REDUCES, on_spatial_axes
 
 GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
                 "ReduceMean": "AveragePool", "ReduceMax": "MaxPool", "AveragePool": "AveragePool"}
@@ -113,13 +114,8 @@ def _is_global_pool(index: GraphIndex, node: onnx.NodeProto) -> bool:
     dims = index.shape(node.input[0])
     if node.op_type not in GLOBAL_POOLS or dims is None or len(dims) < 3:
         return False
-    if node.op_type == "ReduceMean":
-        axes = attr(node, "axes")
-        if axes is None and len(node.input) > 1:
-            value = index.constant(node.input[1])
-            axes = None if value is None else value.reshape(-1).tolist()
-        return attr(node, "keepdims", 1) == 1 and axes is not None and \
-            sorted(a % len(dims) for a in axes) == list(range(2, len(dims)))
+    if node.op_type in GLOBAL_REDUCES:
+        return attr(node, "keepdims", 1) == 1 and on_spatial_axes(index, node, len(dims))
     if node.op_type == "AveragePool":
         return (attr(node, "kernel_shape") == list(dims[2:]) and not any(attr(node, "pads", [])) and
                 attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))

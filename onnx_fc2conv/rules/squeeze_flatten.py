@@ -44,8 +44,7 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return None
     x = squeeze.input[0]
     dims = ctx.index.shape(x)
-    axes = _axes(ctx, squeeze)
-    if dims is None or axes is None or not 3 <= len(dims) <= 5 or sorted(a % len(dims) for a in axes) != list(range(2, len(dims))):
+    if dims is None or not 3 <= len(dims) <= 5 or not on_spatial_axes(ctx.index, squeeze, len(dims)):
         return None
     if squeeze.op_type != "Squeeze" and attr(squeeze, "keepdims", 1):
         return None  # keeps [N,C,1,1]: the Flatten/Reshape after it is the other rules' pattern
@@ -60,12 +59,14 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     return _global_reduce_head(ctx, dense, squeeze, len(dims) - 2)
 
 
-def _axes(ctx: RuleContext, node: onnx.NodeProto) -> list[int] | None:
+def on_spatial_axes(index, node: onnx.NodeProto, rank: int) -> bool:
+    """Whether the Squeeze / Reduce* ``node`` works on exactly axes 2.. of its rank-``rank`` input
+    (``axes`` an attribute, or an input from Squeeze-13 / ReduceMean-18)."""
     axes = attr(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
-        value = ctx.index.constant(node.input[1])
+        value = index.constant(node.input[1])
         axes = None if value is None else [int(a) for a in value.reshape(-1)]
-    return axes
+    return axes is not None and sorted(a % rank for a in axes) == list(range(2, rank))
 
 
 def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, spatial_rank: int) -> Rewrite | Skip:
