@@ -49,6 +49,8 @@ def fold_batch(model: onnx.ModelProto, head_nodes: list[str]) -> list[list[str]]
             nxt = index.only_consumer(run[-1].output[0])
             if nxt is None or not (nxt.op_type in FOLDABLE_POINTWISE or _is_pointwise_conv(index, nxt)):
                 break
+            if any(index.consumers.get(o) or o in index.graph_outputs for o in nxt.output[1:] if o):
+                break  # e.g. a Dropout mask someone reads: it would come out in the folded layout
             run.append(nxt)
         _fold_run(index, run)
         runs.append([n.name or n.output[0] for n in run])
