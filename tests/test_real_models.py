@@ -157,3 +157,14 @@ def test_readme_coverage_table_shows_these_counts():
                                                    row[6].count("`") // 2, int(row[7])) for row in cells}
     assert shown == {name: (int(ROWS[name]["fc_nodes"]), c.converted, len(c.skipped),
                             c.converted if c.with_flags is None else c.with_flags) for name, c in COVERAGE.items()}
+
+
+def test_dense_pool_on_the_qdq_mobilenet_needs_its_size_and_then_gives_a_class_map():
+    name = "qat_mobilenetv3_qdq_pytorch_op17.onnx"
+    free = convert(_path(name), dense_pool=True)  # H and W are free: the global pool is kept, and said so
+    assert free.report.converted[0].detail.endswith(
+        "GlobalAveragePool kept: its input's size is not static (pass --input-shape)")
+    result = convert(_path(name), dense_pool=True, input_shapes={"input_u8": (1, 3, 224, 224)})
+    assert result.report.converted[0].detail.endswith("GlobalAveragePool -> AveragePool 7x7 stride 1")
+    v = result.report.verification
+    assert v.max_abs_error == 0 and sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 20

@@ -23,8 +23,9 @@ Between the pool and the flatten only position-wise ops may stand (element-wise 
 Q/DQ, BatchNormalization, 1x1 Conv with stride 1 and no padding, a constant operand that broadcasts
 per channel), each read by nothing else.
 
-Returns None, so the head converts as usual with its global pool, when the option is off, no such
-pool feeds the head, or the pooled map's size is not static (pass ``--input-shape``).
+Returns None, so the head converts as usual with its global pool, when the option is off or no such
+pool feeds the head. When the pooled map's size is not static (a model with a free H and W), the
+head converts with its global pool and the report says so (pass ``--input-shape``).
 """
 from __future__ import annotations
 
@@ -62,9 +63,12 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         pool, kept = _pool_before(ctx.index, outcome.feature_map), False
     else:
         return None
-    dims = ctx.index.shape(pool.input[0]) if pool is not None else None
-    if dims is None or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+    if pool is None:
         return None
+    dims = ctx.index.shape(pool.input[0])
+    if dims is None or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        outcome.detail += f"; {pool.op_type} kept: its input's size is not static (pass --input-shape)"
+        return outcome
     window = list(dims[2:])
     dense = helper.make_node(GLOBAL_POOLS[pool.op_type], [pool.input[0]], [pool.output[0]],
                              name=ctx.index.fresh_name(f"{pool.name or pool.op_type}_dense"),
