@@ -248,9 +248,7 @@ class GraphIndex:
         if all(self.shape(o) is not None for n in self.graph.node for o in n.output if o):
             return
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            inferred = SymbolicShapeInference.infer_shapes(skeleton(self.model, self.input_shapes), auto_merge=True)
+            inferred = _symbolic_shape_inference(skeleton(self.model, self.input_shapes))
         except Exception:  # noqa: BLE001 - ImportError without sympy, or any op it cannot follow
             return
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -475,3 +473,20 @@ def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] 
         return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
     starts, ends = attr(node, "starts"), attr(node, "ends")
     return (starts[0], ends[0]) if starts and ends else None
+
+
+def _symbolic_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference, keeping what it inferred even where it stops.
+
+    ``SymbolicShapeInference.infer_shapes`` runs these same steps, but when a shape stays unknown it
+    writes ``sym_shape_infer_temp.onnx`` (and weight files) into the current folder and raises: a
+    library must not leave files in its caller's folder, and the partial result is what we want.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    inference._preprocess(model)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_

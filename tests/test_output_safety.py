@@ -183,3 +183,17 @@ def test_report_json_in_a_missing_folder_fails_before_out_is_written(lenet):
     assert result.exit_code == 2
     assert result.output.strip() == f"onnx-fc2conv: error: {report}: the folder {report.parent} does not exist"
     assert not out.exists()
+
+
+def test_shape_inference_leaves_no_files_in_the_callers_folder(tmp_path, monkeypatch):
+    # ONNX Runtime's symbolic shape inference writes sym_shape_infer_temp.onnx into the current folder
+    # when it cannot type every tensor; the Caffe2 AlexNet (IR 3, ConstantOfShape weights) is such a model.
+    from conftest import SHARED_MODELS
+
+    model = SHARED_MODELS / "onnx_light_alexnet_caffe2_op9.onnx"
+    if not model.exists():
+        pytest.skip("real-model corpus not present")
+    monkeypatch.chdir(tmp_path)
+    result = convert(model, token_layout="conv1d", vector_fc=True)
+    assert len(result.report.converted) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
