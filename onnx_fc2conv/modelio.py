@@ -78,7 +78,8 @@ def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = Fal
     data_path = external_data_path(path)
     external = external_data or needs_external_data(model)
     temps: list[str] = []
-    renamed: list[Path] = []
+    data_written = False
+    previous_data = None  # an existing OUT.data, kept aside until the new OUT is in place
     try:
         model_tmp = _temp_beside(path, temps)
         if external:
@@ -93,12 +94,22 @@ def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = Fal
         del blob
         if external:
             os.chmod(data_tmp, _file_mode(data_path))
+            if data_path.exists():
+                previous_data = _temp_beside(data_path, temps)
+                os.replace(data_path, previous_data)
             os.replace(data_tmp, data_path)
-            renamed.append(data_path)
+            data_written = True
         os.chmod(model_tmp, _file_mode(path))
         os.replace(model_tmp, path)
+        if previous_data is not None:
+            Path(previous_data).unlink(missing_ok=True)
     except BaseException as exc:
-        for leftover in [*temps, *renamed]:
+        # Put things back as they were: a previous OUT keeps the data file it refers to.
+        if data_written:
+            data_path.unlink(missing_ok=True)
+        if previous_data is not None and Path(previous_data).exists():
+            os.replace(previous_data, data_path)
+        for leftover in temps:
             Path(leftover).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None

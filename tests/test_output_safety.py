@@ -197,3 +197,24 @@ def test_shape_inference_leaves_no_files_in_the_callers_folder(tmp_path, monkeyp
     result = convert(model, token_layout="conv1d", vector_fc=True)
     assert len(result.report.converted) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_of_out_keeps_the_previous_out_and_its_data_file(lenet, monkeypatch):
+    # OUT.data is renamed into place before OUT; if OUT's own rename then fails, the previous OUT
+    # must still find the data file it refers to.
+    out = lenet.parent / "out.onnx"
+    convert(lenet, out, external_data=True)
+    old_out, old_data = out.read_bytes(), (lenet.parent / "out.onnx.data").read_bytes()
+    real_replace = os.replace
+
+    def fail_on_out(src, dst):
+        if os.fspath(dst) == os.fspath(out):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_out)
+    with pytest.raises(OutputError, match="No space left on device"):
+        convert(lenet, out, external_data=True, keep_output_shape=True)
+    assert out.read_bytes() == old_out
+    assert (lenet.parent / "out.onnx.data").read_bytes() == old_data
+    assert sorted(p.name for p in lenet.parent.iterdir()) == ["lenet5.onnx", "out.onnx", "out.onnx.data"]
