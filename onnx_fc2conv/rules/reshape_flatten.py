@@ -43,8 +43,10 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return dense
     x = reshape.input[0]
     dims = ctx.index.shape(x)
-    if dims is None or len(dims) < 3:
-        return Skip("not_a_feature_map") if dims is not None else Skip("feature_map_rank")
+    if dims is None:
+        return Skip("feature_map_rank", f"shape inference gives no rank for {x!r}, the tensor the Reshape reads")
+    if len(dims) < 3:
+        return Skip("not_a_feature_map")
     if not is_flatten_target(ctx.index, reshape, dims):
         return Skip("reshape_not_flatten", f"Reshape {reshape.name!r} does not flatten {x!r} to [N,-1]")
     return head_from_feature_map(ctx.index, dense, x)
