@@ -120,12 +120,8 @@ def _sequence_length_checks(original, expected_session, token_axes, feeds, sessi
     rng = np.random.default_rng(seed + 2)
     for length in other_lengths(current):
         check = f"sequence length {length}"
-        resized = dict(feeds)
-        for inp, inp_axes in varied.items():
-            shape = list(feeds[inp].shape)
-            for axis in inp_axes:
-                shape[axis] = length
-            resized[inp] = _random_like(feeds[inp], shape, rng)
+        sizes = {inp: {axis: length for axis in inp_axes} for inp, inp_axes in varied.items()}
+        resized = _resized_feeds(feeds, sizes, rng)
         try:
             expected = _run(expected_session, resized)
         except Exception as exc:  # noqa: BLE001
@@ -169,15 +165,10 @@ def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed
                                         spatial_free=None in h["window"]), "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)
     for which in range(2):
-        large = dict(feeds)
-        label = None
-        for name, axes in spatial.items():
-            shape = list(feeds[name].shape)
-            for axis, size in zip(axes, larger_sizes([shape[a] for a in axes])[which]):
-                shape[axis] = size
-            label = "x".join(str(shape[a]) for a in axes)
-            large[name] = _random_like(feeds[name], shape, rng)
-        check = f"sliding window {label}"
+        sizes = {name: dict(zip(axes, larger_sizes([feeds[name].shape[a] for a in axes])[which]))
+                 for name, axes in spatial.items()}
+        large = _resized_feeds(feeds, sizes, rng)
+        check = "sliding window " + "x".join(str(size) for size in list(sizes.values())[-1].values())
         try:
             maps = _run(backbone, large)
         except Exception as exc:  # noqa: BLE001
@@ -411,6 +402,17 @@ def _tolerances(outputs: dict, rtol, atol, steps=()) -> tuple[float, float]:
         defaults.append(BF16_TOLERANCE if dtype.name == "bfloat16" else TOLERANCES.get(dtype, (1e-4, 1e-5)))
     return (rtol if rtol is not None else max(r for r, _ in defaults),
             atol if atol is not None else max(a for _, a in defaults))
+
+
+def _resized_feeds(feeds: dict, sizes: dict[str, dict[int, int]], rng) -> dict:
+    """``feeds`` with fresh random values for the inputs in ``sizes``, resized there (axis -> size)."""
+    resized = dict(feeds)
+    for name, axis_sizes in sizes.items():
+        shape = list(feeds[name].shape)
+        for axis, size in axis_sizes.items():
+            shape[axis] = size
+        resized[name] = _random_like(feeds[name], shape, rng)
+    return resized
 
 
 def _random_like(value: np.ndarray, shape, rng) -> np.ndarray:
