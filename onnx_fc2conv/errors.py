@@ -6,6 +6,12 @@ The CLI maps them to exit codes: :class:`VerificationFailed` and :class:`CouldNo
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (or its type): what a one-line error shows."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class Fc2ConvError(Exception):
     """Base class of every error onnx-fc2conv raises on purpose."""
 

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-from .errors import InvalidModelError, OutputError
+from .errors import InvalidModelError, OutputError, first_line
 from .safety import check_external_data, external_data_path
 
 PathLike = str | os.PathLike
@@ -49,9 +49,9 @@ def read_model(source: PathLike | onnx.ModelProto, *,
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise InvalidModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     except OSError as exc:
-        raise InvalidModelError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+        raise InvalidModelError(f"{path}: cannot read ({exc.strerror or first_line(exc)})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph or no opset)")
     check_external_data(model, path)  # every location, before any external byte is read
@@ -60,7 +60,7 @@ def read_model(source: PathLike | onnx.ModelProto, *,
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except (onnx.checker.ValidationError, ValueError, OSError) as exc:
-            raise InvalidModelError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+            raise InvalidModelError(f"{path}: cannot read its external data ({first_line(exc)})") from None
     return model, external
 
 
@@ -112,7 +112,7 @@ def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = Fal
         for leftover in temps:
             Path(leftover).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
+            raise OutputError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
         raise
 
 
@@ -193,8 +193,3 @@ def _file_mode(path: Path) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

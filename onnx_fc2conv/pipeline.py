@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from . import __version__
-from .errors import Fc2ConvError, InvalidModelError, VerificationFailed
+from .errors import Fc2ConvError, InvalidModelError, VerificationFailed, first_line
 from .graph import (GraphIndex, attr, body_model, infer_value_types, node_inputs, opset_version, rename_input, set_shape, skeleton,
                     value_dims)
 from .inputs import check_input_options
@@ -685,7 +685,7 @@ def check_input_model(model: onnx.ModelProto, label: str = "the input") -> bool:
     try:
         onnx.checker.check_model(sk)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"{label} is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from None
+        raise InvalidModelError(f"{label} is not a valid ONNX model: {first_line(exc)}") from None
     return False
 
 
@@ -695,7 +695,7 @@ def check_output_model(model: onnx.ModelProto, strict: bool) -> None:
         onnx.checker.check_model(_checkable(model), full_check=strict)
     except onnx.checker.ValidationError as exc:
         raise Fc2ConvError(f"internal error: the rewritten model fails onnx.checker: "
-                           f"{str(exc).strip().splitlines()[0]}") from None
+                           f"{first_line(exc)}") from None
 
 
 def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -22,7 +22,7 @@ import onnx
 
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
-from .errors import CouldNotVerify
+from .errors import CouldNotVerify, first_line
 from .graph import infer_value_types, node_inputs, set_shape
 from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
@@ -55,12 +55,12 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     try:
         expected_session = _session(original, "cpu", original_folder)
     except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
-        raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: {_first_line(exc)}") from None
+        raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: {first_line(exc)}") from None
     try:
         expected = _run(expected_session, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of the original means no proof
         raise CouldNotVerify(
-            f"could not verify: the original model fails on synthesised inputs: {_first_line(exc)}; "
+            f"could not verify: the original model fails on synthesised inputs: {first_line(exc)}; "
             "pass --input-data or --input-shape") from None
     out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(original))
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
@@ -71,7 +71,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             session = _session(converted, provider, converted_folder)
         except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
-                                             note=f"the converted model does not load: {_first_line(exc)}"))
+                                             note=f"the converted model does not load: {first_line(exc)}"))
             continue
         if session is None:
             result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
@@ -81,7 +81,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             got = _run(session, feeds)
         except Exception as exc:  # noqa: BLE001 - a converted model that cannot run is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
-                                             note=f"the converted model fails: {_first_line(exc)}"))
+                                             note=f"the converted model fails: {first_line(exc)}"))
             continue
         for name, want in expected.items():
             result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol))
@@ -125,7 +125,7 @@ def _sequence_length_checks(original, expected_session, token_axes, feeds, sessi
         try:
             expected = _run(expected_session, resized)
         except Exception as exc:  # noqa: BLE001
-            result.skipped.append(f"{check}: the original model does not run at this length ({_first_line(exc)})")
+            result.skipped.append(f"{check}: the original model does not run at this length ({first_line(exc)})")
             continue
         for provider, got in _converted_outputs(check, sessions, resized, result):
             for output, want in expected.items():
@@ -172,7 +172,7 @@ def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed
         try:
             maps = _run(backbone, large)
         except Exception as exc:  # noqa: BLE001
-            result.skipped.append(f"{check}: the original backbone does not run at this size ({_first_line(exc)})")
+            result.skipped.append(f"{check}: the original backbone does not run at this size ({first_line(exc)})")
             continue
         for provider, got in _converted_outputs(check, sessions, large, result):
             for head, head_session in zip(heads, head_sessions):
@@ -189,7 +189,7 @@ def _converted_outputs(check, sessions, feeds, result):
             got = _run(session, feeds)
         except Exception as exc:  # noqa: BLE001 - a converted model that cannot run is a failed proof
             result.checks.append(CheckResult(check, provider, "*", False, compared=1,
-                                             note=f"the converted model fails: {_first_line(exc)}"))
+                                             note=f"the converted model fails: {first_line(exc)}"))
             continue
         yield provider, got
 
@@ -420,10 +420,3 @@ def _random_like(value: np.ndarray, shape, rng) -> np.ndarray:
         return rng.standard_normal(shape).astype(value.dtype)
     lo, hi = (int(value.min()), int(value.max()) + 1) if value.size else (0, 1)
     return rng.integers(lo, hi, size=shape).astype(value.dtype)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
