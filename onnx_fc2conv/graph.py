@@ -57,12 +57,18 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def named_subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The If/Loop/Scan bodies of ``node``, with the name of the attribute that holds each."""
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
-            yield a.g
+            yield a.name, a.g
         elif a.type == onnx.AttributeProto.GRAPHS:
-            yield from a.graphs
+            yield from ((a.name, g) for g in a.graphs)
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for _, body in named_subgraphs(node):
+        yield body
 
 
 def outer_names_read(graph: onnx.GraphProto) -> set[str]:
@@ -258,12 +264,6 @@ class GraphIndex:
 
     def dtype(self, name: str) -> int:
         return self.types.get(name, (0, None))[0]
-
-    def static_dims(self, name: str) -> tuple[int, ...] | None:
-        dims = self.shape(name)
-        if dims is None or not all(isinstance(d, int) for d in dims):
-            return None
-        return tuple(dims)  # type: ignore[arg-type]
 
     def _refine_resize_shapes(self) -> None:
         """ONNX shape inference leaves a Resize to ``sizes`` computed from Shape (PyTorch's

@@ -40,7 +40,7 @@ from onnx import helper
 
 from .errors import CouldNotVerify, UsageError
 from .graph import Dim, GraphIndex, attr, value_dims
-from .report import InputSummary
+from .report import InputSummary, format_dims
 
 DEFAULT_BATCH = 2  # not 1: a batch of one hides rewrites that mix samples
 DEFAULT_SIZE = 32  # every other free dim: sequence length, or height and width of an image
@@ -127,7 +127,7 @@ def check_input_options(model: onnx.ModelProto, shapes: dict | None, data) -> di
         override = (shapes or {}).get(name)
         if override is not None and any(o is not None and o != v for o, v in zip(override, value.shape)):
             raise UsageError(f"--input-data {name!r} has shape {list(value.shape)} but --input-shape says "
-                             f"{_fmt(override)}")
+                             f"{format_dims(override)}")
         want = spec.numpy_dtype
         if value.dtype != want:
             if not np.can_cast(value.dtype, want, casting="same_kind"):
@@ -141,11 +141,11 @@ def _check_dims(spec: InputSpec, dims: tuple, option: str) -> None:
     if spec.dims is None:
         return
     if len(dims) != len(spec.dims):
-        raise UsageError(f"{option} {spec.name!r} has rank {len(dims)}, the model's input is {_fmt(spec.dims)}")
+        raise UsageError(f"{option} {spec.name!r} has rank {len(dims)}, the model's input is {format_dims(spec.dims)}")
     for axis, (given, declared) in enumerate(zip(dims, spec.dims)):
         if given is not None and _is_static(declared) and given != declared:
             raise UsageError(f"{option} {spec.name!r} has size {given} at axis {axis}, the model's input is "
-                             f"{_fmt(spec.dims)}")
+                             f"{format_dims(spec.dims)}")
 
 
 def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = None, data: dict | None = None,
@@ -303,7 +303,3 @@ def _symbol(dim) -> str | None:
 
 def _is_static(dim) -> bool:
     return isinstance(dim, int) and dim >= 0
-
-
-def _fmt(dims) -> str:
-    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"

@@ -15,8 +15,8 @@ from onnx import helper
 
 from . import __version__
 from .errors import Fc2ConvError, InvalidModelError, VerificationFailed, first_line
-from .graph import (GraphIndex, attr, body_model, infer_value_types, node_inputs, opset_version, rename_input, set_shape, skeleton,
-                    value_dims)
+from .graph import (GraphIndex, attr, body_model, infer_value_types, named_subgraphs, node_inputs, opset_version,
+                    rename_input, set_shape, skeleton, value_dims)
 from .inputs import check_input_options
 from .layouts import TOKEN_LAYOUTS, Layout, flat
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
@@ -375,10 +375,8 @@ def body_plans(outer: GraphIndex, options: Options, scope: str = "") -> Iterator
 
 def _bodies(graph: onnx.GraphProto, scope: str) -> Iterator[tuple[str, onnx.GraphProto]]:
     for node in graph.node:
-        for attribute in node.attribute:
-            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
-            for body in bodies:
-                yield f"{scope}{node.name or node.output[0]}/{attribute.name}/", body
+        for attribute, body in named_subgraphs(node):
+            yield f"{scope}{node.name or node.output[0]}/{attribute}/", body
 
 
 def _body_plan(body: onnx.GraphProto, outer: GraphIndex, options: Options):

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphIndex, attr
+from ..report import format_dims
 from ._dense import Dense, conv_from_dense, read_gemm, read_matmul_add
 from .base import Rewrite, Skip
 
@@ -97,7 +98,7 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
         return Skip("feature_map_shape_unknown", f"shape inference gives no shape for the flattened tensor {x!r}; "
                                                  "pass --input-shape to fix its size")
     if not 3 <= len(dims) <= 5:
-        return Skip("feature_map_rank", f"the flattened tensor {x!r} has shape {_fmt(dims)}, not [N,C,*S] of rank 3-5")
+        return Skip("feature_map_rank", f"the flattened tensor {x!r} has shape {format_dims(dims)}, not [N,C,*S] of rank 3-5")
     if flatten_perm is None:
         source = index.producer.get(elementwise_path(index, x)[0])
         if source is not None and source.op_type == "Transpose" and transposes_the_map(index, source, len(dims)):
@@ -105,7 +106,7 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
                                          "its axis 1 is not the channel axis")
     window = window_from_weight(dims[1:], dense.in_features)
     if isinstance(window, Skip):
-        return Skip(window.reason, f"the flattened map {x!r} has shape {_fmt(dims)}; {window.message}")
+        return Skip(window.reason, f"the flattened map {x!r} has shape {format_dims(dims)}; {window.message}")
     copies, conv_input = carry_onto_map(index, [*carried, *elementwise_path(index, dense.input)[1]], x)
     rewrite = conv_from_dense(index, dense, conv_input, window[0], window[1:], len(window) - 1, flatten_perm,
                               feature_map=x, window=window)
@@ -146,9 +147,3 @@ def window_from_weight(dims, in_features: int) -> tuple[int, ...] | Skip:
         return Skip("feature_map_shape_unknown", f"the weight fixes the product of its free dims ({rest}) but not "
                                                  "each one; pass --input-shape to fix its size")
     return tuple(rest if i in free else d for i, d in enumerate(dims))
-
-
-def _fmt(dims) -> str:
-    if dims is None:
-        return "unknown"
-    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
