@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnx_fc2conv import convert
 from onnx_fc2conv.cli import main

@@ -29,7 +29,6 @@ head converts with its global pool and the report says so (pass ``--input-shape`
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper
 

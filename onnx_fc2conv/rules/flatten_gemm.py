@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr
+from ..graph import GraphIndex, attr
 from ._dense import read_gemm
 from ._head import head_from_feature_map, input_producer
 from .base import Outcome, Rule, RuleContext, Skip
 
 
-def flatten_axis_keeps_batch(node: onnx.NodeProto, rank: int | None) -> bool:
-    axis = attr(node, "axis", 1)
-    return axis == 1 or (rank is not None and axis == 1 - rank)
+def flatten_axis_skip(index: GraphIndex, flatten: onnx.NodeProto) -> Skip | None:
+    """The ``flatten_axis`` skip when ``flatten`` does not keep the batch axis alone (axis 1, or its
+    negative form), else None. Shared by every rule that reads through a Flatten."""
+    axis = attr(flatten, "axis", 1)
+    dims = index.shape(flatten.input[0])
+    if axis == 1 or (dims is not None and axis == 1 - len(dims)):
+        return None
+    return Skip("flatten_axis", f"Flatten {flatten.name!r} has axis={axis}")
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
@@ -38,9 +43,9 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     flatten = input_producer(ctx.index, node)
     if flatten is None or flatten.op_type != "Flatten":
         return None
-    dims = ctx.index.shape(flatten.input[0])
-    if not flatten_axis_keeps_batch(flatten, len(dims) if dims else None):
-        return Skip("flatten_axis", f"Flatten {flatten.name!r} has axis={attr(flatten, 'axis', 1)}")
+    axis_skip = flatten_axis_skip(ctx.index, flatten)
+    if axis_skip is not None:
+        return axis_skip
     dense = read_gemm(ctx.index, node)
     if isinstance(dense, Skip):
         return dense

@@ -19,9 +19,9 @@ from __future__ import annotations
 import onnx
 
 from ._dense import read_matmul_add
-from .base import Outcome, Rule, RuleContext, Skip
+from .base import Outcome, Rule, RuleContext
 from ._head import head_from_feature_map, input_producer
-from .flatten_gemm import flatten_axis_keeps_batch
+from .flatten_gemm import flatten_axis_skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
@@ -33,9 +33,9 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     dense = read_matmul_add(ctx.index, node)
     if dense is None:
         return None
-    dims = ctx.index.shape(flatten.input[0])
-    if not flatten_axis_keeps_batch(flatten, len(dims) if dims else None):
-        return Skip("flatten_axis")
+    axis_skip = flatten_axis_skip(ctx.index, flatten)
+    if axis_skip is not None:
+        return axis_skip
     return head_from_feature_map(ctx.index, dense, flatten.input[0])
 
 

@@ -28,7 +28,7 @@ import onnx
 from ..graph import attr
 from ._head import elementwise_path, head_from_feature_map, input_producer, read_fc, transposes_the_map
 from .base import Outcome, Rule, RuleContext, Skip
-from .flatten_gemm import flatten_axis_keeps_batch
+from .flatten_gemm import flatten_axis_skip
 from .reshape_flatten import is_flatten_target
 
 
@@ -54,8 +54,9 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return dense
     if perm[0] != 0:
         return Skip("channels_last", f"Transpose {transpose.name!r} (perm {list(perm)}) moves the batch axis")
-    if flatten.op_type == "Flatten" and not flatten_axis_keeps_batch(flatten, len(dims)):
-        return Skip("flatten_axis", f"Flatten {flatten.name!r} has axis={attr(flatten, 'axis', 1)}")
+    axis_skip = flatten_axis_skip(ctx.index, flatten) if flatten.op_type == "Flatten" else None
+    if axis_skip is not None:
+        return axis_skip
     if flatten.op_type == "Reshape" and not is_flatten_target(ctx.index, flatten, dims):
         return Skip("reshape_not_flatten", f"Reshape {flatten.name!r} does not flatten {flatten.input[0]!r} to [N,-1]")
     return head_from_feature_map(ctx.index, dense, transpose.input[0], flatten_perm=tuple(perm), carried=carried)

@@ -26,7 +26,6 @@ not known to be 1. A Squeeze or reduce over any other axes is not this pattern (
 from __future__ import annotations
 
 import onnx
-from onnx import helper
 
 from ..graph import attr
 from ._dense import conv_from_dense
