@@ -17,7 +17,7 @@ from .inputs import check_input_options
 from .modelio import PathLike, load_model
 from .pipeline import (QUANTIZED_FC_OPS, Match, body_plans, check_input_model, make_options, match_nodes,
                        model_label, toposort)
-from .report import format_dims
+from .report import format_dims, is_fc_row
 from .rules import Rewrite
 
 # What a node's input is called when it comes from one of these: the tensor they flatten is shown.
@@ -57,7 +57,7 @@ class Inspection:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def render_text(self) -> str:
-        fc_nodes = [n for n in self.nodes if n.status != "blocked" or n.op in ("Gemm", "MatMul")]
+        fc_nodes = [n for n in self.nodes if is_fc_row(n.status, n.op)]
         lines = [f"{self.model} (opset {self.opset}): {len(self.converting)} of {len(fc_nodes)} FC nodes "
                  f"will convert; nothing written"]
         lines.extend(f"  note: {n}" for n in self.notes)

@@ -160,7 +160,7 @@ class ConversionReport:
 
     @property
     def fc_nodes(self) -> int:
-        return len(self.nodes) - sum(1 for n in self.nodes if n.status == "blocked" and n.op not in ("Gemm", "MatMul"))
+        return sum(1 for n in self.nodes if is_fc_row(n.status, n.op))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,6 +203,12 @@ class ConversionReport:
         if verbose and self.seconds:
             lines.append("  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
+
+
+def is_fc_row(status: str, op: str) -> bool:
+    """Whether a report row counts as an FC node: every row but a blocked op that is not itself an
+    FC layer (a Concat or Softmax where a converted map stopped)."""
+    return status != "blocked" or op in ("Gemm", "MatMul")
 
 
 def format_dims(dims) -> str:
