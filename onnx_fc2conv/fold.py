@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import GraphIndex, attr, set_attr
+from .graph import attr, set_attr
+from .index import GraphIndex
 from .rules.fc_chain import UNARY_OPS
 
 # Pointwise ops whose meaning does not depend on the layout (Clip's bounds are scalars).

@@ -1,20 +1,26 @@
-"""A read-mostly index over an ONNX graph: who produces and who reads each tensor, its inferred
-shape, and its value when it is a constant.
+"""Protobuf-level helpers every other module uses: attributes, subgraphs, shapes of value infos,
+the shape-inference skeleton, and the graph walks (the one producer walk, the one topological
+order and cycle check, and the clean-up of dead nodes).
 
-The rules only ask questions of this index and describe edits; the pipeline applies the edits.
-It works on the protobuf directly rather than through onnx-graphsurgeon, because importing and
-exporting a large model through graphsurgeon costs several times a plain load+save (see
-benchmarks/README.md), and a rewrite touches a handful of nodes.
+Everything works on the protobuf directly rather than through onnx-graphsurgeon, because importing
+and exporting a large model through graphsurgeon costs several times a plain load+save (see
+benchmarks/README.md), and a rewrite touches a handful of nodes. Every walk here is linear in
+nodes + edges.
 """
 from __future__ import annotations
 
+import heapq
 import math
-from collections import defaultdict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from .errors import InvalidModelError
+
+if TYPE_CHECKING:
+    from .index import GraphIndex
 
 Dim = int | str | None  # static size, symbolic name, or unknown
 
@@ -22,17 +28,6 @@ Dim = int | str | None  # static size, symbolic name, or unknown
 # are declared as typed graph inputs instead, which is all shape inference needs of a weight. (The
 # count comes from the dims: ``ByteSize()`` of a big tensor costs as much as serializing it.)
 _SKELETON_MAX_ELEMENTS = 1 << 14
-# Constant values up to this size are cached; larger ones (weights) are read on demand.
-_CACHE_MAX_BYTES = 1 << 20
-
-# Ops folded when every input is a constant, so weights written as e.g. Reshape(initializer) or
-# ConstantOfShape (Caffe2) are still recognised as constants.
-FOLDABLE_OPS = frozenset({
-    "Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat",
-    "ConstantOfShape", "Gather", "Slice", "Neg", "Mul", "Add", "Sub", "Div", "Sqrt", "Reciprocal",
-})
-# Quantization ops are folded in numpy (onnx's reference runtime lacks some of their opsets).
-QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
@@ -163,24 +158,6 @@ def set_shape(vi: onnx.ValueInfoProto, dims: Iterable[Dim]) -> None:
             dim.dim_param = d
 
 
-def infer_value_types(model: onnx.ModelProto, input_shapes=None) -> dict[str, tuple[int, tuple[Dim, ...] | None]]:
-    """Element type and shape of every top-level tensor that shape inference can type."""
-    sk = skeleton(model, input_shapes)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is a best effort; rules skip what stays unknown
-        inferred = sk
-    g = inferred.graph
-    types: dict[str, tuple[int, tuple[Dim, ...] | None]] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        elem, dims = value_dims(vi)
-        if vi.name not in types or (types[vi.name][1] is None and dims is not None):
-            types[vi.name] = (elem, dims)
-    for init in g.initializer:
-        types[init.name] = (init.data_type, tuple(init.dims))
-    return types
-
-
 def names_in(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name of ``graph`` and of the If/Loop/Scan bodies inside it."""
     names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
@@ -211,282 +188,113 @@ def body_model(body: onnx.GraphProto, outer: "GraphIndex") -> onnx.ModelProto:
     return model
 
 
-class GraphIndex:
-    """Producers, consumers, shapes and constant values of one model's top-level graph.
-
-    With ``outer`` (the index of the enclosing graph) it indexes an If/Loop/Scan body made into a
-    model by :func:`body_model`: outer-scope constants are read through ``outer``, and fresh names
-    are unique across every scope."""
-
-    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
-                 outer: "GraphIndex | None" = None):
-        self.model = model
-        self.outer = outer
-        self.graph = model.graph
-        self.opset = opset_version(model)
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in self.graph.node:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for name in dict.fromkeys(node_inputs(node)):
-                self.consumers[name].append(node)
-        self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
-        self.graph_outputs = [o.name for o in self.graph.output]
-        self.input_shapes = input_shapes
-        self.types = infer_value_types(model, input_shapes)
-        self._const_cache: dict[str, np.ndarray | None] = {}
-        self._refine_resize_shapes()
-        self._used_names = outer._used_names if outer is not None else set()  # shared: one namespace
-        self._used_names.update(names_in(self.graph))
-
-    # ---- shapes -------------------------------------------------------------------------------
-    def shape(self, name: str) -> tuple[Dim, ...] | None:
-        return self.types.get(name, (0, None))[1]
-
-    def infer_unknown_shapes(self) -> None:
-        """Fill in the shapes ONNX's own inference leaves unknown with ONNX Runtime's symbolic shape
-        inference, which also follows a Reshape to a computed target (``x.view(B, T, H, D)`` in BERT's
-        attention) and ORT's com.microsoft ops (Attention, SkipLayerNormalization). Shapes already
-        known stay. Best effort: without sympy, or where it fails, nothing changes."""
-        if all(self.shape(o) is not None for n in self.graph.node for o in n.output if o):
-            return
-        try:
-            inferred = _symbolic_shape_inference(skeleton(self.model, self.input_shapes))
-        except Exception:  # noqa: BLE001 - ImportError without sympy, or any op it cannot follow
-            return
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            elem, dims = value_dims(vi)
-            if dims is not None and self.shape(vi.name) is None:
-                self.types[vi.name] = (elem, dims)
-
-    def dtype(self, name: str) -> int:
-        return self.types.get(name, (0, None))[0]
-
-    def _refine_resize_shapes(self) -> None:
-        """ONNX shape inference leaves a Resize to ``sizes`` computed from Shape (PyTorch's
-        ``interpolate(size=...)`` exports ``Concat(Shape(x)[:2], [h, w])``) unknown; evaluating the
-        sizes gives the map after it its static size, which a head reading it needs."""
-        for node in self.graph.node:
-            if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
-                continue
-            src, out = self.shape(node.input[0]), self.shape(node.output[0])
-            if src is None or (out is not None and all(isinstance(d, int) for d in out[1:])):
-                continue
-            entries = shape_entries(self, node.input[3], src[0])
-            if entries is not None and len(entries) == len(src):
-                self.types[node.output[0]] = (self.dtype(node.input[0]),
-                                              tuple(src[0] if e == BATCH else e for e in entries))
-
-    # ---- constants ----------------------------------------------------------------------------
-    def is_constant(self, name: str) -> bool:
-        return name in self.initializers or self.constant(name) is not None
-
-    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
-        """Shape and dtype of a constant; an initializer's are read without copying its data."""
-        if name in self.initializers:
-            init = self.initializers[name]
-            return tuple(init.dims), np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
-        value = self.constant(name)
-        return None if value is None else (value.shape, value.dtype)
-
-    def owned_initializer(self, name: str) -> onnx.TensorProto | None:
-        """The initializer ``name`` when exactly one node reads it and nothing else can see it (not a
-        graph input or output), so a rewrite of that node may take over its data without a copy."""
-        init = self.initializers.get(name)
-        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
-            return None
-        if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
-            return None
-        return init
-
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` when it is known without running the model, else None."""
-        if not name:
-            return None
-        if name in self._const_cache:
-            return self._const_cache[name]
-        value = self._evaluate_constant(name)
-        if value is not None and value.nbytes <= _CACHE_MAX_BYTES:
-            self._const_cache[name] = value
-        elif value is None:
-            self._const_cache[name] = None
-        return value
-
-    def _evaluate_constant(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is None and self.outer is not None:
-            return self.outer.constant(name)
-        if node is None or node.domain not in ("", "ai.onnx"):
-            return None
-        if node.op_type == "Constant":
-            return _constant_node_value(node)
-        if node.op_type not in FOLDABLE_OPS | QUANTIZE_OPS:
-            return None
-        values = [self.constant(i) if i else None for i in node.input]
-        if any(v is None for i, v in zip(node.input, values) if i):
-            return None
-        if node.op_type in QUANTIZE_OPS:
-            return _fold_quantize(node, values)
-        try:
-            return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
-        except Exception:  # noqa: BLE001 - an op the reference runtime cannot fold is simply not known
-            return None
-
-    def is_static(self, name: str) -> bool:
-        """Whether ``name`` is computed from initializers and Constant nodes only, without evaluating
-        it (e.g. DequantizeLinear of a quantized weight, which :meth:`constant` does not fold)."""
-        seen: set[str] = set()
-        stack = [name]
-        while stack:
-            current = stack.pop()
-            if current in seen or current in self.initializers:
-                continue
-            seen.add(current)
-            node = self.producer.get(current)
-            if node is None:
-                return False  # a graph input, or a name this graph does not define
-            stack.extend(node_inputs(node))
-        return True
-
-    # ---- walking ------------------------------------------------------------------------------
-    def only_consumer(self, name: str) -> onnx.NodeProto | None:
-        readers = self.consumers.get(name, [])
-        if len(readers) == 1 and name not in self.graph_outputs:
-            return readers[0]
-        return None
-
-    def skip_passthrough(self, name: str) -> str:
-        """Walk up through Identity and inference Dropout, which do not change values."""
-        node = self.producer.get(name)
-        while node is not None and node.op_type in ("Identity", "Dropout") and node.output[0] == name:
-            name = node.input[0]
-            node = self.producer.get(name)
-        return name
-
-    def fresh_name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._used_names:
-            name, k = f"{base}_{k}", k + 1
-        self._used_names.add(name)
-        return name
-
-    def initializer_users(self, name: str) -> int:
-        return len(self.consumers.get(name, []))
 
 
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), dtype=np.int64)
-    return None
+# ---- walks -------------------------------------------------------------------------------------
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
 
 
-def _fold_quantize(node: onnx.NodeProto, values: list) -> np.ndarray | None:
-    """QuantizeLinear / DequantizeLinear on constants, per tensor or per axis (blocked: not folded)."""
-    x, scale = values[0], values[1]
-    zero = values[2] if len(values) > 2 and values[2] is not None else None
-    if attr(node, "block_size", 0) or scale.ndim > 1:
-        return None
-    axis = attr(node, "axis", 1)
-    shape = [1] * x.ndim
-    if scale.ndim == 1 and scale.size > 1:
-        shape[axis % x.ndim] = scale.size
-    scale = scale.reshape(shape)
-    zp = np.zeros(1, np.uint8) if zero is None else zero.reshape(shape if zero.size > 1 else ())
-    if node.op_type == "DequantizeLinear":
-        return ((x.astype(np.int64) - zp.astype(np.int64)) * scale).astype(scale.dtype)
-    info = np.iinfo(zp.dtype)
-    q = np.rint(x / scale) + zp.astype(np.int64)  # ONNX rounds half to even, as np.rint does
-    return np.clip(q, info.min, info.max).astype(zp.dtype)
+def upstream(producer: Mapping[str, onnx.NodeProto], tensors: Iterable[str],
+             stop: Iterable[str] = ()) -> tuple[set[str], list[onnx.NodeProto]]:
+    """``tensors`` and every tensor they are computed from, and the nodes that compute them (in no
+    particular order); the walk does not go past the names in ``stop``."""
+    stopped = set(stop)
+    seen: set[str] = set()
+    nodes: dict[int, onnx.NodeProto] = {}
+    stack = list(tensors)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is None or name in stopped or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        stack.extend(node_inputs(node))
+    return seen, list(nodes.values())
 
 
-def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[np.ndarray]:
-    """Evaluate one node on constant inputs with onnx's reference runtime, at the model's opset."""
-    from onnx.reference import ReferenceEvaluator
-
-    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in zip(node.input, values) if name]
-    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
-    g = helper.make_graph([node], "fold", [], outputs, initializer=inits)
-    m = helper.make_model(g, opset_imports=list(opset_import))
-    return [np.asarray(v) for v in ReferenceEvaluator(m).run(None, {})]
+def defined_names(graph: onnx.GraphProto) -> set[str]:
+    """The names a graph defines before any node runs: inputs, initializers, sparse initializers."""
+    return ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+            | {t.values.name for t in graph.sparse_initializer})
 
 
-# ---- shape tensors -----------------------------------------------------------------------------
-
-BATCH = "batch"  # a shape entry that evaluates to the batch dimension of a tensor at run time
-
-
-def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
-    """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
-    value = index.constant(name)
-    if value is not None:
-        return [int(v) for v in np.asarray(value).reshape(-1)]
-    node = index.producer.get(name)
-    if node is None:
-        return None
-    op = node.op_type
-    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
-        # These change a shape entry's type or rank (scalar <-> [1]), never its values.
-        return shape_entries(index, node.input[0], batch_dim)
-    if op == "Concat":
-        parts = [shape_entries(index, i, batch_dim) for i in node.input]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
-    if op == "Shape":
-        src = index.shape(node.input[0])
-        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
-            return None
-        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
-    if op == "Gather":
-        indices = index.constant(node.input[1])
-        entries = shape_entries(index, node.input[0], batch_dim)
-        if indices is None or entries is None:
-            return None
-        return [entries[int(i)] for i in np.asarray(indices).reshape(-1)]
-    if op == "Slice":
-        entries = shape_entries(index, node.input[0], batch_dim)
-        bounds = _slice_bounds(index, node)
-        if entries is None or bounds is None:
-            return None
-        return entries[bounds[0]:bounds[1]]
-    return None
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so each comes after its producers, keeping the existing order where it is valid
+    (of the nodes ready to run, the one that stood first goes first). Raises InvalidModelError,
+    naming the nodes, on a cycle or a read of an undefined tensor."""
+    nodes = list(graph.node)
+    order = topological_order(graph)
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
-def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] | None:
-    if len(node.input) >= 3:
-        starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
-        steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-        if starts is None or ends is None or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
-            return None
-        return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
-    starts, ends = attr(node, "starts"), attr(node, "ends")
-    return (starts[0], ends[0]) if starts and ends else None
+def topological_order(graph: onnx.GraphProto) -> list[int]:
+    """The positions of ``graph``'s nodes in a valid order (Kahn's algorithm, earliest first)."""
+    nodes = list(graph.node)
+    producer_at = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    available = defined_names(graph)
+    waiting = [0] * len(nodes)  # per node: how many of its inputs are not made yet
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node_inputs(node)):
+            if name in producer_at and name not in available:
+                waiting[i] += 1
+                readers.setdefault(producer_at[name], []).append(i)
+            elif name not in available:
+                waiting[i] += 1  # never made: the node can never run
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers.get(i, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) < len(nodes):
+        stuck = set(range(len(nodes))) - set(order)
+        raise InvalidModelError(_why_stuck(nodes, stuck, producer_at, available))
+    return order
 
 
-def _symbolic_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX Runtime's symbolic shape inference, keeping what it inferred even where it stops.
+def _why_stuck(nodes: list[onnx.NodeProto], stuck: set[int], producer_at: dict[str, int], available: set[str]) -> str:
+    """Name the cycle among the ``stuck`` nodes (walking up from one of them through stuck producers
+    must come back to a node it passed), or the undefined tensor a stuck node reads."""
+    label = lambda i: repr(nodes[i].name or nodes[i].output[0])  # noqa: E731 - a local one-liner
+    for i in sorted(stuck):
+        missing = [n for n in node_inputs(nodes[i]) if n not in available and n not in producer_at]
+        if missing:
+            return f"the graph reads an undefined tensor {missing[0]!r} at node {label(i)}"
+    path, current = [], min(stuck)
+    while current not in path:
+        path.append(current)
+        current = next(producer_at[n] for n in node_inputs(nodes[current])
+                       if n in producer_at and producer_at[n] in stuck)
+    loop = path[path.index(current):] + [current]
+    return "the graph has a cycle: " + " -> ".join(label(i) for i in reversed(loop))
 
-    ``SymbolicShapeInference.infer_shapes`` runs these same steps, but when a shape stays unknown it
-    writes ``sym_shape_infer_temp.onnx`` (and weight files) into the current folder and raises: a
-    library must not leave files in its caller's folder, and the partial result is what we want.
-    """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
-    inference._preprocess(model)
-    while inference.run_:
-        inference._infer_impl()
-    inference._update_output_from_vi()
-    return inference.out_mp_
+def cleanup(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nothing needed reads, then initializers nothing reads (e.g. the old
+    weights and PyTorch's shape subgraph). Nodes are side-effect free in ONNX, so this is safe. One
+    walk back from the graph outputs, so a dead chain of any length goes in one pass."""
+    outputs = [o.name for o in graph.output]
+    read, live = upstream(producers(graph), outputs)
+    live_ids = {id(n) for n in live}
+    if len(live_ids) < len(graph.node):
+        kept = [n for n in graph.node if id(n) in live_ids]
+        del graph.node[:]
+        graph.node.extend(kept)
+    unused = {t.name for t in graph.initializer if t.name not in read}
+    # Deleted in place, back to front: rebuilding the list would copy every kept weight.
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in unused]):
+        del graph.initializer[i]
+    for i in reversed([i for i, v in enumerate(graph.input) if v.name in unused]):
+        del graph.input[i]

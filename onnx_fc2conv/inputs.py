@@ -39,7 +39,8 @@ import onnx
 from onnx import helper
 
 from .errors import CouldNotVerify, UsageError
-from .graph import Dim, GraphIndex, attr, value_dims
+from .graph import Dim, attr, value_dims
+from .index import GraphIndex
 from .report import InputSummary, format_dims
 
 DEFAULT_BATCH = 2  # not 1: a batch of one hides rewrites that mix samples

@@ -1,6 +1,6 @@
 """``onnx-fc2conv inspect``: what the converter would do to each FC layer, with nothing written.
 
-It runs the same rule matching as :func:`onnx_fc2conv.convert` (:func:`pipeline.match_nodes`) on
+It runs the same planning as :func:`onnx_fc2conv.convert` (:func:`planner.plan_graph`) on
 a private copy of the model and describes each FC-like node: its input and weight shapes, what
 feeds it, and the rule that will convert it or the reason code that stops it.
 """
@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from .errors import InvalidModelError
-from .graph import GraphIndex, opset_version
+from .graph import opset_version, toposort
+from .index import GraphIndex
 from .inputs import check_input_options
+from .modelcheck import check_input_model
 from .modelio import PathLike, load_model
-from .pipeline import (QUANTIZED_FC_OPS, Match, body_plans, check_input_model, make_options, match_nodes,
-                       model_label, toposort)
+from .options import Options
+from .pipeline import model_label
+from .planner import QUANTIZED_FC_OPS, Decision, body_plans, plan_graph
 from .report import format_dims, is_fc_row
-from .rules import Rewrite
+from .rules import Match
 
 # What a node's input is called when it comes from one of these: the tensor they flatten is shown.
 FLATTENING_OPS = ("Flatten", "Reshape")
@@ -76,7 +79,7 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
     """What :func:`onnx_fc2conv.convert` would do to each FC-like node of ``model``, without
     rewriting or writing anything. ``options`` are convert's rule options (``skip_rules``,
     ``input_shapes``, ``include``, ``exclude``, ...)."""
-    opts = make_options(**options)
+    opts = Options.from_keywords(None, options)
     work = load_model(model)
     result = Inspection(model_label(model), opset_version(work))
     try:
@@ -86,25 +89,25 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
     check_input_options(work, opts.input_shapes, None)  # a misspelt --input-shape is an error, not ignored
     toposort(work.graph)
     index = GraphIndex(work, opts.input_shapes)
-    plan = match_nodes(index, opts)
-    result.nodes = [_describe(index, m) for m in plan.matches if m.status is not None]
+    plan = plan_graph(index, opts)
+    result.nodes = [_describe(index, d) for d in plan.decisions if d.status is not None]
     for scope, body_index, body_plan in body_plans(index, opts):
-        for row in [_describe(body_index, m) for m in body_plan.matches if m.status is not None]:
+        for row in [_describe(body_index, d) for d in body_plan.decisions if d.status is not None]:
             row.node = scope + row.node
             result.nodes.append(row)
     return result
 
 
-def _describe(index: GraphIndex, match: Match) -> NodeInspection:
-    node = match.node
+def _describe(index: GraphIndex, decision: Decision) -> NodeInspection:
+    node = decision.node
     weight = node.input[QUANTIZED_FC_OPS.get(node.op_type, 1)] if len(node.input) > 1 else ""
     weight_shape = index.shape(weight) if weight else None
-    if isinstance(match.outcome, Rewrite):
-        status, reason, detail = "converts", None, match.outcome.detail
+    if isinstance(decision.outcome, Match):
+        status, reason, detail = "converts", None, decision.outcome.detail
     else:
-        status, reason, detail = match.status, match.outcome.reason, match.outcome.message
+        status, reason, detail = decision.status, decision.outcome.reason, decision.outcome.message
     return NodeInspection(node.name or node.output[0], node.op_type, _dims(index.shape(node.input[0])),
-                          _dims(weight_shape), _fed_by(index, node.input[0]), status, match.rule, reason, detail)
+                          _dims(weight_shape), _fed_by(index, node.input[0]), status, decision.rule, reason, detail)
 
 
 def _fed_by(index: GraphIndex, name: str) -> str:

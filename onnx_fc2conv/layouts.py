@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import GraphIndex
+from .index import GraphIndex
 
 Step = tuple[str, tuple[int, ...]]  # ("reshape", shape) | ("transpose", perm) | ("flatten", ())
 

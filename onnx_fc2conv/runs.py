@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import onnx
 
-from .graph import GraphIndex, rename_input
+from .graph import rename_input
+from .index import GraphIndex
 from .layouts import Layout
 from .report import RunReport
 

@@ -17,7 +17,7 @@ import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import InvalidModelError, OutputError, UnsafeModelError
-from .graph import node_inputs, subgraphs
+from .graph import subgraphs, topological_order
 
 # onnx's wording of each refusal -> ours. onnx raises ValidationError with these phrases.
 _EXTERNAL_DATA_REFUSALS = (
@@ -76,7 +76,7 @@ def check_graph(model: onnx.ModelProto) -> None:
     if not [i for i in graph.input if i.name not in initializers]:
         raise InvalidModelError("the graph has no inputs: there is nothing to feed it")
     _check_names(graph, outer=set())
-    _check_acyclic(graph)
+    topological_order(graph)  # raises, naming the nodes, on a cycle
 
 
 def _check_names(graph: onnx.GraphProto, outer: set[str]) -> None:
@@ -108,32 +108,6 @@ def _check_names(graph: onnx.GraphProto, outer: set[str]) -> None:
                                         "input or initializer defines")
         for body in subgraphs(node):
             _check_names(body, visible)
-
-
-def _check_acyclic(graph: onnx.GraphProto) -> None:
-    """Find a cycle of the top-level graph, if any, and name its nodes."""
-    producer = {out: node for node in graph.node for out in node.output if out}
-    state: dict[int, int] = {}  # id(node) -> 1 while on the DFS path, 2 when done
-    for start in graph.node:
-        if state.get(id(start)) == 2:
-            continue
-        state[id(start)] = 1
-        stack, path = [(start, iter(node_inputs(start)))], [start]
-        while stack:
-            node, names = stack[-1]
-            upstream = next((producer[n] for n in names if n in producer), None)
-            if upstream is None:
-                state[id(node)] = 2
-                stack.pop()
-                path.pop()
-            elif state.get(id(upstream)) == 1:
-                loop = path[path.index(upstream):] + [upstream]
-                raise InvalidModelError("the graph has a cycle: " + " -> ".join(
-                    repr(n.name or n.output[0]) for n in reversed(loop)))
-            elif state.get(id(upstream)) != 2:
-                state[id(upstream)] = 1
-                stack.append((upstream, iter(node_inputs(upstream))))
-                path.append(upstream)
 
 
 def check_output_path(source, output: Path, inplace: bool) -> None:

@@ -23,10 +23,11 @@ import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
 from .errors import CouldNotVerify, first_line
-from .graph import infer_value_types, node_inputs, set_shape
+from .graph import producers, set_shape, upstream
+from .modelcheck import infer_value_types
 from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
-from .pipeline import read_metadata
+from .metadata import read_record
 from .report import CheckResult, VerificationResult
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -86,14 +87,14 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
         for name in cpu:
             result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
 
-    meta = read_metadata(converted)
-    if meta and meta["heads"] and meta["mode"] == "fully_convolutional" and meta["spatial_inputs"]:
-        _sliding_window_checks(original, original_folder, meta, feeds, sessions, result, seed)
-    elif meta and meta["heads"] and meta["mode"] == "fully_convolutional":
+    record = read_record(converted)
+    if record and record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
+        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed)
+    elif record and record.heads and record.mode == "fully_convolutional":
         result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
                               "spatial size reaches the converted maps)")
-    if meta and "token_axes" in meta:
-        _sequence_length_checks(original, expected_session, meta["token_axes"], feeds, sessions, result, seed)
+    if record and record.token_axes is not None:
+        _sequence_length_checks(original, expected_session, record.token_axes, feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
 
@@ -147,17 +148,17 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
     return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
 
 
-def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed) -> None:
-    spatial = {name: axes for name, axes in meta["spatial_inputs"].items()}
-    heads = [h for h in meta["heads"] if h["outputs"]]
+def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed) -> None:
+    spatial = record.spatial_inputs
+    heads = [h for h in record.heads if h.outputs]
     if not heads:
         result.skipped.append("sliding window: no converted head reaches a graph output")
         return
     types = infer_value_types(original)
-    backbone = _session(cut_model(original, [], [h["feature_map"] for h in heads], types, free_axes=spatial),
+    backbone = _session(cut_model(original, [], [h.feature_map for h in heads], types, free_axes=spatial),
                         "cpu", folder)
-    head_sessions = [_session(cut_model(original, [h["feature_map"]], h["outputs"], types, batch_free=True,
-                                        spatial_free=None in h["window"]), "cpu", folder) for h in heads]
+    head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, types, batch_free=True,
+                                        spatial_free=None in h.window), "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)
     for which in range(2):
         sizes = {name: dict(zip(axes, larger_sizes([feeds[name].shape[a] for a in axes])[which]))
@@ -169,8 +170,8 @@ def _sliding_window_checks(original, folder, meta, feeds, sessions, result, seed
             continue
         for provider, got in _converted_outputs(check, sessions, large, result):
             for head, head_session in zip(heads, head_sessions):
-                fmap = maps[head["feature_map"]]
-                for output in head["outputs"]:
+                fmap = maps[head.feature_map]
+                for output in head.outputs:
                     result.checks.append(_window_check(check, provider, output, got[output], fmap, head,
                                                        head_session, large, result, rng))
 
@@ -200,7 +201,7 @@ def _converted_outputs(check, sessions, feeds, result):
 def _window_check(check, provider, output, out_map, fmap, head, head_session, feeds, result, rng) -> CheckResult:
     # None: the head reduces the whole map (a global reduce kept by squeeze_flatten), so its window
     # on a larger input is the whole larger map.
-    window = [f if w is None else w for f, w in zip(fmap.shape[2:], head["window"][1:])]
+    window = [f if w is None else w for f, w in zip(fmap.shape[2:], head.window[1:])]
     spatial_out = out_map.shape[2:]
     expect_out = tuple(f - w + 1 for f, w in zip(fmap.shape[2:], window))
     if spatial_out != expect_out:
@@ -211,7 +212,7 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
     extra = {k: v for k, v in feeds.items() if k in {i.name for i in head_session.get_inputs()}}
     for pos in positions:
         crop = fmap[(slice(None), slice(None), *(slice(p, p + w) for p, w in zip(pos, window)))]
-        want = _run(head_session, {**extra, head["feature_map"]: crop})[output]
+        want = _run(head_session, {**extra, head.feature_map: crop})[output]
         got = out_map[(slice(None), slice(None), *pos)]
         one = _compare(check, provider, output, got, want, result.rtol, result.atol)
         worst.passed &= one.passed
@@ -236,17 +237,9 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
     ``batch_free`` makes the batch of the new ``inputs`` symbolic, ``spatial_free`` their axes 2..
     (a head that reduces the whole map takes the whole larger map)."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    needed, stack, keep = set(), list(outputs), set()
-    while stack:
-        name = stack.pop()
-        if name in needed or name in inputs:
-            continue
-        needed.add(name)
-        node = producer.get(name)
-        if node is not None and id(node) not in keep:
-            keep.add(id(node))
-            stack.extend(node_inputs(node))
+    reached, nodes = upstream(producers(graph), outputs, stop=inputs)
+    needed = reached - set(inputs)  # the new inputs are declared below, even where they are graph inputs
+    keep = {id(n) for n in nodes}
     g = onnx.GraphProto()
     g.name = f"{graph.name}_cut"
     g.node.extend(n for n in graph.node if id(n) in keep)
@@ -384,7 +377,7 @@ def quantization_steps(model: onnx.ModelProto) -> list[float]:
     ONNX Runtime fuses DQ -> Gemm -> Q into QGemm and DQ -> Conv -> Q into QLinearConv; the two
     integer kernels round the requantization differently, so an exact rewrite can move an output by
     one step (with graph optimizations off the two models agree exactly)."""
-    from .graph import GraphIndex
+    from .index import GraphIndex
 
     index = GraphIndex(model)
     steps = []

@@ -89,7 +89,7 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
         w = index.constant(dense.weight)
         w = (w.T if dense.weight_is_k_by_f else w) * dense.alpha * 1.01
         name = index.fresh_name("broken_kernel")
-        return name, [numpy_helper.from_array(w.astype(np.float32).reshape(shape), name)], [], {}
+        return name, [numpy_helper.from_array(w.astype(np.float32).reshape(shape), name)], {}
 
     monkeypatch.setattr(_dense, "_conv_weight", broken)
     out = tmp_path / "o.onnx"

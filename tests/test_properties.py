@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 import graphs
 from onnx_fc2conv import REASONS, convert, verify
-from onnx_fc2conv.pipeline import read_metadata
+from onnx_fc2conv.metadata import read_record
 
 BOUNDED_EXAMPLES = 100
 FUZZ_EXAMPLES = int(os.environ.get("FC2CONV_FUZZ_EXAMPLES", "2000"))
@@ -178,7 +178,8 @@ def check_head(head: Head) -> None:
     windows = [c for c in verification.checks if c.check.startswith("sliding window")]
     if head.in_if:  # the verifier fed cond = True; the else branch must hold too
         assert verify(model, result.model, input_data={"cond": np.array(False)})
-    heads = (read_metadata(result.model) or {}).get("heads")
+    record = read_record(result.model)
+    heads = record.heads if record else None
     if head.keep_output_shape or head.in_if or not heads:  # an If body keeps its output shapes; a
         assert windows == []  # model whose only converted layers are --vector-fc ones has no window
     else:

@@ -6,7 +6,7 @@ what follows. ``--skip-rule NAME`` turns one off by name.
 """
 from . import (axis_fixups, dense_pool, fc_chain, flatten_gemm, matmul_add, nhwc_flatten, reshape_flatten,
                squeeze_flatten, token_matmul, vector_fc)
-from .base import REASONS, MapInfo, Rewrite, Rule, RuleContext, Skip
+from .base import REASONS, Built, MapInfo, Match, Rule, RuleContext, Skip
 
 RULES: tuple[Rule, ...] = (
     dense_pool.RULE,  # only with --dense-pool: runs the head rules below, then widens the pool
@@ -23,4 +23,4 @@ RULES: tuple[Rule, ...] = (
 
 RULE_NAMES = tuple(rule.name for rule in RULES)
 
-__all__ = ["RULES", "RULE_NAMES", "REASONS", "MapInfo", "Rewrite", "Rule", "RuleContext", "Skip"]
+__all__ = ["RULES", "RULE_NAMES", "REASONS", "Built", "MapInfo", "Match", "Rule", "RuleContext", "Skip"]

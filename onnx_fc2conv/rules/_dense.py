@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphIndex, attr
-from .base import Rewrite, Skip
+from ..graph import attr
+from ..index import GraphIndex
+from .base import Built, Match, Skip
 
 
 CONV_BFLOAT16_SINCE = 22  # Conv-1 and Conv-11 take float16, float and double only
@@ -100,10 +101,11 @@ def _bias_vector(c: np.ndarray, out_f: int) -> np.ndarray | None:
 
 
 def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kernel: tuple[int, ...],
-                    spatial_rank: int, flatten_perm: tuple[int, ...] | None = None, **rewrite_fields) -> Rewrite | Skip:
+                    spatial_rank: int, flatten_perm: tuple[int, ...] | None = None, **match_fields) -> Match | Skip:
     """The Conv that computes ``dense`` on map ``x`` ``[N, channels, *spatial]`` with ``kernel``.
 
-    ``flatten_perm``: the layer flattened ``Transpose(x, perm)`` rather than ``x`` (see nhwc_flatten)."""
+    ``flatten_perm``: the layer flattened ``Transpose(x, perm)`` rather than ``x`` (see nhwc_flatten).
+    Every check is made here; the kernel is written only when the match is built."""
     if index.dtype(x) == onnx.TensorProto.BFLOAT16 and index.opset < CONV_BFLOAT16_SINCE:
         return Skip("unsupported_dtype", f"Conv takes bfloat16 from opset {CONV_BFLOAT16_SINCE}; the model has opset {index.opset}")
     if channels * int(np.prod(kernel)) != dense.in_features:
@@ -111,21 +113,33 @@ def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kern
                     f"the layer takes {dense.in_features} inputs but the map gives "
                     f"{channels}x{'x'.join(map(str, kernel))}={channels * int(np.prod(kernel))}")
     conv_shape = (dense.out_features, channels, *kernel)
-    weight = _conv_weight(index, dense, conv_shape, flatten_perm)
-    if isinstance(weight, Skip):
-        return weight
-    weight_name, new_inits, weight_nodes, reshaped = weight
-    inputs = [x, weight_name]
-    if dense.bias is not None:
-        bias_name = index.fresh_name(f"{dense.name}.bias")
-        new_inits.append(numpy_helper.from_array(dense.bias, bias_name))
-        inputs.append(bias_name)
-    conv = helper.make_node("Conv", inputs, [dense.output], name=dense.name,
-                            kernel_shape=list(kernel), strides=[1] * len(kernel))
+    stages = quantized_weight(index, dense.weight)
+    if stages is not None:
+        refusal = quantized_axis_skip(index, dense, stages)
+        if refusal is not None:
+            return refusal
+
+    def build() -> Built:
+        if stages is not None:
+            weight_name, inits, weight_nodes = quantized_kernel(
+                index, dense, stages, lambda w: kernel_layout(w, dense.weight_is_k_by_f, conv_shape, flatten_perm))
+            reshaped: dict[str, tuple[int, ...]] = {}
+        else:
+            weight_name, inits, reshaped = _conv_weight(index, dense, conv_shape, flatten_perm)
+            weight_nodes = []
+        inputs = [x, weight_name]
+        if dense.bias is not None:
+            bias_name = index.fresh_name(f"{dense.name}.bias")
+            inits.append(numpy_helper.from_array(dense.bias, bias_name))
+            inputs.append(bias_name)
+        conv = helper.make_node("Conv", inputs, [dense.output], name=dense.name,
+                                kernel_shape=list(kernel), strides=[1] * len(kernel))
+        return Built([*weight_nodes, conv], inits, reshaped)
+
     detail = (f"{dense.describe()} -> Conv {dense.out_features}x{channels}x"
               f"{'x'.join(map(str, kernel))}")
-    return Rewrite(removed=list(dense.nodes), new_nodes=[*weight_nodes, conv], maps={dense.output: spatial_rank},
-                   initializers=new_inits, reshaped=reshaped, detail=detail, **rewrite_fields)
+    return Match(removed=list(dense.nodes), maps={dense.output: spatial_rank}, build=build, detail=detail,
+                 **match_fields)
 
 
 def kernel_layout(w: np.ndarray, weight_is_k_by_f: bool, conv_shape: tuple[int, ...],
@@ -145,27 +159,21 @@ def kernel_layout(w: np.ndarray, weight_is_k_by_f: bool, conv_shape: tuple[int, 
 
 
 def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...],
-                 flatten_perm) -> tuple[str, list, list, dict] | Skip:
-    """The conv kernel: its name, new initializers, nodes that make it (a quantized weight stays
-    integer behind its DequantizeLinear), and initializers to reshape in place.
+                 flatten_perm) -> tuple[str, list[onnx.TensorProto], dict[str, tuple[int, ...]]]:
+    """The float conv kernel: its name, new initializers, and initializers to reshape in place.
 
     With ``W`` stored ``[F, K]`` in the map's order and ``alpha = 1`` the kernel has the same bytes
     as ``W``: when only this layer reads ``W``, the rewrite just gives it the kernel's dims (no copy
     of a weight that may be hundreds of MB). Otherwise a new initializer is written: the original is
     never mutated, as other nodes may read it."""
-    quantized = quantized_weight(index, dense.weight)
-    if quantized is not None:
-        kernel = quantized_kernel(index, dense, quantized,
-                                  lambda w: kernel_layout(w, dense.weight_is_k_by_f, conv_shape, flatten_perm))
-        return kernel if isinstance(kernel, Skip) else (*kernel, {})
     owned = index.owned_initializer(dense.weight)
     if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0 and flatten_perm is None:
-        return dense.weight, [], [], {dense.weight: conv_shape}
+        return dense.weight, [], {dense.weight: conv_shape}
     w = kernel_layout(index.constant(dense.weight), dense.weight_is_k_by_f, conv_shape, flatten_perm)
     if dense.alpha != 1.0:
         w = (w * dense.alpha).astype(w.dtype)
     name = index.fresh_name(f"{dense.name}.weight")
-    return name, [numpy_helper.from_array(w, name)], [], {}
+    return name, [numpy_helper.from_array(w, name)], {}
 
 
 def quantized_weight(index: GraphIndex, name: str) -> list[onnx.NodeProto] | None:
@@ -178,19 +186,29 @@ def quantized_weight(index: GraphIndex, name: str) -> list[onnx.NodeProto] | Non
     return [q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]
 
 
-def quantized_kernel(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto], arrange) -> tuple[str, list, list] | Skip:
-    """Rearrange the tensor the Q/DQ stages read (``arrange``), keep their scales and zero points, and
-    move a per-channel ``axis`` to 0, the conv's output channels. ``alpha`` goes into the DQ scale."""
+def quantized_axis_skip(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto]) -> Skip | None:
+    """``quantized_weight_axis`` when a Q/DQ stage quantizes the weight per input feature or in
+    blocks: a conv kernel keeps one scale per output channel."""
     out_axis = 1 if dense.weight_is_k_by_f else 0  # the output-feature axis of the stored weight
+    for stage in stages:
+        scale = index.constant_meta(stage.input[1])
+        per_channel = scale is not None and int(np.prod(scale[0])) > 1
+        if attr(stage, "block_size", 0) or (per_channel and attr(stage, "axis", 1) % 2 != out_axis):
+            return Skip("quantized_weight_axis",
+                        f"{stage.op_type} {stage.name!r} quantizes the weight per input feature or in blocks")
+    return None
+
+
+def quantized_kernel(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto],
+                     arrange) -> tuple[str, list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """Rearrange the tensor the Q/DQ stages read (``arrange``), keep their scales and zero points, and
+    move a per-channel ``axis`` to 0, the conv's output channels. ``alpha`` goes into the DQ scale.
+    The stages passed :func:`quantized_axis_skip`."""
     source = index.fresh_name(f"{dense.name}.weight_{'float' if len(stages) == 2 else 'quantized'}")
     inits = [numpy_helper.from_array(arrange(index.constant(stages[0].input[0])), source)]
     nodes, current = [], source
     for stage in stages:
         scale = index.constant(stage.input[1])
-        per_channel = scale.size > 1
-        if attr(stage, "block_size", 0) or (per_channel and attr(stage, "axis", 1) % 2 != out_axis):
-            return Skip("quantized_weight_axis",
-                        f"{stage.op_type} {stage.name!r} quantizes the weight per input feature or in blocks")
         if stage.op_type == "DequantizeLinear" and dense.alpha != 1.0:
             scale = (scale * dense.alpha).astype(scale.dtype)
         scale_name = index.fresh_name(f"{dense.name}.weight_scale")
@@ -203,7 +221,7 @@ def quantized_kernel(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProt
         current = index.fresh_name(f"{dense.name}.weight_{stage.op_type}")
         node = helper.make_node(stage.op_type, inputs, [current], name=index.fresh_name(f"{dense.name}_{stage.op_type}"))
         node.attribute.extend(a for a in stage.attribute if a.name != "axis")
-        if per_channel:
+        if scale.size > 1:
             node.attribute.append(helper.make_attribute("axis", 0))
         nodes.append(node)
     return current, inits, nodes

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import GraphIndex, attr
+from ..graph import attr
+from ..index import GraphIndex
 from ..report import format_dims
 from ._dense import Dense, conv_from_dense, read_gemm, read_matmul_add
-from .base import Rewrite, Skip
+from .base import Match, Skip, node_copy
 
 # Ops that compute each output element from the same input element alone (Dropout at inference).
 UNARY_OPS = frozenset({
@@ -87,7 +88,7 @@ def transposes_the_map(index: GraphIndex, transpose: onnx.NodeProto, rank: int) 
 
 
 def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_perm: tuple[int, ...] | None = None,
-                          carried: list[onnx.NodeProto] = ()) -> Rewrite | Skip:
+                          carried: list[onnx.NodeProto] = ()) -> Match | Skip:
     """Write ``dense`` as a Conv whose kernel covers the whole map ``x`` ``[N, C, *S]``.
 
     ``carried``: element-wise ops between ``x`` and the flatten (see nhwc_flatten); those between the
@@ -107,28 +108,33 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
     window = window_from_weight(dims[1:], dense.in_features)
     if isinstance(window, Skip):
         return Skip(window.reason, f"the flattened map {x!r} has shape {format_dims(dims)}; {window.message}")
-    copies, conv_input = carry_onto_map(index, [*carried, *elementwise_path(index, dense.input)[1]], x)
-    rewrite = conv_from_dense(index, dense, conv_input, window[0], window[1:], len(window) - 1, flatten_perm,
-                              feature_map=x, window=window)
-    if isinstance(rewrite, Rewrite):
-        rewrite.new_nodes[:0] = copies
-        if window != tuple(dims[1:]):
-            rewrite.detail += f" (map size {'x'.join(map(str, window))} from the weight)"
-    return rewrite
+    match = conv_from_dense(index, dense, x, window[0], window[1:], len(window) - 1, flatten_perm,
+                            feature_map=x, window=window)
+    if isinstance(match, Skip):
+        return match
+    if window != tuple(dims[1:]):
+        match.detail += f" (map size {'x'.join(map(str, window))} from the weight)"
+    return carry_onto_map(index, match, [*carried, *elementwise_path(index, dense.input)[1]], x)
 
 
-def carry_onto_map(index: GraphIndex, nodes: list[onnx.NodeProto], x: str) -> tuple[list[onnx.NodeProto], str]:
-    """Copies of the element-wise ``nodes`` chained on ``x``, and the tensor the last one writes."""
-    copies = []
-    for node in nodes:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = index.fresh_name(f"{node.name or node.op_type}_on_map")
-        copy.input[0] = x
-        del copy.output[1:]  # Dropout's mask is not needed on the map
-        copy.output[0] = x = index.fresh_name(f"{node.output[0]}_map")
-        copies.append(copy)
-    return copies, x
+def carry_onto_map(index: GraphIndex, match: Match, nodes: list[onnx.NodeProto], x: str) -> Match:
+    """``match`` (whose Conv reads ``x``) built behind copies of the element-wise ``nodes`` chained
+    on ``x``: the Conv reads what the last copy writes."""
+    if not nodes:
+        return match
+
+    def copies() -> tuple[list[onnx.NodeProto], dict[str, str]]:
+        made, current = [], x
+        for node in nodes:
+            copy = node_copy(node)
+            copy.name = index.fresh_name(f"{node.name or node.op_type}_on_map")
+            copy.input[0] = current
+            del copy.output[1:]  # Dropout's mask is not needed on the map
+            copy.output[0] = current = index.fresh_name(f"{node.output[0]}_map")
+            made.append(copy)
+        return made, {x: current}
+
+    return match.with_nodes_before(copies)
 
 
 def window_from_weight(dims, in_features: int) -> tuple[int, ...] | Skip:

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import attr, set_attr
-from .base import Outcome, Rewrite, Rule, RuleContext
+from .base import Built, Match, Outcome, Rule, RuleContext, node_copy
 
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 ARG_OPS = frozenset({"ArgMax", "ArgMin"})
@@ -63,31 +63,37 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     return None
 
 
-def _with_axis(node: onnx.NodeProto, spatial_rank: int, name: str, value) -> Rewrite:
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    set_attr(new, name, value)
-    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: spatial_rank}, kind="fixup",
-                   detail=f"{node.op_type} {name}={value}")
+def _with_axis(node: onnx.NodeProto, spatial_rank: int, name: str, value) -> Match:
+    def build() -> Built:
+        new = node_copy(node)
+        set_attr(new, name, value)
+        return Built([new])
+
+    return Match(removed=[node], maps={node.output[0]: spatial_rank}, build=build, kind="fixup",
+                 detail=f"{node.op_type} {name}={value}")
 
 
-def _channels_last(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Rewrite:
+def _channels_last(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Match:
     rank = 2 + spatial_rank
     to_last = [0, *range(2, rank), 1]
     back = [0, rank - 1, *range(1, rank - 1)]
-    last = ctx.index.fresh_name(f"{node.input[0]}_channels_last")
-    normed = ctx.index.fresh_name(f"{node.output[0]}_channels_last")
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    new.input[0], new.output[0] = last, normed
-    set_attr(new, "axis", rank - 1)
-    nodes = [
-        helper.make_node("Transpose", [node.input[0]], [last], name=ctx.index.fresh_name(f"{node.name}_to_last"), perm=to_last),
-        new,
-        helper.make_node("Transpose", [normed], [node.output[0]], name=ctx.index.fresh_name(f"{node.name}_from_last"), perm=back),
-    ]
-    return Rewrite(removed=[node], new_nodes=nodes, maps={node.output[0]: spatial_rank}, kind="fixup",
-                   detail=f"{node.op_type} over channels (2 Transposes, opset {ctx.index.opset})")
+
+    def build() -> Built:
+        last = ctx.index.fresh_name(f"{node.input[0]}_channels_last")
+        normed = ctx.index.fresh_name(f"{node.output[0]}_channels_last")
+        new = node_copy(node)
+        new.input[0], new.output[0] = last, normed
+        set_attr(new, "axis", rank - 1)
+        return Built([
+            helper.make_node("Transpose", [node.input[0]], [last], name=ctx.index.fresh_name(f"{node.name}_to_last"),
+                             perm=to_last),
+            new,
+            helper.make_node("Transpose", [normed], [node.output[0]], name=ctx.index.fresh_name(f"{node.name}_from_last"),
+                             perm=back),
+        ])
+
+    return Match(removed=[node], maps={node.output[0]: spatial_rank}, build=build, kind="fixup",
+                 detail=f"{node.op_type} over channels (2 Transposes, opset {ctx.index.opset})")
 
 
 def _reduce(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
@@ -102,13 +108,14 @@ def _reduce(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcom
         return None
     if not axes_as_input:
         return _with_axis(node, spatial_rank, "axes", [1])
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    axes_name = ctx.index.fresh_name(f"{node.name or node.output[0]}_axes")
-    new.input[1] = axes_name
-    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: spatial_rank}, kind="fixup",
-                   initializers=[numpy_helper.from_array(np.array([1], dtype=np.int64), axes_name)],
-                   detail=f"{node.op_type} axes=[1]")
+
+    def build() -> Built:
+        new = node_copy(node)
+        new.input[1] = ctx.index.fresh_name(f"{node.name or node.output[0]}_axes")
+        return Built([new], [numpy_helper.from_array(np.array([1], dtype=np.int64), new.input[1])])
+
+    return Match(removed=[node], maps={node.output[0]: spatial_rank}, build=build, kind="fixup",
+                 detail=f"{node.op_type} axes=[1]")
 
 
 RULE = Rule("axis_fixups", "chain", "Softmax/ArgMax/Reduce* over the class axis get axis 1 on the map", apply)

@@ -1,16 +1,18 @@
-"""What a rule is, and what it returns: a :class:`Rewrite` or a :class:`Skip` with a reason code.
+"""What a rule is, and what it returns: a :class:`Match` (built only when applied) or a :class:`Skip`
+with a reason code.
 
 A rule never raises for a model it does not support; it returns ``None`` when the node is not its
 pattern at all, and a ``Skip`` when the pattern is there but cannot be rewritten exactly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import onnx
 
-from ..graph import GraphIndex
+from ..graph import rename_input
+from ..index import GraphIndex
 from ..layouts import Layout
 
 # Reason codes: stable identifiers for scripts, with the sentence users read.
@@ -52,32 +54,63 @@ class Skip:
 
 
 @dataclass
-class Rewrite:
-    """Replace ``removed`` nodes with ``new_nodes`` (placed where the first removed node stood).
+class Built:
+    """The graph edit a :class:`Match` makes when the apply step asks for it: ``nodes`` to put where
+    the first replaced node stood, new ``initializers``, and initializers to give new dims in place
+    (``reshaped``: a weight whose bytes already are the kernel)."""
 
-    ``maps`` names the tensors that hold a feature map after the rewrite, with their spatial rank.
-    A head rewrite also names the tensor it reads (``feature_map``) and its window ``[C, *S]``, which
-    the verifier needs for the sliding-window proof. ``reshaped`` gives initializers new dims in
-    place (a weight whose bytes already are the kernel); the pipeline applies it only when it takes
-    the rewrite, so a rule never changes the model itself. A token or vector rewrite names the tensor
-    its new nodes read in ``layout`` (``entry``): the pipeline puts it into that layout once, however
-    many layers read it.
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    reshaped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class Match:
+    """A rule's pattern found and checked: what it replaces and what it will make, built on demand.
+
+    ``removed`` are the nodes it replaces; ``maps`` names the tensors that hold a feature map after
+    the rewrite, with their spatial rank. A head match also names the tensor it reads
+    (``feature_map``) and its window ``[C, *S]``, which the verifier needs for the sliding-window
+    proof. A token or vector match names the tensor its new nodes read in ``layout`` (``entry``): the
+    apply step puts it into that layout once, however many layers read it.
+
+    Nothing is made until ``build()``: planning, ``inspect`` and disabled rules never write a kernel
+    or take a name, and only the apply step calls it, once.
     """
 
     removed: list[onnx.NodeProto]
-    new_nodes: list[onnx.NodeProto]
     maps: dict[str, int]
-    initializers: list[onnx.TensorProto] = field(default_factory=list)
-    reshaped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    build: Callable[[], Built]
     detail: str = ""
     feature_map: str | None = None
-    window: tuple[int, ...] | None = None
+    window: tuple[int | None, ...] | None = None
     kind: Literal["fc", "pointwise", "fixup"] = "fc"
     entry: str | None = None
     layout: Layout | None = None
 
+    def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> "Match":
+        """This match built behind ``make()``'s nodes, which are made first (so their names come
+        first too); ``make`` also says which tensors this match's own nodes read instead (old -> new)."""
+        inner = self.build
 
-Outcome = Rewrite | Skip | None
+        def build() -> Built:
+            before, renamed = make()
+            built = inner()
+            for node in built.nodes:
+                for old, new in renamed.items():
+                    rename_input(node, old, new)
+            return Built([*before, *built.nodes], built.initializers, built.reshaped)
+
+        return replace(self, build=build)
+
+
+def node_copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    return new
+
+
+Outcome = Match | Skip | None
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,15 @@ head converts with its global pool and the report says so (pass ``--input-shape`
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx
 from onnx import helper
 
-from ..graph import GraphIndex, attr
-from ._head import is_elementwise
-from .base import Outcome, Rewrite, Rule, RuleContext
+from ..graph import attr
+from ..index import GraphIndex
+from ._head import input_producer, is_elementwise
+from .base import Built, Match, Outcome, Rule, RuleContext
 from .squeeze_flatten import GLOBAL_REDUCES, on_spatial_axes
 
 GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
@@ -54,10 +57,10 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
                 break
     else:
         return None
-    if not isinstance(outcome, Rewrite):
+    if not isinstance(outcome, Match):
         return None
     if outcome.window[1] is None:  # squeeze_flatten kept the model's own global reduce: widen that
-        pool, kept = outcome.new_nodes[0], True
+        pool, kept = input_producer(ctx.index, node), True
     elif all(s == 1 for s in outcome.window[1:]):
         pool, kept = _pool_before(ctx.index, outcome.feature_map), False
     else:
@@ -69,17 +72,22 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         outcome.detail += f"; {pool.op_type} kept: its input's size is not static (pass --input-shape)"
         return outcome
     window = list(dims[2:])
-    dense = helper.make_node(GLOBAL_POOLS[pool.op_type], [pool.input[0]], [pool.output[0]],
-                             name=ctx.index.fresh_name(f"{pool.name or pool.op_type}_dense"),
-                             kernel_shape=window, strides=[1] * len(window))
-    if kept:
-        outcome.new_nodes[0] = dense
-    else:
-        outcome.removed.append(pool)
-        outcome.new_nodes.insert(0, dense)
-    outcome.feature_map, outcome.window = pool.input[0], tuple(dims[1:])
-    outcome.detail += f", {pool.op_type} -> {dense.op_type} {'x'.join(map(str, window))} stride 1"
-    return outcome
+    head_build = outcome.build
+
+    def build() -> Built:
+        built = head_build()
+        # The kept reduce is the first node squeeze_flatten builds; otherwise the pool is replaced.
+        output = built.nodes[0].output[0] if kept else pool.output[0]
+        dense = helper.make_node(GLOBAL_POOLS[pool.op_type], [pool.input[0]], [output],
+                                 name=ctx.index.fresh_name(f"{pool.name or pool.op_type}_dense"),
+                                 kernel_shape=window, strides=[1] * len(window))
+        nodes = [dense, *built.nodes[1:]] if kept else [dense, *built.nodes]
+        return Built(nodes, built.initializers, built.reshaped)
+
+    dense_op = GLOBAL_POOLS[pool.op_type]
+    return replace(outcome, build=build, removed=outcome.removed if kept else [*outcome.removed, pool],
+                   feature_map=pool.input[0], window=tuple(dims[1:]),
+                   detail=outcome.detail + f", {pool.op_type} -> {dense_op} {'x'.join(map(str, window))} stride 1")
 
 
 def _pool_before(index: GraphIndex, name: str) -> onnx.NodeProto | None:

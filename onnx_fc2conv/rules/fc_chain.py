@@ -33,6 +33,7 @@ Returns None for anything else: the pipeline then puts a Flatten back on that ed
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -40,7 +41,7 @@ from ..graph import attr, node_inputs, set_attr
 from ..layouts import TOKEN_LAYOUTS, Layout, flat
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
-from .base import Outcome, Rewrite, Rule, RuleContext, Skip
+from .base import Built, Match, Outcome, Rule, RuleContext, Skip, node_copy
 
 # Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
 CONSTANT_ARG_OPS = frozenset({"Clip", "BatchNormalization"})
@@ -86,12 +87,18 @@ def _quantize_on_map(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> 
     params = [ctx.index.constant(i) for i in node.input[1:] if i]
     if any(p is None for p in params) or attr(node, "block_size", 0):
         return None
-    rewrite = _same_node(node, layout.spatial_rank)
-    if any(p.size > 1 for p in params):
-        if attr(node, "axis", 1) % layout.original_rank != layout.original_rank - 1:  # not per feature
-            return None
-        set_attr(rewrite.new_nodes[0], "axis", 1)
-    return rewrite
+    if not any(p.size > 1 for p in params):
+        return _same_node(node, layout.spatial_rank)
+    if attr(node, "axis", 1) % layout.original_rank != layout.original_rank - 1:  # not per feature
+        return None
+
+    def build() -> Built:
+        new = node_copy(node)
+        set_attr(new, "axis", 1)
+        return Built([new])
+
+    return Match(removed=[node], maps={o: layout.spatial_rank for o in node.output if o}, build=build,
+                 kind="pointwise")
 
 
 def _dense_as_1x1(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> Outcome:
@@ -103,10 +110,10 @@ def _dense_as_1x1(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) -> 
     return conv_from_dense(ctx.index, dense, node.input[0], dense.in_features, (1,) * spatial_rank, spatial_rank)
 
 
-def _same_node(node: onnx.NodeProto, spatial_rank: int, outputs=None) -> Rewrite:
+def _same_node(node: onnx.NodeProto, spatial_rank: int, outputs=None) -> Match:
     outputs = node.output if outputs is None else outputs
-    return Rewrite(removed=[node], new_nodes=[_copy(node)], maps={o: spatial_rank for o in outputs if o},
-                   kind="pointwise")
+    return Match(removed=[node], maps={o: spatial_rank for o in outputs if o},
+                 build=lambda: Built([node_copy(node)]), kind="pointwise")
 
 
 def _contrib_gelu(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
@@ -122,19 +129,22 @@ def _contrib_gelu(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     mapped = (info.layout or flat(info.spatial_rank)).constant(bias) if bias is not None else None
     if mapped is None:
         return None
-    bias_name = ctx.index.fresh_name(f"{node.input[1]}_per_channel")
-    biased = ctx.index.fresh_name(f"{node.output[0]}_biased")
-    add = helper.make_node("Add", [node.input[0], bias_name], [biased], name=ctx.index.fresh_name(f"{node.name}_bias"))
-    gelu = _copy(node)
-    del gelu.input[1:]
-    gelu.input[0] = biased
-    return Rewrite(removed=[node], new_nodes=[add, gelu], maps={node.output[0]: info.spatial_rank},
-                   initializers=[numpy_helper.from_array(mapped, bias_name)], kind="pointwise")
+
+    def build() -> Built:
+        bias_name = ctx.index.fresh_name(f"{node.input[1]}_per_channel")
+        biased = ctx.index.fresh_name(f"{node.output[0]}_biased")
+        add = helper.make_node("Add", [node.input[0], bias_name], [biased], name=ctx.index.fresh_name(f"{node.name}_bias"))
+        gelu = node_copy(node)
+        del gelu.input[1:]
+        gelu.input[0] = biased
+        return Built([add, gelu], [numpy_helper.from_array(mapped, bias_name)])
+
+    return Match(removed=[node], maps={node.output[0]: info.spatial_rank}, build=build, kind="pointwise")
 
 
 def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Outcome:
-    new = _copy(node)
-    inits = []
+    """The op on the map, each constant operand in the map's layout (checked now, written when built)."""
+    per_channel: dict[int, np.ndarray] = {}  # operand position -> its value in the map's layout
     for pos, name in enumerate(node.input):
         if name in ctx.maps:
             continue
@@ -145,17 +155,16 @@ def _broadcast_op(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Out
         if channel_value is None:
             return Skip("bias_per_sample", f"the constant {name!r} of shape {list(value.shape)} is per sample")
         if channel_value.shape != value.shape:
-            new_name = ctx.index.fresh_name(f"{name}_per_channel")
-            inits.append(numpy_helper.from_array(channel_value, new_name))
-            new.input[pos] = new_name
-    return Rewrite(removed=[node], new_nodes=[new], maps={node.output[0]: layout.spatial_rank},
-                   initializers=inits, kind="pointwise")
+            per_channel[pos] = channel_value
 
+    def build() -> Built:
+        new, inits = node_copy(node), []
+        for pos, value in per_channel.items():
+            new.input[pos] = ctx.index.fresh_name(f"{node.input[pos]}_per_channel")
+            inits.append(numpy_helper.from_array(value, new.input[pos]))
+        return Built([new], inits)
 
-def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    return new
+    return Match(removed=[node], maps={node.output[0]: layout.spatial_rank}, build=build, kind="pointwise")
 
 
 RULE = Rule("fc_chain", "chain",

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import GraphIndex, attr
+from ..graph import attr
+from ..index import GraphIndex
 from ._dense import read_gemm
 from ._head import head_from_feature_map, input_producer
 from .base import Outcome, Rule, RuleContext, Skip

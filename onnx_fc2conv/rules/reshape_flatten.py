@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import BATCH, GraphIndex, attr, shape_entries
+from ..graph import attr
+from ..index import BATCH, GraphIndex, shape_entries
 from ._head import head_from_feature_map, input_producer, read_fc
 from .base import Outcome, Rule, RuleContext, Skip
 

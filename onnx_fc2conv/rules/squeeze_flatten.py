@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr
+from ..graph import attr, set_attr
 from ._dense import conv_from_dense
 from ._head import carry_onto_map, elementwise_path, head_from_feature_map, input_producer, read_fc
-from .base import Outcome, Rewrite, Rule, RuleContext, Skip
+from .base import Match, Outcome, Rule, RuleContext, Skip, node_copy
 
 GLOBAL_REDUCES = frozenset({"ReduceMean", "ReduceMax"})
 
@@ -68,25 +68,26 @@ def on_spatial_axes(index, node: onnx.NodeProto, rank: int) -> bool:
     return axes is not None and sorted(a % rank for a in axes) == list(range(2, rank))
 
 
-def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, spatial_rank: int) -> Rewrite | Skip:
+def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, spatial_rank: int) -> Match | Skip:
     channels = ctx.index.shape(reduce.input[0])[1]
     if not isinstance(channels, int):
         channels = dense.in_features  # [N,C] with K == C
-    pooled = ctx.index.fresh_name(f"{reduce.output[0]}_map")
-    kept = onnx.NodeProto()
-    kept.CopyFrom(reduce)
-    kept.name = ctx.index.fresh_name(f"{reduce.name or reduce.op_type}_keepdims")
-    kept.output[0] = pooled
-    for a in kept.attribute:
-        if a.name == "keepdims":
-            a.i = 1
-    copies, conv_input = carry_onto_map(ctx.index, elementwise_path(ctx.index, dense.input)[1], pooled)
-    rewrite = conv_from_dense(ctx.index, dense, conv_input, channels, (1,) * spatial_rank, spatial_rank,
-                              feature_map=reduce.input[0], window=(channels, *(None,) * spatial_rank))
-    if isinstance(rewrite, Rewrite):
-        rewrite.new_nodes[:0] = [kept, *copies]
-        rewrite.detail += f" after {reduce.op_type}(keepdims=1)"
-    return rewrite
+    pooled = reduce.output[0]  # renamed when built: the kept reduce writes the [N,C,1,...] map
+    match = conv_from_dense(ctx.index, dense, pooled, channels, (1,) * spatial_rank, spatial_rank,
+                            feature_map=reduce.input[0], window=(channels, *(None,) * spatial_rank))
+    if isinstance(match, Skip):
+        return match
+    match.detail += f" after {reduce.op_type}(keepdims=1)"
+    match = carry_onto_map(ctx.index, match, elementwise_path(ctx.index, dense.input)[1], pooled)
+
+    def keepdims_reduce() -> tuple[list[onnx.NodeProto], dict[str, str]]:
+        kept = node_copy(reduce)
+        kept.name = ctx.index.fresh_name(f"{reduce.name or reduce.op_type}_keepdims")
+        kept.output[0] = ctx.index.fresh_name(f"{reduce.output[0]}_map")
+        set_attr(kept, "keepdims", 1)
+        return [kept], {pooled: kept.output[0]}
+
+    return match.with_nodes_before(keepdims_reduce)
 
 
 RULE = Rule("squeeze_flatten", "head",

@@ -23,11 +23,13 @@ Off unless ``token_layout`` is set; then a MatMul on tokens is reported ``token_
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx
 
 from ..layouts import TOKEN_LAYOUTS
 from ._dense import conv_from_dense, read_matmul_add
-from .base import Outcome, Rule, RuleContext
+from .base import Outcome, Rule, RuleContext, Skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
@@ -40,10 +42,9 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     dense = read_matmul_add(ctx.index, node)
     if dense is None:
         return None
-    rewrite = conv_from_dense(ctx.index, dense, node.input[0], dense.in_features,
-                              (1,) * layout.spatial_rank, layout.spatial_rank)
-    rewrite.entry, rewrite.layout = node.input[0], layout
-    return rewrite
+    match = conv_from_dense(ctx.index, dense, node.input[0], dense.in_features,
+                            (1,) * layout.spatial_rank, layout.spatial_rank)
+    return match if isinstance(match, Skip) else replace(match, entry=node.input[0], layout=layout)
 
 
 RULE = Rule("token_matmul", "head",

@@ -20,6 +20,8 @@ flattening of a feature map is the head rules' (they run first and give a Conv o
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx
 
 from ..layouts import VECTOR
@@ -37,9 +39,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     dense = read_fc(ctx.index, node)
     if dense is None or isinstance(dense, Skip):
         return dense
-    rewrite = conv_from_dense(ctx.index, dense, node.input[0], dense.in_features, (1, 1), VECTOR.spatial_rank)
-    rewrite.entry, rewrite.layout = node.input[0], VECTOR
-    return rewrite
+    match = conv_from_dense(ctx.index, dense, node.input[0], dense.in_features, (1, 1), VECTOR.spatial_rank)
+    return match if isinstance(match, Skip) else replace(match, entry=node.input[0], layout=VECTOR)
 
 
 RULE = Rule("vector_fc", "head", "Gemm/MatMul on a plain [N,D] tensor becomes a 1x1 Conv (--vector-fc)", apply)

@@ -1,0 +1,209 @@
+"""Applying a plan: build each match, splice its nodes in, put maps into and out of their layouts,
+convert inside If/Loop/Scan bodies, then clean up, sort and re-infer shapes.
+
+:func:`rewrite` is the whole rewrite of a model (plan, then apply); it returns the conversion
+record that the pipeline stores in the model for the verifier.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from .graph import cleanup, node_inputs, rename_input, set_shape, skeleton, toposort, value_dims
+from .index import GraphIndex
+from .layouts import TOKEN_LAYOUTS
+from .metadata import ConversionRecord
+from .modelcheck import infer_shapes
+from .options import Options
+from .planner import Plan, body_plan, bodies, layout_of, plan_graph
+from .report import ConversionReport, NodeReport, OutputChange
+from .rules import Match, RuleContext
+from .runs import LayoutBridge
+from .spatial import SPATIAL_NAMES, make_spatial_inputs_symbolic, token_axes
+
+
+def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) -> ConversionRecord | None:
+    """Plan the rules, replace the matched nodes, put a Flatten back where a map meets an op that
+    needs the flat tensor, do the same inside If/Loop/Scan bodies; then finish the outputs, clean up
+    and re-infer shapes. Returns the conversion record the verifier needs (None when no head or token
+    layer converted); the model is left exactly as it came when nothing converts."""
+    graph = model.graph
+    toposort(graph)
+    index = GraphIndex(model, options.input_shapes)
+    plan = plan_graph(index, options)
+    ctx, heads = plan.ctx, plan.heads
+    report.nodes.extend(plan.node_reports())
+    bridge = apply_plan(graph, plan, report)
+    bodies_changed = rewrite_bodies(index, options, report)
+    if bridge is None and not bodies_changed:
+        return None  # nothing converted: the model stays exactly as it came, byte for byte
+    bridge = bridge or LayoutBridge(index)
+    blocked = bridge.flattens_added > 0
+    token_entries = [name for name, layout in bridge.entered if layout in TOKEN_LAYOUTS]
+    token_input_axes = token_axes(index, token_entries) if token_entries else None
+    # Token and vector maps always get their layout back at a graph output; head maps only when asked.
+    map_outputs = [o.name for o in graph.output if o.name in ctx.maps and not bridge.in_run(o.name)]
+    run_outputs = [o.name for o in graph.output if o.name in ctx.maps and bridge.in_run(o.name)]
+    _finish_layouts(ctx, graph, run_outputs + (map_outputs if options.keep_output_shape else []), bridge, report)
+    if model.ir_version < 4:  # before IR 4 every initializer must also be listed as a graph input
+        listed = {i.name for i in graph.input}
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in graph.initializer if t.name not in listed)
+
+    report.fully_convolutional = bool(heads) and not options.keep_output_shape and not blocked
+    spatial_inputs = (make_spatial_inputs_symbolic(index, graph, heads, options.input_shapes)
+                      if report.fully_convolutional else {})
+    cleanup(graph)
+    toposort(graph)
+    before = {o.name: value_dims(o)[1] for o in graph.output}
+    changed = {} if options.keep_output_shape else {o: ctx.maps[o].spatial_rank for o in map_outputs}
+    reinfer_shapes(model, changed)
+    report.outputs = [OutputChange(o.name, _dims_list(before[o.name]), _dims_list(value_dims(o)[1]))
+                      for o in graph.output]
+    report.symbolic_inputs = {i.name: _dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
+    if not heads and token_input_axes is None:
+        return None
+    for i, head in enumerate(heads):
+        head.outputs = [o for o in map_outputs if ctx.maps[o].head == i]
+    return ConversionRecord(mode=options.mode, heads=heads, spatial_inputs=spatial_inputs,
+                            token_axes=token_input_axes)
+
+
+def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> LayoutBridge | None:
+    """Replace the matched nodes of ``graph``, put the tensors token and vector layers read into their
+    layout, and give each node that needs the original tensor its layout back (a Flatten before a
+    blocked node). Returns the bridge that did it, or None when the plan rewrites nothing (the graph
+    is untouched)."""
+    ctx = plan.ctx
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id(first removed node) -> its replacement
+    removed: set[int] = set()
+    new_initializers: list[onnx.TensorProto] = []
+    bridge = LayoutBridge(ctx.index)  # enters and restores layouts, and keeps the token/vector runs
+    extra_nodes: list[onnx.NodeProto] = []  # layouts restored for ops that need the original tensor
+    for decision in plan.decisions:
+        outcome, label = decision.outcome, decision.node.name or decision.node.output[0]
+        if isinstance(outcome, Match):
+            built = outcome.build()
+            new_nodes = built.nodes
+            read_maps = [n for n in node_inputs(decision.node) if n in ctx.maps]
+            if outcome.entry is not None:
+                new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
+                new_initializers.extend(entry_inits)
+                read_maps = [entered]
+            bridge.record(label, outcome.kind, read_maps, list(outcome.maps))
+            replaced[id(outcome.removed[0])] = new_nodes
+            removed.update(id(n) for n in outcome.removed)
+            new_initializers.extend(built.initializers)
+            for name, dims in built.reshaped.items():
+                del ctx.index.initializers[name].dims[:]
+                ctx.index.initializers[name].dims.extend(dims)
+            report.transposes_added += sum(n.op_type == "Transpose" for n in built.nodes)
+        elif decision.restores:
+            _restore_layout(ctx, decision.node, bridge, extra_nodes, new_initializers)
+    if not replaced:
+        return None
+    nodes = []
+    for node in graph.node:
+        if id(node) in replaced:
+            nodes.extend(replaced[id(node)])
+        elif id(node) not in removed:
+            nodes.append(node)
+    nodes.extend(extra_nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_initializers)
+    return bridge
+
+
+def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport, scope: str = "") -> bool:
+    """Convert the FC layers inside the If/Loop/Scan bodies of ``outer``'s graph (and theirs).
+
+    A body is matched as a model of its own whose index reads outer-scope weights through
+    ``outer``; a map that reaches a body output gets its layout back, so the body keeps its output
+    shapes and the enclosing node is unchanged. Returns whether any body changed."""
+    changed = False
+    for where, body in bodies(outer.graph, scope):
+        work, index, plan = body_plan(body, outer, options)
+        report.nodes.extend(_scoped(plan.node_reports(), where))
+        bridge = apply_plan(work.graph, plan, report)
+        if not (rewrite_bodies(index, options, report, where) or bridge is not None):
+            continue
+        graph = work.graph
+        if bridge is not None:
+            _finish_layouts(plan.ctx, graph, [o.name for o in graph.output if o.name in plan.ctx.maps], bridge, report)
+        cleanup(graph)
+        toposort(graph)
+        del body.node[:]
+        body.node.extend(graph.node)
+        del body.initializer[:]
+        body.initializer.extend(graph.initializer)  # the body's own, less the unused, plus the new kernels
+        del body.value_info[:]  # shapes inside the body changed; ONNX Runtime infers them again
+        changed = True
+    return changed
+
+
+def _restore_layout(ctx: RuleContext, node: onnx.NodeProto, bridge: LayoutBridge, extra_nodes: list,
+                    new_initializers: list) -> None:
+    """Make ``node`` read each map it reads in the original layout: ``Flatten(map)`` for a head's map
+    (at the original size that is the [N, F] it read before), the inverse Transpose or Reshape for a
+    token or vector map. Once per map, however many nodes read it."""
+    for name in dict.fromkeys(node_inputs(node)):
+        if name not in ctx.maps:
+            continue
+        nodes, inits, restored = bridge.restore(name, layout_of(ctx.maps[name]), node.name or node.output[0])
+        extra_nodes.extend(nodes)
+        new_initializers.extend(inits)
+        rename_input(node, name, restored)
+
+
+def _finish_layouts(ctx: RuleContext, graph: onnx.GraphProto, outputs: list[str], bridge: LayoutBridge,
+                    report: ConversionReport) -> None:
+    """The graph outputs ``outputs`` get their original layout back under their own names (the map
+    is renamed); the report gets the Flattens, runs and Transposes the bridge added."""
+    for name in outputs:
+        nodes, inits, restored = bridge.restore(name, layout_of(ctx.maps[name]), f"output {name}")
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
+        _rename_tensor(graph, name, ctx.index.fresh_name(f"{name}_map"))
+        _rename_tensor(graph, restored, name)
+    report.flattens_added += bridge.flattens_added
+    runs = bridge.reports()
+    report.runs.extend(runs)
+    report.transposes_added += sum(r.transposes_added for r in runs)
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        rename_input(node, old, new)
+        for i, out in enumerate(node.output):
+            if out == old:
+                node.output[i] = new
+
+
+def reinfer_shapes(model: onnx.ModelProto, map_outputs: dict[str, int]) -> None:
+    """Give outputs that became maps their new shape ``[N, F, <out>_h, <out>_w]``, drop value_info
+    that may be stale, and infer it again."""
+    graph = model.graph
+    del graph.value_info[:]
+    for out in graph.output:
+        if out.name in map_outputs:
+            _, dims = value_dims(out)
+            rank = map_outputs[out.name]
+            names = SPATIAL_NAMES.get(rank, tuple(f"d{i}" for i in range(rank)))
+            lead = list(dims[:2]) if dims is not None and len(dims) == 2 else [None, None]
+            set_shape(out, lead + [f"{out.name}_{n}" for n in names])
+    inferred = infer_shapes(skeleton(model), "ONNX Runtime infers the shapes itself")
+    if inferred is None:
+        return
+    outputs = {o.name for o in graph.output}
+    graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in outputs)
+
+
+def _scoped(lines: list[NodeReport], scope: str) -> list[NodeReport]:
+    for line in lines:
+        line.node = scope + line.node
+    return lines
+
+
+def _dims_list(dims) -> list | None:
+    return None if dims is None else list(dims)

@@ -1,0 +1,284 @@
+"""A read-mostly index over an ONNX graph: who produces and who reads each tensor, its inferred
+shape, and its value when it is a constant.
+
+The rules only ask questions of this index and describe edits; the apply step makes the edits.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph import Dim, attr, names_in, node_inputs, opset_version, skeleton, upstream, value_dims
+from .modelcheck import infer_value_types, log, symbolic_shape_inference
+
+# Constant values up to this size are cached; larger ones (weights) are read on demand.
+_CACHE_MAX_BYTES = 1 << 20
+
+# Ops folded when every input is a constant, so weights written as e.g. Reshape(initializer) or
+# ConstantOfShape (Caffe2) are still recognised as constants.
+FOLDABLE_OPS = frozenset({
+    "Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat",
+    "ConstantOfShape", "Gather", "Slice", "Neg", "Mul", "Add", "Sub", "Div", "Sqrt", "Reciprocal",
+})
+# Quantization ops are folded in numpy (onnx's reference runtime lacks some of their opsets).
+QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+class GraphIndex:
+    """Producers, consumers, shapes and constant values of one model's top-level graph.
+
+    With ``outer`` (the index of the enclosing graph) it indexes an If/Loop/Scan body made into a
+    model by :func:`body_model`: outer-scope constants are read through ``outer``, and fresh names
+    are unique across every scope."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
+                 outer: "GraphIndex | None" = None):
+        self.model = model
+        self.outer = outer
+        self.graph = model.graph
+        self.opset = opset_version(model)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for name in dict.fromkeys(node_inputs(node)):
+                self.consumers[name].append(node)
+        self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
+        self.graph_outputs = [o.name for o in self.graph.output]
+        self.input_shapes = input_shapes
+        self.types = infer_value_types(model, input_shapes)
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self._refine_resize_shapes()
+        self._used_names = outer._used_names if outer is not None else set()  # shared: one namespace
+        self._used_names.update(names_in(self.graph))
+
+    # ---- shapes -------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        return self.types.get(name, (0, None))[1]
+
+    def infer_unknown_shapes(self) -> None:
+        """Fill in the shapes ONNX's own inference leaves unknown with ONNX Runtime's symbolic shape
+        inference, which also follows a Reshape to a computed target (``x.view(B, T, H, D)`` in BERT's
+        attention) and ORT's com.microsoft ops (Attention, SkipLayerNormalization). Shapes already
+        known stay. Best effort: without sympy, or where it fails, nothing changes."""
+        if all(self.shape(o) is not None for n in self.graph.node for o in n.output if o):
+            return
+        try:
+            inferred = symbolic_shape_inference(skeleton(self.model, self.input_shapes))
+        except Exception as exc:  # noqa: BLE001 - ImportError without sympy, or any op it cannot follow
+            log.debug("symbolic shape inference failed (the shapes onnx inferred stay): %s", exc)
+            return
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            elem, dims = value_dims(vi)
+            if dims is not None and self.shape(vi.name) is None:
+                self.types[vi.name] = (elem, dims)
+
+    def dtype(self, name: str) -> int:
+        return self.types.get(name, (0, None))[0]
+
+    def _refine_resize_shapes(self) -> None:
+        """ONNX shape inference leaves a Resize to ``sizes`` computed from Shape (PyTorch's
+        ``interpolate(size=...)`` exports ``Concat(Shape(x)[:2], [h, w])``) unknown; evaluating the
+        sizes gives the map after it its static size, which a head reading it needs."""
+        for node in self.graph.node:
+            if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+                continue
+            src, out = self.shape(node.input[0]), self.shape(node.output[0])
+            if src is None or (out is not None and all(isinstance(d, int) for d in out[1:])):
+                continue
+            entries = shape_entries(self, node.input[3], src[0])
+            if entries is not None and len(entries) == len(src):
+                self.types[node.output[0]] = (self.dtype(node.input[0]),
+                                              tuple(src[0] if e == BATCH else e for e in entries))
+
+    # ---- constants ----------------------------------------------------------------------------
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers or self.constant(name) is not None
+
+    def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
+        """Shape and dtype of a constant; an initializer's are read without copying its data."""
+        if name in self.initializers:
+            init = self.initializers[name]
+            return tuple(init.dims), np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+        value = self.constant(name)
+        return None if value is None else (value.shape, value.dtype)
+
+    def owned_initializer(self, name: str) -> onnx.TensorProto | None:
+        """The initializer ``name`` when exactly one node reads it and nothing else can see it (not a
+        graph input or output), so a rewrite of that node may take over its data without a copy."""
+        init = self.initializers.get(name)
+        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
+            return None
+        if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
+            return None
+        return init
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is known without running the model, else None."""
+        if not name:
+            return None
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value = self._evaluate_constant(name)
+        if value is not None and value.nbytes <= _CACHE_MAX_BYTES:
+            self._const_cache[name] = value
+        elif value is None:
+            self._const_cache[name] = None
+        return value
+
+    def _evaluate_constant(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None and self.outer is not None:
+            return self.outer.constant(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            return _constant_node_value(node)
+        if node.op_type not in FOLDABLE_OPS | QUANTIZE_OPS:
+            return None
+        values = [self.constant(i) if i else None for i in node.input]
+        if any(v is None for i, v in zip(node.input, values) if i):
+            return None
+        if node.op_type in QUANTIZE_OPS:
+            return _fold_quantize(node, values)
+        try:
+            return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
+        except Exception:  # noqa: BLE001 - an op the reference runtime cannot fold is simply not known
+            return None
+
+    def is_static(self, name: str) -> bool:
+        """Whether ``name`` is computed from initializers and Constant nodes only, without evaluating
+        it (e.g. DequantizeLinear of a quantized weight, which :meth:`constant` does not fold)."""
+        reached, _ = upstream(self.producer, [name])
+        return all(n in self.initializers or n in self.producer for n in reached)
+
+    # ---- walking ------------------------------------------------------------------------------
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        readers = self.consumers.get(name, [])
+        if len(readers) == 1 and name not in self.graph_outputs:
+            return readers[0]
+        return None
+
+    def skip_passthrough(self, name: str) -> str:
+        """Walk up through Identity and inference Dropout, which do not change values."""
+        node = self.producer.get(name)
+        while node is not None and node.op_type in ("Identity", "Dropout") and node.output[0] == name:
+            name = node.input[0]
+            node = self.producer.get(name)
+        return name
+
+    def fresh_name(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._used_names:
+            name, k = f"{base}_{k}", k + 1
+        self._used_names.add(name)
+        return name
+
+    def initializer_users(self, name: str) -> int:
+        return len(self.consumers.get(name, []))
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def _fold_quantize(node: onnx.NodeProto, values: list) -> np.ndarray | None:
+    """QuantizeLinear / DequantizeLinear on constants, per tensor or per axis (blocked: not folded)."""
+    x, scale = values[0], values[1]
+    zero = values[2] if len(values) > 2 and values[2] is not None else None
+    if attr(node, "block_size", 0) or scale.ndim > 1:
+        return None
+    axis = attr(node, "axis", 1)
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis % x.ndim] = scale.size
+    scale = scale.reshape(shape)
+    zp = np.zeros(1, np.uint8) if zero is None else zero.reshape(shape if zero.size > 1 else ())
+    if node.op_type == "DequantizeLinear":
+        return ((x.astype(np.int64) - zp.astype(np.int64)) * scale).astype(scale.dtype)
+    info = np.iinfo(zp.dtype)
+    q = np.rint(x / scale) + zp.astype(np.int64)  # ONNX rounds half to even, as np.rint does
+    return np.clip(q, info.min, info.max).astype(zp.dtype)
+
+
+def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs with onnx's reference runtime, at the model's opset."""
+    from onnx.reference import ReferenceEvaluator
+
+    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in zip(node.input, values) if name]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    g = helper.make_graph([node], "fold", [], outputs, initializer=inits)
+    m = helper.make_model(g, opset_imports=list(opset_import))
+    return [np.asarray(v) for v in ReferenceEvaluator(m).run(None, {})]
+
+
+# ---- shape tensors -----------------------------------------------------------------------------
+
+BATCH = "batch"  # a shape entry that evaluates to the batch dimension of a tensor at run time
+
+
+def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
+    """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
+    value = index.constant(name)
+    if value is not None:
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    node = index.producer.get(name)
+    if node is None:
+        return None
+    op = node.op_type
+    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        # These change a shape entry's type or rank (scalar <-> [1]), never its values.
+        return shape_entries(index, node.input[0], batch_dim)
+    if op == "Concat":
+        parts = [shape_entries(index, i, batch_dim) for i in node.input]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if op == "Shape":
+        src = index.shape(node.input[0])
+        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
+            return None
+        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
+    if op == "Gather":
+        indices = index.constant(node.input[1])
+        entries = shape_entries(index, node.input[0], batch_dim)
+        if indices is None or entries is None:
+            return None
+        return [entries[int(i)] for i in np.asarray(indices).reshape(-1)]
+    if op == "Slice":
+        entries = shape_entries(index, node.input[0], batch_dim)
+        bounds = _slice_bounds(index, node)
+        if entries is None or bounds is None:
+            return None
+        return entries[bounds[0]:bounds[1]]
+    return None
+
+
+def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] | None:
+    if len(node.input) >= 3:
+        starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
+        steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if starts is None or ends is None or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
+            return None
+        return int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
+    starts, ends = attr(node, "starts"), attr(node, "ends")
+    return (starts[0], ends[0]) if starts and ends else None
+
+

@@ -1,0 +1,98 @@
+"""The conversion record: what a converted model says about itself, for the verifier and for a
+second run of the tool.
+
+It is written as JSON under the metadata key ``onnx_fc2conv`` and read back as a
+:class:`ConversionRecord`: the mode, each converted head (the feature map it reads, its window, the
+Conv that replaced it, the graph outputs that carry its map), the graph-input axes made symbolic for
+the sliding-window proof, and the input axes that carry the token axis (token layers converted).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import onnx
+
+from . import __version__
+from .errors import InvalidModelError
+
+METADATA_KEY = "onnx_fc2conv"
+Mode = Literal["keep_output_shape", "fully_convolutional"]
+MODES = ("keep_output_shape", "fully_convolutional")
+
+
+@dataclass
+class HeadRecord:
+    """A converted head: the feature map it reads, its window ``[C, *S]`` (``None`` where the head
+    reduces the whole map), the Conv that replaced it, and the graph outputs that carry its map."""
+
+    feature_map: str
+    window: tuple[int | None, ...]
+    node: str
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversionRecord:
+    mode: Mode
+    heads: list[HeadRecord] = field(default_factory=list)
+    spatial_inputs: dict[str, list[int]] = field(default_factory=dict)
+    token_axes: dict[str, list[int]] | None = None  # None: no token layer was converted
+    version: str = __version__
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for head in data["heads"]:
+            head["window"] = list(head["window"])
+        if self.token_axes is None:
+            del data["token_axes"]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConversionRecord":
+        """The record in ``text``; InvalidModelError, in one line, where it is not one."""
+        try:
+            data = json.loads(text)
+            mode = data["mode"]
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}")
+            heads = [HeadRecord(str(h["feature_map"]), tuple(_size(w) for w in h["window"]), str(h["node"]),
+                                [str(o) for o in h["outputs"]]) for h in data["heads"]]
+            return cls(mode=mode, heads=heads, spatial_inputs=_axes(data["spatial_inputs"]),
+                       token_axes=_axes(data["token_axes"]) if "token_axes" in data else None,
+                       version=str(data["version"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidModelError(f"the model's {METADATA_KEY!r} metadata is not a conversion record "
+                                    f"({type(exc).__name__}: {exc}); was it edited?") from None
+
+
+def _size(value) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"window size {value!r} is not a positive integer")
+    return value
+
+
+def _axes(value) -> dict[str, list[int]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object of input axes, got {type(value).__name__}")
+    axes = {str(name): [int(a) for a in items] for name, items in value.items()}
+    if any(a < 1 for items in axes.values() for a in items):
+        raise ValueError("an input axis below 1 (the batch axis is never varied)")
+    return axes
+
+
+def write_record(model: onnx.ModelProto, record: ConversionRecord) -> None:
+    """Store ``record`` in ``model``'s metadata, replacing an earlier one."""
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=record.to_json())
+
+
+def read_record(model: onnx.ModelProto) -> ConversionRecord | None:
+    """The conversion record ``model`` carries; None where it has none."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ConversionRecord.from_json(prop.value)
+    return None

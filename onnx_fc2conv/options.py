@@ -1,0 +1,67 @@
+"""The rule options: which FC layers convert, and into what. Declared once here, and shared by
+:func:`onnx_fc2conv.convert`, :func:`onnx_fc2conv.inspect` and the command line.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import onnx
+
+from .errors import Fc2ConvError
+from .graph import Dim
+from .layouts import TOKEN_LAYOUTS
+from .rules import RULE_NAMES
+
+
+@dataclass(frozen=True)
+class Options:
+    """``keep_output_shape``: a drop-in model (a Flatten back at each head output). ``dense_pool``: a
+    global pool before a head becomes a stride-1 pool over its window, so a pooled classifier returns
+    a class map. ``skip_rules``: rules turned off by name. ``include``/``exclude``: node-name globs that
+    pick FC layers. ``input_shapes``: input name -> dims (``None`` keeps a dim symbolic), which pin
+    sizes for the verifier and tell the rules the feature-map size the graph leaves symbolic.
+    ``token_layout`` ("conv1d" or "conv2d"): MatMuls on ``[B,T,D]`` tokens become kernel-1 Convs.
+    ``vector_fc``: FC layers on plain ``[N,D]`` tensors become 1x1 Convs."""
+
+    keep_output_shape: bool = False
+    dense_pool: bool = False
+    skip_rules: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    input_shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
+    token_layout: str | None = None
+    vector_fc: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("skip_rules", "include", "exclude"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "input_shapes", dict(self.input_shapes or {}))
+        unknown = sorted(set(self.skip_rules) - set(RULE_NAMES))
+        if unknown:
+            raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
+        if self.token_layout is not None and self.token_layout not in TOKEN_LAYOUTS:
+            raise Fc2ConvError(f"unknown token layout {self.token_layout!r}; "
+                               f"layouts are: {', '.join(TOKEN_LAYOUTS)}")
+
+    @property
+    def mode(self) -> str:
+        return "keep_output_shape" if self.keep_output_shape else "fully_convolutional"
+
+    @classmethod
+    def from_keywords(cls, options: "Options | None", keywords: dict[str, Any]) -> "Options":
+        """``options`` (or the defaults) with the named fields of ``keywords`` set; a name that is
+        not an option is an error, in one line."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(keywords) - set(names))
+        if unknown:
+            raise Fc2ConvError(f"unknown option {unknown[0]!r}; options are: {', '.join(names)}")
+        return replace(options or cls(), **keywords)
+
+    def selects(self, node: onnx.NodeProto) -> bool:
+        """Whether ``--include``/``--exclude`` leave the FC layer ``node`` to the rules."""
+        name = node.name or node.output[0]
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
