@@ -5,8 +5,7 @@
 >>> print(result.report.render_text())                              # doctest: +SKIP
 >>> print(onnx_fc2conv.inspect("model.onnx").render_text())          # doctest: +SKIP
 """
-__version__ = "0.1.0"
-
+from .version import __version__
 from .errors import (CouldNotVerify, Fc2ConvError, InvalidModelError, OutputError, UnsafeModelError,
                      UsageError, VerificationFailed)
 from .inspection import Inspection, inspect

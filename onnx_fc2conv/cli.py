@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import CouldNotVerify, Fc2ConvError, OutputError, UsageError, VerificationFailed
 from .inspection import inspect
 from .layouts import TOKEN_LAYOUTS

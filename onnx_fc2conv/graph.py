@@ -12,15 +12,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
-
 import onnx
 from onnx import helper
 
 from .errors import InvalidModelError
-
-if TYPE_CHECKING:
-    from .index import GraphIndex
 
 Dim = int | str | None  # static size, symbolic name, or unknown
 
@@ -168,24 +163,6 @@ def names_in(graph: onnx.GraphProto) -> set[str]:
         for body in subgraphs(node):
             names |= names_in(body)
     return names
-
-
-def body_model(body: onnx.GraphProto, outer: "GraphIndex") -> onnx.ModelProto:
-    """An If/Loop/Scan body as a model of its own, so that GraphIndex and the rules read it as they
-    read a top-level graph: the outer-scope tensors it reads become typed inputs (their values, when
-    constant, stay with ``outer``). The nodes are copies: write them back when done."""
-    g = onnx.GraphProto()
-    g.CopyFrom(body)
-    del g.value_info[:]
-    for name in sorted(outer_names_read(body)):
-        elem, dims = outer.types.get(name, (onnx.TensorProto.UNDEFINED, None))
-        vi = helper.make_tensor_value_info(name, elem, None)
-        if dims is not None:
-            set_shape(vi, dims)
-        g.input.append(vi)
-    model = helper.make_model(g, opset_imports=list(outer.model.opset_import), ir_version=outer.model.ir_version)
-    model.functions.extend(outer.model.functions)
-    return model
 
 
 

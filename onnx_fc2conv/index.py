@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import Dim, attr, names_in, node_inputs, opset_version, skeleton, upstream, value_dims
+from .graph import (Dim, attr, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
+                    value_dims)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
@@ -282,3 +283,19 @@ def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] 
     return (starts[0], ends[0]) if starts and ends else None
 
 
+def body_model(body: onnx.GraphProto, outer: GraphIndex) -> onnx.ModelProto:
+    """An If/Loop/Scan body as a model of its own, so that GraphIndex and the rules read it as they
+    read a top-level graph: the outer-scope tensors it reads become typed inputs (their values, when
+    constant, stay with ``outer``). The nodes are copies: write them back when done."""
+    g = onnx.GraphProto()
+    g.CopyFrom(body)
+    del g.value_info[:]
+    for name in sorted(outer_names_read(body)):
+        elem, dims = outer.types.get(name, (onnx.TensorProto.UNDEFINED, None))
+        vi = helper.make_tensor_value_info(name, elem, None)
+        if dims is not None:
+            set_shape(vi, dims)
+        g.input.append(vi)
+    model = helper.make_model(g, opset_imports=list(outer.model.opset_import), ir_version=outer.model.ir_version)
+    model.functions.extend(outer.model.functions)
+    return model

@@ -14,7 +14,7 @@ from typing import Literal
 
 import onnx
 
-from . import __version__
+from .version import __version__
 from .errors import InvalidModelError
 
 METADATA_KEY = "onnx_fc2conv"

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from .graph import body_model, named_subgraphs, node_inputs, toposort
-from .index import GraphIndex
+from .graph import named_subgraphs, node_inputs, toposort
+from .index import GraphIndex, body_model
 from .layouts import Layout, flat
 from .metadata import HeadRecord
 from .options import Options
@@ -68,7 +68,7 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
     nodes that read a converted map. Nothing in the graph is changed."""
     if options.token_layout or options.vector_fc:
         index.infer_unknown_shapes()  # transformer exports lose ranks at computed Reshapes and contrib ops
-    ctx = RuleContext(index, maps={}, options=options)
+    ctx = RuleContext(index, maps={}, options=options, rules=RULES)
     plan = Plan(ctx, [], [])
     removed: set[int] = set()
     for node in index.graph.node:
@@ -118,7 +118,7 @@ def bodies(graph: onnx.GraphProto, scope: str) -> Iterator[tuple[str, onnx.Graph
 
 
 def body_plan(body: onnx.GraphProto, outer: GraphIndex, options: Options) -> tuple[onnx.ModelProto, GraphIndex, Plan]:
-    """A body planned as a model of its own (see :func:`graph.body_model`): the model, its index
+    """A body planned as a model of its own (see :func:`index.body_model`): the model, its index
     (reading outer-scope weights through ``outer``) and its plan."""
     work = body_model(body, outer)
     toposort(work.graph)

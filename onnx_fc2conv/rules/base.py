@@ -7,7 +7,7 @@ pattern at all, and a ``Skip`` when the pattern is there but cannot be rewritten
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import onnx
 
@@ -126,11 +126,13 @@ class Rule:
 
 @dataclass
 class RuleContext:
-    """What a rule may look at: the graph index and the tensors already converted to maps."""
+    """What a rule may look at: the graph index, the tensors already converted to maps, the options,
+    and the registry (``dense_pool`` runs the other head rules first)."""
 
     index: GraphIndex
     maps: dict[str, "MapInfo"]
-    options: object = None
+    options: Any = None
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,7 @@ BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "PRelu"})
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if not getattr(ctx.options, "dense_pool", False):
         return None
-    from . import RULES  # the registry imports this module, so look the other head rules up late
-
-    for rule in RULES:
+    for rule in ctx.rules:
         if rule.stage == "head" and rule is not RULE and rule.name not in ctx.options.skip_rules:
             outcome = rule.apply(ctx, node)
             if outcome is not None:
