@@ -5,11 +5,14 @@ The rules only ask questions of this index and describe edits; the apply step ma
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from .graph import (Dim, attr, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
                     value_dims)
@@ -17,6 +20,9 @@ from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
 _CACHE_MAX_BYTES = 1 << 20
+# A fold may make at most this many bytes more than its inputs hold (a Reshape or Cast of a weight
+# makes as many as it reads; a ConstantOfShape or a broadcast can ask for any size).
+FOLD_HEADROOM_BYTES = 256 << 20
 
 # Ops folded when every input is a constant, so weights written as e.g. Reshape(initializer) or
 # ConstantOfShape (Caffe2) are still recognised as constants.
@@ -36,9 +42,13 @@ class GraphIndex:
     are unique across every scope."""
 
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
-                 outer: "GraphIndex | None" = None):
+                 outer: "GraphIndex | None" = None, data_folder: Path | None = None):
         self.model = model
         self.outer = outer
+        # Where the external data of a model read without it lives (``inspect``): a constant the
+        # rules need (a bias, a scale) is read from there when asked, the rest never.
+        self.data_folder = outer.data_folder if outer is not None else data_folder
+        self.unfolded: dict[str, str] = {}  # constant -> why it was not folded, for the skip message
         self.graph = model.graph
         self.opset = opset_version(model)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -135,7 +145,7 @@ class GraphIndex:
 
     def _evaluate_constant(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return self._initializer_value(self.initializers[name])
         node = self.producer.get(name)
         if node is None and self.outer is not None:
             return self.outer.constant(name)
@@ -147,6 +157,13 @@ class GraphIndex:
             return None
         values = [self.constant(i) if i else None for i in node.input]
         if any(v is None for i, v in zip(node.input, values) if i):
+            reason = next((self.unfolded[i] for i in node.input if i in self.unfolded), None)
+            if reason is not None:
+                self.unfolded[name] = reason
+            return None
+        too_large = self._fold_too_large(node, name, values)
+        if too_large:
+            self.unfolded[name] = too_large
             return None
         if node.op_type in QUANTIZE_OPS:
             return _fold_quantize(node, values)
@@ -154,6 +171,31 @@ class GraphIndex:
             return _run_single_node(node, values, self.model.opset_import)[list(node.output).index(name)]
         except Exception:  # noqa: BLE001 - an op the reference runtime cannot fold is simply not known
             return None
+
+    def _initializer_value(self, tensor: onnx.TensorProto) -> np.ndarray:
+        if self.data_folder is None or not uses_external_data(tensor):
+            return numpy_helper.to_array(tensor)
+        copy = onnx.TensorProto()  # the model keeps its reference; only this value is read
+        copy.CopyFrom(tensor)
+        load_external_data_for_tensor(copy, str(self.data_folder))
+        return numpy_helper.to_array(copy)
+
+    def _fold_too_large(self, node: onnx.NodeProto, name: str, values: list) -> str | None:
+        """Why folding ``node`` must not run: its output (by shape inference, or ConstantOfShape's
+        shape) would be more than ``FOLD_HEADROOM_BYTES`` beyond what its inputs already hold, as a
+        251-byte model asking for a 4 GB ConstantOfShape does. None when it may run."""
+        dims = self.shape(name)
+        if node.op_type == "ConstantOfShape":
+            dims = tuple(int(d) for d in np.asarray(values[0]).reshape(-1))
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return None
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(self.dtype(name) or onnx.TensorProto.FLOAT)).itemsize
+        size = math.prod(dims) * itemsize
+        held = sum(v.nbytes for v in values if v is not None)
+        if size <= held + FOLD_HEADROOM_BYTES:
+            return None
+        return (f"folding {node.op_type} {node.name or name!r} would need {size / 1e9:.1f} GB "
+                f"(more than {FOLD_HEADROOM_BYTES >> 20} MB beyond its inputs)")
 
     def is_static(self, name: str) -> bool:
         """Whether ``name`` is computed from initializers and Constant nodes only, without evaluating

@@ -1,13 +1,16 @@
 """``onnx-fc2conv inspect``: what the converter would do to each FC layer, with nothing written.
 
-It runs the same planning as :func:`onnx_fc2conv.convert` (:func:`planner.plan_graph`) on
-a private copy of the model and describes each FC-like node: its input and weight shapes, what
-feeds it, and the rule that will convert it or the reason code that stops it.
+It runs the same planning as :func:`onnx_fc2conv.convert` (:func:`planner.plan_graph`) on a
+private copy of the model and describes each FC-like node: its input and weight shapes, what feeds
+it, and the rule that will convert it or the reason code that stops it. It is a true dry run: the
+rules build no kernel, and a model with external data is read without its weight bytes (only the
+small constants a rule asks for, such as a bias, are read).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import onnx
 
@@ -16,7 +19,7 @@ from .graph import opset_version, toposort
 from .index import GraphIndex
 from .inputs import check_input_options
 from .modelcheck import check_input_model
-from .modelio import PathLike, load_model
+from .modelio import PathLike, read_model
 from .options import Options
 from .pipeline import model_label
 from .planner import QUANTIZED_FC_OPS, Decision, body_plans, plan_graph
@@ -80,7 +83,8 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
     rewriting or writing anything. ``options`` are convert's rule options (``skip_rules``,
     ``input_shapes``, ``include``, ``exclude``, ...)."""
     opts = Options.from_keywords(None, options)
-    work = load_model(model)
+    work, has_external_data = read_model(model, load_external_data=False)
+    data_folder = Path(model).parent if has_external_data else None
     result = Inspection(model_label(model), opset_version(work))
     try:
         check_input_model(work)
@@ -88,7 +92,7 @@ def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
         result.notes.append(f"convert refuses this model: {exc}")
     check_input_options(work, opts.input_shapes, None)  # a misspelt --input-shape is an error, not ignored
     toposort(work.graph)
-    index = GraphIndex(work, opts.input_shapes)
+    index = GraphIndex(work, opts.input_shapes, data_folder=data_folder)
     plan = plan_graph(index, opts)
     result.nodes = [_describe(index, d) for d in plan.decisions if d.status is not None]
     for scope, body_index, body_plan in body_plans(index, opts):

@@ -181,6 +181,6 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
         return Skip("token_matmul")
     weight = index.producer.get(node.input[1])
     if weight is not None and not index.is_constant(node.input[1]):
-        return Skip("weight_not_constant", f"the weight comes from {weight.op_type} {weight.name!r}, "
-                                           f"which is not folded to a constant")
+        return Skip("weight_not_constant", index.unfolded.get(node.input[1]) or
+                    f"the weight comes from {weight.op_type} {weight.name!r}, which is not folded to a constant")
     return Skip("not_a_feature_map")

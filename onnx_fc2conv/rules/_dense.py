@@ -52,7 +52,7 @@ def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
         return Skip("trans_a")
     meta = index.constant_meta(node.input[1])
     if meta is None:
-        return Skip("weight_not_constant")
+        return Skip("weight_not_constant", index.unfolded.get(node.input[1], ""))
     shape, dtype = meta
     if len(shape) != 2:
         return Skip("weight_not_constant", f"the weight has rank {len(shape)}, not 2")

@@ -135,15 +135,17 @@ def _is_position_wise(index: GraphIndex, node: onnx.NodeProto) -> bool:
     """Whether each output position depends on the same input position alone (and the input is input 0)."""
     if is_elementwise(index, node):
         return True
+    if node.op_type == "Conv":  # the kernel's shape is enough: its values are never read here
+        kernel = index.constant_meta(node.input[1])
+        return (kernel is not None and all(index.is_constant(i) for i in node.input[2:] if i) and
+                all(k == 1 for k in kernel[0][2:]) and
+                all(s == 1 for s in attr(node, "strides", [1])) and not any(attr(node, "pads", [])) and
+                attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
     others = [index.constant(i) for i in node.input[1:] if i]
     if any(v is None for v in others):
         return False
     if node.op_type == "BatchNormalization":
         return True
-    if node.op_type == "Conv":
-        return (all(k == 1 for k in index.constant(node.input[1]).shape[2:]) and
-                all(s == 1 for s in attr(node, "strides", [1])) and not any(attr(node, "pads", [])) and
-                attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
     rank = len(index.shape(node.output[0]) or ())
     return node.op_type in BINARY_OPS and rank >= 3 and all(
         v.size == 1 or (v.ndim >= rank - 1 and all(d == 1 for d in v.shape[-(rank - 2):])) for v in others)
