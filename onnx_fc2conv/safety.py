@@ -10,13 +10,15 @@ tensor and before loading any, and words the answer for a user.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnx.external_data_helper import _ALLOWED_EXTERNAL_DATA_KEYS, ExternalDataInfo, uses_external_data
 
-from .errors import InvalidModelError, OutputError, UnsafeModelError
+from .errors import InvalidModelError, OutputError, UnsafeModelError, UsageError
 from .graph import node_inputs, subgraphs
 
 # onnx's wording of each refusal -> ours. onnx raises ValidationError with these phrases.
@@ -26,6 +28,10 @@ _EXTERNAL_DATA_REFUSALS = (
     ("symbolic link", "is a symbolic link"),
     ("hard link", "has several hard links (a file linked from elsewhere)"),
 )
+# Element types packed below one byte per element: bits per element (onnx packs them into bytes).
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in (
+    ("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+    if hasattr(onnx.TensorProto, name)}
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, int]]:
@@ -43,7 +49,9 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, in
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
-        location = ExternalDataInfo(tensor).location
+        _check_external_data_entries(tensor, path)
+        info = ExternalDataInfo(tensor)
+        location = info.location
         try:
             fd = _open_external_data(folder, location, tensor.name, True)
         except (onnx.checker.ValidationError, OSError, RuntimeError) as exc:
@@ -56,8 +64,46 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, in
                                     "is missing or not a regular file") from None
         stat = os.fstat(fd)
         os.close(fd)
+        _check_external_data_size(tensor, info, stat.st_size, path)
         files.add((stat.st_dev, stat.st_ino))
     return files
+
+
+def _check_external_data_entries(tensor: onnx.TensorProto, path: Path) -> None:
+    """Every key one onnx knows, and offset/length plain non-negative integers: onnx would warn and
+    skip an unknown key (ONNX Runtime then refuses the model) and raise a bare ValueError on the rest."""
+    for entry in tensor.external_data:
+        if entry.key not in _ALLOWED_EXTERNAL_DATA_KEYS:
+            raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} has an unknown key "
+                                    f"{entry.key!r} (known: {', '.join(sorted(_ALLOWED_EXTERNAL_DATA_KEYS))})")
+        if entry.key in ("offset", "length") and not (entry.value.isascii() and entry.value.isdigit()):
+            raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} has {entry.key} "
+                                    f"{entry.value!r}; it must be a non-negative integer")
+
+
+def _check_external_data_size(tensor: onnx.TensorProto, info: ExternalDataInfo, file_size: int, path: Path) -> None:
+    """The bytes onnx will read must be the tensor's size. Without a length onnx reads to the end of
+    the file, so a file holding more than the tensor would give a tensor ONNX Runtime refuses."""
+    needed = tensor_bytes(tensor)
+    offset = info.offset or 0
+    if needed is None or offset > file_size:  # a string tensor; an offset past the end: onnx says so
+        return
+    size = info.length if info.length is not None else file_size - offset
+    if size != needed:
+        why = f" (it has no length, so it runs to the end of {info.location!r})" if info.length is None else ""
+        raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} is {size} bytes{why}, "
+                                f"but its shape {list(tensor.dims)} needs {needed}")
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes of a tensor's data from its dims and type (packed sub-byte types included); None for
+    a string tensor, whose size only its data says."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_BITS:
+        return math.ceil(count * _PACKED_BITS[tensor.data_type] / 8)
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
 def check_graph(model: onnx.ModelProto) -> None:
