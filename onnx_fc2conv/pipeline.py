@@ -22,7 +22,7 @@ from .layouts import TOKEN_LAYOUTS, Layout, flat
 from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport, NodeReport, NodeStatus, OutputChange
-from .safety import check_graph, check_output_path, external_data_path
+from .safety import check_graph, check_output_path, check_tolerances, external_data_path
 from .rules import RULE_NAMES, RULES, MapInfo, Rewrite, RuleContext, Skip
 from .runs import LayoutBridge
 
@@ -107,6 +107,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     options = make_options(keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
                            include=include, exclude=exclude, input_shapes=input_shapes, token_layout=token_layout,
                            vector_fc=vector_fc)
+    check_tolerances(rtol, atol)
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}

@@ -182,18 +182,68 @@ def _check_acyclic(graph: onnx.GraphProto) -> None:
                 path.append(upstream)
 
 
+def check_tolerances(rtol: float | None, atol: float | None) -> None:
+    """Refuse a tolerance that makes the proof empty: negative or NaN (nothing, or everything,
+    compares), or infinite (every difference passes). None means the dtype's default."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} {float(value)!r} is not a tolerance: give a finite number >= 0")
+
+
 def check_output_path(source, output: Path, inplace: bool) -> None:
-    """Before any work: OUT's folder exists, OUT is not a folder, and OUT is not IN unless ``inplace``."""
+    """Before any work: OUT's folder exists, OUT and OUT's data file are not folders, OUT is not IN
+    unless ``inplace``, and neither OUT nor its data file is IN or one of IN's external-data files."""
+    data = external_data_path(output)
     if output.is_dir():
         raise OutputError(f"{output}: is a directory; give the path of the .onnx file to write")
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
-    if isinstance(source, onnx.ModelProto) or inplace:
+    if data.is_dir():
+        raise OutputError(f"{data}: is a directory; OUT's weights would be written there")
+    if isinstance(source, onnx.ModelProto):
         return
-    same = output.exists() and Path(source).exists() and os.path.samefile(source, output)
-    if same or output.resolve() == Path(source).resolve():
+    source = Path(source)
+    if _same_file(source, output):
+        if inplace:
+            return  # IN and its data file are replaced as a pair, after verification
         raise OutputError(f"{output}: OUT is the input model; pass --inplace (inplace=True) to overwrite it")
-    _check_output_keeps_input_data(Path(source), output)
+    if _same_file(source, data):
+        raise OutputError(f"{output}: its weights would be written to {data}, which is the input model; "
+                          "choose another OUT")
+    _check_output_keeps_input_data(source, output)
+
+
+def check_report_path(report: Path, source, output: Path, input_data) -> None:
+    """Before any work: the JSON report goes to an existing folder, and replaces none of the files
+    the run reads or writes (IN, its external data, OUT, OUT's data file, the --input-data file)."""
+    if not report.parent.is_dir():
+        raise OutputError(f"{report}: the folder {report.parent} does not exist")
+    if isinstance(source, (str, os.PathLike)):
+        _refuse_report_on(report, Path(source), "the input model")
+    _refuse_report_on(report, output, "OUT")
+    _refuse_report_on(report, external_data_path(output), "OUT's data file")
+    if isinstance(input_data, (str, os.PathLike)):
+        _refuse_report_on(report, Path(input_data), "the --input-data file")
+    if isinstance(source, (str, os.PathLike)) and report.is_file() and \
+            _file_identity(report) in _input_data_files(Path(source)):
+        raise OutputError(f"--report-json {report}: is a data file of the input model; choose another path")
+
+
+def _refuse_report_on(report: Path, path: Path, what: str) -> None:
+    if _same_file(report, path):
+        raise OutputError(f"--report-json {report}: is {what}; choose another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: by identity when both exist (links included), else by resolved path."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def external_data_path(output: Path) -> Path:
@@ -201,22 +251,26 @@ def external_data_path(output: Path) -> Path:
     return output.with_name(output.name + ".data")
 
 
-def _check_output_keeps_input_data(source: Path, output: Path) -> None:
-    """Refuse an OUT (or its ``.data`` file) that would replace an external-data file of IN.
-
-    Only a file that exists can be one, and IN is parsed again only then: an OUT ``.onnx`` from an
-    earlier run is not a data file of IN, so re-running a conversion costs nothing here."""
-    at_risk = [p for p in (output, external_data_path(output))
-               if p.is_file() and (p != output or p.suffix != ".onnx")]
-    if not at_risk or not source.is_file():
-        return
+def _input_data_files(source: Path) -> set[tuple[int, int]]:
+    """The identities of IN's external-data files (IN's graph is parsed, no weight is read); none
+    when IN cannot be read, which the load then reports with its reason."""
+    if not source.is_file():
+        return set()
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable IN is reported, with its reason, by the load
+        return set()
+    return check_external_data(model, source)
+
+
+def _check_output_keeps_input_data(source: Path, output: Path) -> None:
+    """Refuse an OUT (or its ``.data`` file) that would replace an external-data file of IN, whatever
+    its name (a data file may end in .onnx). IN is parsed again only when one of them exists."""
+    at_risk = [p for p in (output, external_data_path(output)) if p.is_file()]
+    if not at_risk:
         return
-    inputs_data = check_external_data(model, source)
+    inputs_data = _input_data_files(source)
     for path in at_risk:
-        stat = path.stat()
-        if (stat.st_dev, stat.st_ino) in inputs_data:
+        if _file_identity(path) in inputs_data:
             raise OutputError(f"{output}: writing it would replace {path}, which holds the input model's "
                               "weights; choose another OUT")
