@@ -5,8 +5,12 @@ shows what would happen.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -14,8 +18,12 @@ from .version import __version__
 from .errors import CouldNotVerify, Fc2ConvError, OutputError, UsageError, VerificationFailed
 from .inspection import inspect
 from .layouts import TOKEN_LAYOUTS
+from .modelio import write_text_atomically
 from .pipeline import convert
 from .rules import RULE_NAMES
+from .safety import check_report_path, check_tolerances
+
+INT64_MAX = (1 << 63) - 1
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple]:
@@ -27,10 +35,12 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
     for d in dims.lower().split("x"):
         if d == "?":
             parsed.append(None)
-        elif d.isdigit() and int(d) > 0:
-            parsed.append(int(d))
-        else:
+        elif not (d.isascii() and d.isdigit() and int(d) > 0):  # isdigit alone takes '²'
             raise UsageError(f"--input-shape {text!r}: {d!r} is not a positive size or '?'")
+        elif int(d) > INT64_MAX:
+            raise UsageError(f"--input-shape {text!r}: {d} is larger than an int64")
+        else:
+            parsed.append(int(d))
     return name, tuple(parsed)
 
 
@@ -45,6 +55,38 @@ class ConvertByDefault(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["convert", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        """Run the command; Ctrl-C or SIGTERM at any point of it is one line (click would say
+        "Aborted!" and exit 1), after the clean-ups of what was being written have run."""
+        try:
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except Terminated:
+            _say_and_exit("terminated", 128 + signal.SIGTERM)
+        except KeyboardInterrupt:
+            _say_and_exit("interrupted", 128 + signal.SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, not an Exception, so that no ``except Exception`` on
+    the way swallows it, and every ``finally`` and clean-up runs as for Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=ConvertByDefault, context_settings=CONTEXT, subcommand_metavar="[COMMAND] IN [OUT] ...")
@@ -124,8 +166,9 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
     or usage.
     """
     try:
-        if report_json is not None and not report_json.parent.is_dir():  # fail before the work, not after
-            raise OutputError(f"{report_json}: the folder {report_json.parent} does not exist")
+        check_tolerances(rtol, atol)
+        if report_json is not None:  # fail before the work, not after
+            check_report_path(report_json, in_path, out_path, input_data)
         shapes = dict(parse_input_shape(s) for s in input_shapes)
         result = convert(in_path, out_path, keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
                          token_layout=token_layout, vector_fc=vector_fc, include=include, exclude=exclude,
@@ -169,13 +212,19 @@ def inspect_command(in_path, as_json, skip_rules, dense_pool, token_layout, vect
 def _write_json(path: Path | None, report) -> None:
     if path is not None and report is not None:
         try:
-            path.write_text(report.to_json() + "\n")
+            write_text_atomically(path, report.to_json() + "\n")
+        except OutputError as exc:
+            _fail(str(exc), exc.exit_code)
         except OSError as exc:
             _fail(f"{path}: cannot write the report ({exc.strerror})", 2)
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"onnx-fc2conv: error: {message}", err=True)
+    _say_and_exit(f"error: {message}", code)
+
+
+def _say_and_exit(message: str, code: int) -> None:
+    click.echo(f"onnx-fc2conv: {message}", err=True)
     sys.exit(code)
 
 

@@ -27,6 +27,7 @@ Values, first rule that applies:
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -44,6 +45,11 @@ from .index import GraphIndex
 from .report import InputSummary, format_dims
 
 DEFAULT_BATCH = 2  # not 1: a batch of one hides rewrites that mix samples
+# The most one input array may take (synthesised, or read from --input-data); the environment
+# variable raises it. Checked from shapes and npz headers, before anything is allocated.
+MAX_INPUT_BYTES = 2 << 30
+MAX_INPUT_BYTES_VARIABLE = "ONNX_FC2CONV_MAX_INPUT_BYTES"
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 DEFAULT_SIZE = 32  # every other free dim: sequence length, or height and width of an image
 BATCH_NAME = re.compile(r"batch|^n$", re.IGNORECASE)
 PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
@@ -96,10 +102,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def load_input_data(path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file, by input name."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--input-data {path}: no such file")
+    """The arrays of an ``.npz`` file, by input name; their sizes are checked from the headers first."""
+    for name, (shape, dtype) in npz_headers(path).items():
+        check_input_size(f"--input-data {path}: array {name!r}", shape, dtype)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -107,21 +112,76 @@ def load_input_data(path) -> dict[str, np.ndarray]:
         raise UsageError(f"--input-data {path}: not an .npz file of arrays ({exc})") from None
 
 
+def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of each array of an ``.npz`` file, by name, read from the zip members'
+    npy headers: nothing is decompressed past them."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--input-data {path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise UsageError(f"--input-data {path}: a .npy file holds one array without an input name; "
+                             "save the arrays with numpy.savez(FILE, NAME=array)")
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.infolist():
+                with zf.open(member) as f:
+                    reader = NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+                    if reader is None:
+                        raise ValueError(f"{member.filename}: an npy format this tool does not read")
+                    shape, _, dtype = reader(f)
+                headers[member.filename.removesuffix(".npy")] = (shape, dtype)  # numpy.savez adds .npy
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise UsageError(f"--input-data {path}: not an .npz file of arrays ({exc})") from None
+    return headers
+
+
+def check_input_size(what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse an input array over the size limit before it is allocated, with its size."""
+    limit = max_input_bytes()
+    size = math.prod(shape) * dtype.itemsize
+    if size > limit:
+        raise UsageError(f"{what} would need {format_bytes(size)} ({dtype} {format_dims(shape)}); the limit is "
+                         f"{format_bytes(limit)} ({MAX_INPUT_BYTES_VARIABLE})")
+
+
+def max_input_bytes() -> int:
+    """``MAX_INPUT_BYTES``, or the environment's ``ONNX_FC2CONV_MAX_INPUT_BYTES``."""
+    text = os.environ.get(MAX_INPUT_BYTES_VARIABLE)
+    if text is None:
+        return MAX_INPUT_BYTES
+    if not (text.isascii() and text.isdigit()):
+        raise UsageError(f"{MAX_INPUT_BYTES_VARIABLE} {text!r} is not a number of bytes")
+    return int(text)
+
+
+def format_bytes(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:,.0f} {unit}"
+    return f"{size:,} bytes"
+
+
 def check_input_options(model: onnx.ModelProto, shapes: dict | None, data) -> dict[str, np.ndarray]:
     """Raise :class:`UsageError` when ``shapes`` or ``data`` (a dict of arrays or an ``.npz`` path) do
     not fit the model's inputs; return ``data`` with each array in its input's element type (a
     float64 array for a float32 input)."""
-    if isinstance(data, (str, os.PathLike)):
-        data = load_input_data(data)
     specs = {s.name: s for s in input_specs(model)}
     known = ", ".join(specs) or "none"
+    if isinstance(data, (str, os.PathLike)):
+        names = npz_headers(data)  # the names are checked below before any array is decompressed
+    else:
+        names = data or {}
     checked = {}
-    for option, given in (("--input-shape", shapes or {}), ("--input-data", data or {})):
+    for option, given in (("--input-shape", shapes or {}), ("--input-data", names)):
         for name in given:
             if name not in specs:
                 raise UsageError(f"{option} names {name!r}, which is not an input of the model (inputs: {known})")
     for name, dims in (shapes or {}).items():
         _check_dims(specs[name], tuple(dims), "--input-shape")
+    if isinstance(data, (str, os.PathLike)):
+        data = load_input_data(data)
     for name, value in (data or {}).items():
         spec, value = specs[name], np.asarray(value)
         _check_dims(spec, value.shape, "--input-data")
@@ -166,6 +226,7 @@ def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = 
         if spec.name in data:
             value, source = data[spec.name], "file"
         else:
+            check_input_size(f"input {spec.name!r}", concrete[spec.name], spec.numpy_dtype)
             value, source = synthesize(spec, concrete[spec.name], usage, rng)
         feeds[spec.name] = value
         seeded = source.startswith(("random", "index range"))

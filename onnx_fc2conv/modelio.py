@@ -1,10 +1,13 @@
 """Reading and writing models: clear errors for bad input, and output that is never half-written."""
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -21,6 +24,7 @@ PROTOBUF_LIMIT = (1 << 31) - 1  # one serialized protobuf message, in bytes
 GRAPH_HEADROOM = 64 << 20  # room left for the graph itself when deciding on external data
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside the .onnx file, as onnx.save does
 DATA_ALIGNMENT = 4096  # external tensors start at page offsets, so a runtime can map them
+TEMP_NAME_BYTES = 64  # of OUT's name, in its temp and lock file names (a name may have 255 bytes)
 
 
 def load_model(source: PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -66,54 +70,115 @@ def read_model(source: PathLike | onnx.ModelProto, *,
 
 def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = False) -> None:
     """Write ``model`` to ``path`` atomically: temp files in the same folder, then renames, so a
-    failure leaves neither a partial OUT nor a temp file behind.
+    failure leaves neither a partial OUT nor a temp file behind, and OUT with its data file is
+    either the previous pair or the new one.
 
     With ``external_data``, or when the weights pass protobuf's 2 GB limit, tensors of 1 KB and more
     go to ``<OUT>.data`` beside OUT (one file, each tensor at a 4 KB-aligned offset) and OUT holds
-    the graph; ``model`` itself is not changed.
+    the graph; when no tensor is that large, no data file is written. ``model`` itself is not changed.
     """
     path = Path(path)
     if not path.parent.exists():
         raise OutputError(f"{path}: the folder {path.parent} does not exist")
     data_path = external_data_path(path)
-    external = external_data or needs_external_data(model)
+    if data_path.is_dir():
+        raise OutputError(f"{data_path}: is a directory; OUT's weights would be written there")
     temps: list[str] = []
-    data_written = False
-    previous_data = None  # an existing OUT.data, kept aside until the new OUT is in place
     try:
         model_tmp = _temp_beside(path, temps)
-        if external:
+        data_tmp = None
+        if external_data or needs_external_data(model):
             data_tmp = _temp_beside(data_path, temps)
             with open(data_tmp, "wb") as data:
                 shell = _with_external_data(model, data, data_path.name)
+                if data.tell() == 0:  # every tensor stayed inline: no data file to install
+                    data_tmp = None
             blob = shell.SerializeToString()
         else:
             blob = model.SerializeToString()
         with open(model_tmp, "wb") as f:
             f.write(blob)
         del blob
-        if external:
-            os.chmod(data_tmp, _file_mode(data_path))
-            if data_path.exists():
-                previous_data = _temp_beside(data_path, temps)
-                os.replace(data_path, previous_data)
-            os.replace(data_tmp, data_path)
-            data_written = True
-        os.chmod(model_tmp, _file_mode(path))
-        os.replace(model_tmp, path)
-        if previous_data is not None:
-            Path(previous_data).unlink(missing_ok=True)
-    except BaseException as exc:
-        # Put things back as they were: a previous OUT keeps the data file it refers to.
-        if data_written:
-            data_path.unlink(missing_ok=True)
-        if previous_data is not None and Path(previous_data).exists():
-            os.replace(previous_data, data_path)
+        with _lock_beside(path):
+            _install(model_tmp, path, data_tmp, data_path, temps)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
+    finally:
         for leftover in temps:
             Path(leftover).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
+
+
+def _install(model_tmp: str, path: Path, data_tmp: str | None, data_path: Path, temps: list[str]) -> None:
+    """Rename the written temp files into place: the data file first, so a new OUT never refers to
+    a missing one; on any failure the previous OUT keeps the data file it refers to."""
+    previous_data = None  # the old OUT.data, once it has really been moved aside
+    data_installed = False
+    try:
+        if data_tmp is not None:
+            os.chmod(data_tmp, _file_mode(data_path))
+            if data_path.exists():
+                aside = _temp_beside(data_path, temps)
+                os.replace(data_path, aside)
+                previous_data = aside
+            os.replace(data_tmp, data_path)
+            data_installed = True
+        os.chmod(model_tmp, _file_mode(path))
+        os.replace(model_tmp, path)
+    except BaseException:
+        if data_installed:
+            data_path.unlink(missing_ok=True)
+        if previous_data is not None:
+            os.replace(previous_data, data_path)
         raise
+
+
+@contextmanager
+def _lock_beside(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on a lock file beside ``path`` (flock), so two writers of one OUT
+    install their pairs one after the other instead of interleaving their renames.
+
+    The holder removes the lock file before it lets go, so none is left behind; a writer that was
+    waiting on the removed file then holds a lock nobody else sees, so it checks and tries again."""
+    lock_path = path.with_name(f".{_name_start(path)}.lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_open_file(fd, lock_path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _is_open_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file beside it and a rename: a failure keeps the
+    previous file and leaves no temp file. Raises OSError (the temp file: :class:`OutputError`)."""
+    temps: list[str] = []
+    try:
+        tmp = _temp_beside(path, temps)
+        Path(tmp).write_text(text)
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    finally:
+        for leftover in temps:
+            Path(leftover).unlink(missing_ok=True)
 
 
 def payload_bytes(model: onnx.ModelProto) -> int:
@@ -176,14 +241,20 @@ def _itemsize(data_type: int) -> int:
 
 
 def _temp_beside(path: Path, temps: list[str]) -> str:
-    """A new temp file in ``path``'s folder (so the final rename stays on one filesystem)."""
+    """A new temp file in ``path``'s folder (so the final rename stays on one filesystem), named after
+    the start of ``path``'s name: an OUT near the file-name limit still gets a temp name that fits."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_name_start(path)}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
     temps.append(tmp)
     return tmp
+
+
+def _name_start(path: Path) -> str:
+    """The first ``TEMP_NAME_BYTES`` bytes of ``path``'s name, cut at a whole character."""
+    return path.name.encode()[:TEMP_NAME_BYTES].decode(errors="ignore")
 
 
 def _file_mode(path: Path) -> int:

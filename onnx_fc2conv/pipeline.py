@@ -21,7 +21,7 @@ from .modelio import PathLike, needs_external_data, payload_bytes, read_model, s
 from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
-from .safety import check_output_path, external_data_path
+from .safety import check_output_path, check_tolerances, external_data_path
 
 
 @dataclass
@@ -56,6 +56,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     ``.npz`` path) feeds the original-size check; its arrays pin input shapes too.
     """
     options = Options.from_keywords(options, rule_options)
+    check_tolerances(rtol, atol)
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}

@@ -1,7 +1,8 @@
 """Progress lines on stderr for the steps of a conversion (load, rewrite, check, verify, save).
 
 A step is announced when it starts if the model is large, or once it has run for a second
-otherwise, and its time is printed when it ends; a quick step on a small model prints nothing.
+otherwise, and its time is printed when it ends ("done in", or "failed after" when it raised); a
+quick step on a small model prints nothing.
 Every step's time is recorded either way (it goes into the report).
 """
 from __future__ import annotations
@@ -46,8 +47,10 @@ class Progress:
             timer = threading.Timer(SLOW_STEP_SECONDS, announce)
             timer.daemon = True
             timer.start()
+        outcome = "failed after"  # unless the step gets to its end
         try:
             yield
+            outcome = "done in"
         finally:
             elapsed = time.perf_counter() - start
             self.seconds[name] = elapsed
@@ -55,7 +58,7 @@ class Progress:
                 timer.cancel()
             with lock:
                 if announced:
-                    self._print(f"{doing}: done in {elapsed:.1f} s")
+                    self._print(f"{doing}: {outcome} {elapsed:.1f} s")
                 announced = True  # a timer that fires now must not announce a finished step
 
     def _print(self, line: str) -> None:

@@ -10,13 +10,15 @@ tensor and before loading any, and words the answer for a user.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnx.external_data_helper import _ALLOWED_EXTERNAL_DATA_KEYS, ExternalDataInfo, uses_external_data
 
-from .errors import InvalidModelError, OutputError, UnsafeModelError
+from .errors import InvalidModelError, OutputError, UnsafeModelError, UsageError
 from .graph import subgraphs, topological_order
 
 # onnx's wording of each refusal -> ours. onnx raises ValidationError with these phrases.
@@ -26,6 +28,10 @@ _EXTERNAL_DATA_REFUSALS = (
     ("symbolic link", "is a symbolic link"),
     ("hard link", "has several hard links (a file linked from elsewhere)"),
 )
+# Element types packed below one byte per element: bits per element (onnx packs them into bytes).
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in (
+    ("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+    if hasattr(onnx.TensorProto, name)}
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, int]]:
@@ -43,7 +49,9 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, in
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
-        location = ExternalDataInfo(tensor).location
+        _check_external_data_entries(tensor, path)
+        info = ExternalDataInfo(tensor)
+        location = info.location
         try:
             fd = _open_external_data(folder, location, tensor.name, True)
         except (onnx.checker.ValidationError, OSError, RuntimeError) as exc:
@@ -56,8 +64,46 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> set[tuple[int, in
                                     "is missing or not a regular file") from None
         stat = os.fstat(fd)
         os.close(fd)
+        _check_external_data_size(tensor, info, stat.st_size, path)
         files.add((stat.st_dev, stat.st_ino))
     return files
+
+
+def _check_external_data_entries(tensor: onnx.TensorProto, path: Path) -> None:
+    """Every key one onnx knows, and offset/length plain non-negative integers: onnx would warn and
+    skip an unknown key (ONNX Runtime then refuses the model) and raise a bare ValueError on the rest."""
+    for entry in tensor.external_data:
+        if entry.key not in _ALLOWED_EXTERNAL_DATA_KEYS:
+            raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} has an unknown key "
+                                    f"{entry.key!r} (known: {', '.join(sorted(_ALLOWED_EXTERNAL_DATA_KEYS))})")
+        if entry.key in ("offset", "length") and not (entry.value.isascii() and entry.value.isdigit()):
+            raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} has {entry.key} "
+                                    f"{entry.value!r}; it must be a non-negative integer")
+
+
+def _check_external_data_size(tensor: onnx.TensorProto, info: ExternalDataInfo, file_size: int, path: Path) -> None:
+    """The bytes onnx will read must be the tensor's size. Without a length onnx reads to the end of
+    the file, so a file holding more than the tensor would give a tensor ONNX Runtime refuses."""
+    needed = tensor_bytes(tensor)
+    offset = info.offset or 0
+    if needed is None or offset > file_size:  # a string tensor; an offset past the end: onnx says so
+        return
+    size = info.length if info.length is not None else file_size - offset
+    if size != needed:
+        why = f" (it has no length, so it runs to the end of {info.location!r})" if info.length is None else ""
+        raise InvalidModelError(f"{path}: the external data of tensor {tensor.name!r} is {size} bytes{why}, "
+                                f"but its shape {list(tensor.dims)} needs {needed}")
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes of a tensor's data from its dims and type (packed sub-byte types included); None for
+    a string tensor, whose size only its data says."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_BITS:
+        return math.ceil(count * _PACKED_BITS[tensor.data_type] / 8)
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
 def check_graph(model: onnx.ModelProto) -> None:
@@ -110,18 +156,68 @@ def _check_names(graph: onnx.GraphProto, outer: set[str]) -> None:
             _check_names(body, visible)
 
 
+def check_tolerances(rtol: float | None, atol: float | None) -> None:
+    """Refuse a tolerance that makes the proof empty: negative or NaN (nothing, or everything,
+    compares), or infinite (every difference passes). None means the dtype's default."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} {float(value)!r} is not a tolerance: give a finite number >= 0")
+
+
 def check_output_path(source, output: Path, inplace: bool) -> None:
-    """Before any work: OUT's folder exists, OUT is not a folder, and OUT is not IN unless ``inplace``."""
+    """Before any work: OUT's folder exists, OUT and OUT's data file are not folders, OUT is not IN
+    unless ``inplace``, and neither OUT nor its data file is IN or one of IN's external-data files."""
+    data = external_data_path(output)
     if output.is_dir():
         raise OutputError(f"{output}: is a directory; give the path of the .onnx file to write")
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
-    if isinstance(source, onnx.ModelProto) or inplace:
+    if data.is_dir():
+        raise OutputError(f"{data}: is a directory; OUT's weights would be written there")
+    if isinstance(source, onnx.ModelProto):
         return
-    same = output.exists() and Path(source).exists() and os.path.samefile(source, output)
-    if same or output.resolve() == Path(source).resolve():
+    source = Path(source)
+    if _same_file(source, output):
+        if inplace:
+            return  # IN and its data file are replaced as a pair, after verification
         raise OutputError(f"{output}: OUT is the input model; pass --inplace (inplace=True) to overwrite it")
-    _check_output_keeps_input_data(Path(source), output)
+    if _same_file(source, data):
+        raise OutputError(f"{output}: its weights would be written to {data}, which is the input model; "
+                          "choose another OUT")
+    _check_output_keeps_input_data(source, output)
+
+
+def check_report_path(report: Path, source, output: Path, input_data) -> None:
+    """Before any work: the JSON report goes to an existing folder, and replaces none of the files
+    the run reads or writes (IN, its external data, OUT, OUT's data file, the --input-data file)."""
+    if not report.parent.is_dir():
+        raise OutputError(f"{report}: the folder {report.parent} does not exist")
+    if isinstance(source, (str, os.PathLike)):
+        _refuse_report_on(report, Path(source), "the input model")
+    _refuse_report_on(report, output, "OUT")
+    _refuse_report_on(report, external_data_path(output), "OUT's data file")
+    if isinstance(input_data, (str, os.PathLike)):
+        _refuse_report_on(report, Path(input_data), "the --input-data file")
+    if isinstance(source, (str, os.PathLike)) and report.is_file() and \
+            _file_identity(report) in _input_data_files(Path(source)):
+        raise OutputError(f"--report-json {report}: is a data file of the input model; choose another path")
+
+
+def _refuse_report_on(report: Path, path: Path, what: str) -> None:
+    if _same_file(report, path):
+        raise OutputError(f"--report-json {report}: is {what}; choose another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: by identity when both exist (links included), else by resolved path."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def external_data_path(output: Path) -> Path:
@@ -129,22 +225,26 @@ def external_data_path(output: Path) -> Path:
     return output.with_name(output.name + ".data")
 
 
-def _check_output_keeps_input_data(source: Path, output: Path) -> None:
-    """Refuse an OUT (or its ``.data`` file) that would replace an external-data file of IN.
-
-    Only a file that exists can be one, and IN is parsed again only then: an OUT ``.onnx`` from an
-    earlier run is not a data file of IN, so re-running a conversion costs nothing here."""
-    at_risk = [p for p in (output, external_data_path(output))
-               if p.is_file() and (p != output or p.suffix != ".onnx")]
-    if not at_risk or not source.is_file():
-        return
+def _input_data_files(source: Path) -> set[tuple[int, int]]:
+    """The identities of IN's external-data files (IN's graph is parsed, no weight is read); none
+    when IN cannot be read, which the load then reports with its reason."""
+    if not source.is_file():
+        return set()
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable IN is reported, with its reason, by the load
+        return set()
+    return check_external_data(model, source)
+
+
+def _check_output_keeps_input_data(source: Path, output: Path) -> None:
+    """Refuse an OUT (or its ``.data`` file) that would replace an external-data file of IN, whatever
+    its name (a data file may end in .onnx). IN is parsed again only when one of them exists."""
+    at_risk = [p for p in (output, external_data_path(output)) if p.is_file()]
+    if not at_risk:
         return
-    inputs_data = check_external_data(model, source)
+    inputs_data = _input_data_files(source)
     for path in at_risk:
-        stat = path.stat()
-        if (stat.st_dev, stat.st_ino) in inputs_data:
+        if _file_identity(path) in inputs_data:
             raise OutputError(f"{output}: writing it would replace {path}, which holds the input model's "
                               "weights; choose another OUT")

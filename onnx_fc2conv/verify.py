@@ -29,6 +29,7 @@ from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
 from .metadata import read_record
 from .report import CheckResult, VerificationResult
+from .safety import check_tolerances
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # ONNX Runtime's own test tolerances (onnxruntime/test/providers/checkers.cc), by element type.
@@ -49,6 +50,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     ``.npz`` path) fix the inputs; the rest are synthesised (see :mod:`onnx_fc2conv.inputs`).
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
+    check_tolerances(rtol, atol)
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
