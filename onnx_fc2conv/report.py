@@ -82,6 +82,7 @@ class VerificationResult:
     checks: list[CheckResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     inputs: list[InputSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a user of the model needs to know to run it
 
     def __bool__(self) -> bool:
         return self.passed
@@ -109,6 +110,7 @@ class VerificationResult:
             if verbose or not c.passed:
                 lines.append(c.line())
         lines.extend(f"  skipped: {s}" for s in self.skipped)
+        lines.extend(f"  note: {n}" for n in self.notes)
         if verbose:
             lines.extend(i.line() for i in self.inputs)
         return "\n".join(lines)

@@ -14,6 +14,7 @@ Two checks:
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,9 @@ TOLERANCES = {
     np.dtype(np.float16): (1e-2, 2.5e-3),
 }
 BF16_TOLERANCE = (1e-2, 2e-2)
+NCHWC_BLOCK = 16  # the largest block ONNX Runtime's NCHWc transform pads a Conv's output channels to
+PROTOBUF_TENSOR_LIMIT = 1 << 31  # bytes of one initializer ONNX Runtime embeds
+FLOAT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
 RANDOM_POSITIONS = 6
 
 
@@ -67,6 +71,11 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             "pass --input-data or --input-shape") from None
     out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(original))
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
+    if needs_nchwc_off(converted):
+        result.notes.append("a Conv kernel passes 2 GiB once ONNX Runtime's NCHWc transform pads it: the proof "
+                            "ran with that transform off, and your sessions need it off too: "
+                            "SessionOptions.add_session_config_entry('optimization.disable_specified_optimizers', "
+                            "'NchwcTransformer')")
 
     sessions = {}
     for provider in providers:
@@ -294,6 +303,8 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
     # Run Q/DQ models as written: ORT's QDQ fusions replace DQ(W) -> MatMul by kernels that also
     # quantize the activations, which moves a float output by far more than any tolerance.
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    if needs_nchwc_off(model):
+        opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
     if folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     elif needs_external_data(model):
@@ -307,6 +318,23 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
         if provider != "cpu" or not _has_float64(model):
             raise
         return ReferenceSession(model)
+
+
+def needs_nchwc_off(model: onnx.ModelProto) -> bool:
+    """Whether ONNX Runtime's NCHWc layout transform would fail on ``model``: it copies each float
+    Conv kernel, its output channels padded to a multiple of the CPU's block (16 with AVX-512, 8 with
+    AVX2), into an initializer of its own, and a copy over protobuf's 2 GiB limit stops the session
+    from loading ("declares a size of ... which exceeds the 2147483648 byte limit"). Turning that one
+    transform off (``NchwcTransformer``) changes speed only; the README says how users set it."""
+    kernels = {t.name: t for t in model.graph.initializer if len(t.dims) >= 3}
+    for node in model.graph.node:
+        kernel = kernels.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if kernel is None or kernel.data_type not in FLOAT_TYPES:
+            continue
+        padded_out = -(-kernel.dims[0] // NCHWC_BLOCK) * NCHWC_BLOCK
+        if padded_out * math.prod(kernel.dims[1:]) * FLOAT_TYPES[kernel.data_type] > PROTOBUF_TENSOR_LIMIT:
+            return True
+    return False
 
 
 def _has_float64(model: onnx.ModelProto) -> bool:
