@@ -61,9 +61,11 @@ class WeightWriter:
 
 
 def vgg(path: Path, convs=VGG16_CONVS, fcs=VGG16_FCS, image: int = 224, channels_in: int = 3,
-        external_data: bool = False, opset: int = 17, seed: int = 0) -> Path:
+        external_data: bool = False, opset: int = 17, seed: int = 0, weights_k_by_f: bool = False) -> Path:
     """A VGG-style classifier: 3x3 padded convs + ReLU, 2x2 max pools, Flatten, Gemm (transB=1)
-    layers as PyTorch exports them. The defaults are VGG16 (138 M parameters, ~553 MB)."""
+    layers as PyTorch exports them. The defaults are VGG16 (138 M parameters, ~553 MB).
+    ``weights_k_by_f``: the FC weights stored ``[K,F]`` (Gemm transB=0, as MatMul-style exporters
+    write them), the layout whose kernels need a transposed copy."""
     path = Path(path)
     data_file = path.with_name(path.name + ".data") if external_data else None
     weights = WeightWriter(seed, data_file)
@@ -82,9 +84,9 @@ def vgg(path: Path, convs=VGG16_CONVS, fcs=VGG16_FCS, image: int = 224, channels
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
     x, k = "flat", c * size * size
     for i, f in enumerate(fcs):
-        w = weights.add(f"fc{i}.weight", [f, k], k)
+        w = weights.add(f"fc{i}.weight", [k, f] if weights_k_by_f else [f, k], k)
         b = weights.add(f"fc{i}.bias", [f], k)
-        nodes.append(helper.make_node("Gemm", [x, w, b], [f"fc{i}"], name=f"fc{i}", transB=1))
+        nodes.append(helper.make_node("Gemm", [x, w, b], [f"fc{i}"], name=f"fc{i}", transB=int(not weights_k_by_f)))
         x, k = f"fc{i}", f
         if i < len(fcs) - 1:
             nodes.append(helper.make_node("Relu", [x], [f"fc{i}_relu"]))
@@ -102,6 +104,16 @@ def vgg(path: Path, convs=VGG16_CONVS, fcs=VGG16_FCS, image: int = 224, channels
 
 def vgg16(path: Path, **kwargs) -> Path:
     return vgg(path, **kwargs)
+
+
+def vgg16_k_by_f(path: Path, **kwargs) -> Path:
+    return vgg(path, weights_k_by_f=True, **kwargs)
+
+
+def huge_fc(path: Path, **kwargs) -> Path:
+    """One FC layer whose weight alone passes 2 GiB (540000 x 1024 float32, 2.2 GB, external data) on
+    a 64x4x4 map: the case where ONNX Runtime's NCHWc transform cannot copy the Conv kernel."""
+    return vgg(path, convs=(), fcs=(540000,), image=4, channels_in=64, external_data=True, **kwargs)
 
 
 def wide_external(path: Path, **kwargs) -> Path:

@@ -20,6 +20,11 @@ P2  dense maps: one run of the converted VGG-style net (padded 3x3 convs) on an 
     Target >= 8x faster.
 P3  latency at the original size on ONNX Runtime CPU, converted / original, batch 1 and 32, and
     with ``--fold-batch``. Targets: batch 1 <= 1.1x; batch 32 <= 1.5x with --fold-batch.
+P4  ``onnx-fc2conv inspect`` is a dry run: against ``onnx.load`` of the same file in a child
+    process, interleaved, on VGG16 with its FC weights stored [F,K] and [K,F]. Targets: time and
+    peak RSS <= 1.1x.
+P5  one FC weight over 2 GiB (540000 x 1024 float32): ``onnx-fc2conv IN OUT`` converts and proves
+    it (ONNX Runtime's NCHWc transform off, see the README); time, peak RSS and the max abs error.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ import models  # noqa: E402  (benchmarks/models.py)
 README = HERE / "README.md"
 PLOTS = HERE / "plots"
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
-TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5}
+TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5, "inspect": 1.1}
 
 
 @dataclass
@@ -262,6 +267,49 @@ def p3(work: Path, reps: int) -> tuple[list[Row], dict]:
     return rows, raw
 
 
+# ---- P4 / P5: inspect, and a weight over 2 GiB --------------------------------------------------------
+
+def p4(work: Path, reps: int) -> tuple[list[Row], dict]:
+    cases = [("VGG16, FC weights [F,K]", "vgg16.onnx", models.vgg16),
+             ("VGG16, FC weights [K,F]", "vgg16_kf.onnx", models.vgg16_k_by_f)]
+    rows, raw = [], {}
+    for label, name, build in cases:
+        src = build_in_child(build.__name__, work / name)
+        inspect_cmd = [sys.executable, "-m", "onnx_fc2conv", "inspect", str(src)]
+        load_cmd = [sys.executable, "-c", f"import onnx; onnx.load({str(src)!r})"]
+        loads, inspects = [], []
+        for _ in range(reps):  # interleaved, so a busy moment hits both
+            loads.append(run_child(load_cmd))
+            inspects.append(run_child(inspect_cmd))
+        _remove(src)
+        time_ratio = paired_ratio([t for t, _ in inspects], [t for t, _ in loads])
+        lt, lr = statistics.median(t for t, _ in loads), max(r for _, r in loads)
+        it, ir = statistics.median(t for t, _ in inspects), max(r for _, r in inspects)
+        raw[name] = {"onnx_load": loads, "inspect": inspects}
+        rows += [
+            Row("P4", f"{label}: time, inspect / onnx.load", f"{it:.2f} s / {lt:.2f} s", time_ratio,
+                f"<= {TARGETS['inspect']}x", time_ratio <= TARGETS["inspect"]),
+            Row("P4", f"{label}: peak RSS, inspect / onnx.load", f"{ir:,.0f} / {lr:,.0f} MiB", ir / lr,
+                f"<= {TARGETS['inspect']}x", ir / lr <= TARGETS["inspect"]),
+        ]
+    return rows, raw
+
+
+def p5(work: Path) -> tuple[list[Row], dict]:
+    src = build_in_child("huge_fc", work / "huge.onnx")
+    out, report = work / "huge_conv.onnx", work / "huge_report.json"
+    seconds, rss = run_child([sys.executable, "-m", "onnx_fc2conv", str(src), str(out), "--report-json", str(report)])
+    verification = json.loads(report.read_text())["verification"]
+    _remove(src)
+    _remove(out)
+    error = max(c["max_abs_error"] for c in verification["checks"])
+    raw = {"seconds": seconds, "peak_rss_mib": rss, "passed": verification["passed"], "max_abs_error": error,
+           "notes": verification["notes"]}
+    return [Row("P5", "one 540000x1024 FC weight (2.2 GB): convert and prove, NCHWc off "
+                      f"(passed: {verification['passed']}, max abs error {error:.2g})",
+                f"{seconds:.0f} s, {rss:,.0f} MiB", 1.0, "proved", bool(verification["passed"]))], raw
+
+
 # ---- output --------------------------------------------------------------------------------------------
 
 def table(rows: list[Row]) -> str:
@@ -291,7 +339,8 @@ def plot(rows: list[Row]) -> list[Path]:
     written = []
     for part, title in (("P1", "P1 pass cost, / floor (lower is better)"),
                         ("P2", "P2 dense map speed-up (higher is better)"),
-                        ("P3", "P3 latency, converted / original (lower is better)")):
+                        ("P3", "P3 latency, converted / original (lower is better)"),
+                        ("P4", "P4 inspect, / onnx.load (lower is better)")):
         chosen = [r for r in rows if r.part == part]
         if not chosen:
             continue
@@ -319,14 +368,14 @@ def _short(text: str, width: int = 70) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="P1,P2,P3", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated parts to run (default: all)")
     parser.add_argument("--no-large", action="store_true", help="P1 without the 3 GB external-data model")
     parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
     parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     args = parser.parse_args()
     parts = {p.strip().upper() for p in args.only.split(",")}
-    need = (12 if "P1" in parts and not args.no_large else 3) << 30
+    need = (12 if "P1" in parts and not args.no_large else 5 if "P5" in parts else 3) << 30
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     free = shutil.disk_usage(out).free
@@ -340,7 +389,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=out, prefix="run-") as tmp:
         work = Path(tmp)
         for part, fn in (("P1", lambda: p1(work, not args.no_large, args.p1_reps)),
-                         ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps))):
+                         ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps)),
+                         ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work))):
             if part in parts:
                 start = time.perf_counter()
                 part_rows, raw[part] = fn()

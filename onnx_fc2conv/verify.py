@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
-
 from .errors import CouldNotVerify, first_line
 from .graph import producers, set_shape, upstream
 from .modelcheck import infer_value_types
@@ -288,7 +286,8 @@ def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
 def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
     """A session for ``model``; ``folder`` is where its external-data references point. A model
     whose weights pass protobuf's 2 GB limit is handed over as a file with external data."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
     # 4 (fatal only): a failing run is reported as a check or as "could not verify", so the runtime's
     # own error log (3) would print the same message twice, in colour, before the tool's one line.
