@@ -9,13 +9,14 @@ from .version import __version__
 from .errors import (CouldNotVerify, Fc2ConvError, InvalidModelError, OutputError, UnsafeModelError,
                      UsageError, VerificationFailed)
 from .inspection import Inspection, inspect
+from .options import Options
 from .pipeline import ConversionResult, convert
 from .report import ConversionReport, VerificationResult
 from .rules import REASONS, RULE_NAMES
 from .verify import verify
 
 __all__ = [
-    "convert", "inspect", "verify", "ConversionResult", "Inspection", "ConversionReport", "VerificationResult", "REASONS", "RULE_NAMES",
+    "convert", "inspect", "verify", "Options", "ConversionResult", "Inspection", "ConversionReport", "VerificationResult", "REASONS", "RULE_NAMES",
     "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "UsageError", "VerificationFailed",
     "CouldNotVerify", "__version__",
 ]

@@ -19,6 +19,7 @@ from .errors import CouldNotVerify, Fc2ConvError, OutputError, UsageError, Verif
 from .inspection import inspect
 from .layouts import TOKEN_LAYOUTS
 from .modelio import write_text_atomically
+from .options import Options
 from .pipeline import convert
 from .rules import RULE_NAMES
 from .safety import check_report_path, check_tolerances
@@ -149,9 +150,8 @@ def rule_options(command):
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
-def convert_command(in_path, out_path, keep_output_shape, inplace, external_data, fold_batch, dense_pool, no_verify,
-                    providers, rtol, atol, skip_rules, token_layout, vector_fc, include, exclude, input_shapes,
-                    input_data, report_json, quiet, verbose):
+def convert_command(in_path, out_path, inplace, external_data, fold_batch, no_verify, providers, rtol, atol,
+                    input_data, report_json, quiet, verbose, **rule_flags):
     """Rewrite the fully-connected layers of the ONNX model IN into convolutions, prove the rewrite
     with ONNX Runtime, and write the result to OUT.
 
@@ -169,12 +169,9 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
         check_tolerances(rtol, atol)
         if report_json is not None:  # fail before the work, not after
             check_report_path(report_json, in_path, out_path, input_data)
-        shapes = dict(parse_input_shape(s) for s in input_shapes)
-        result = convert(in_path, out_path, keep_output_shape=keep_output_shape, dense_pool=dense_pool, skip_rules=skip_rules,
-                         token_layout=token_layout, vector_fc=vector_fc, include=include, exclude=exclude,
-                         input_shapes=shapes, input_data=input_data, verify=not no_verify, providers=providers,
-                         rtol=rtol, atol=atol, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
-                         show_progress=not quiet)
+        result = convert(in_path, out_path, options=_options(rule_flags), input_data=input_data, verify=not no_verify,
+                         providers=providers, rtol=rtol, atol=atol, inplace=inplace, external_data=external_data,
+                         fold_batch=fold_batch, show_progress=not quiet)
     except CouldNotVerify as exc:
         _fail(f"{exc}; {out_path} not written", exc.exit_code)
     except VerificationFailed as exc:
@@ -194,19 +191,23 @@ def convert_command(in_path, out_path, keep_output_shape, inplace, external_data
 @click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @rule_options
-def inspect_command(in_path, as_json, skip_rules, dense_pool, token_layout, vector_fc, include, exclude, input_shapes):
+def inspect_command(in_path, as_json, **rule_flags):
     """Show each FC-like node of the ONNX model IN: op, input and weight shapes, what feeds it, and
     the rule that will convert it or the reason code that stops it. Nothing is written.
 
     Exit codes: 0 shown (also when nothing would convert), 2 bad input or usage.
     """
     try:
-        shapes = dict(parse_input_shape(s) for s in input_shapes)
-        result = inspect(in_path, skip_rules=skip_rules, dense_pool=dense_pool, token_layout=token_layout,
-                         vector_fc=vector_fc, include=include, exclude=exclude, input_shapes=shapes)
+        result = inspect(in_path, options=_options(rule_flags))
     except Fc2ConvError as exc:
         _fail(str(exc), exc.exit_code)
     click.echo(result.to_json() if as_json else result.render_text())
+
+
+def _options(rule_flags: dict) -> Options:
+    """The rule options from their flags, which click names after the :class:`Options` fields."""
+    shapes = dict(parse_input_shape(s) for s in rule_flags.pop("input_shapes"))
+    return Options(input_shapes=shapes, **rule_flags)
 
 
 def _write_json(path: Path | None, report) -> None:

@@ -78,11 +78,11 @@ class Inspection:
         return "\n".join(lines)
 
 
-def inspect(model: PathLike | onnx.ModelProto, **options) -> Inspection:
+def inspect(model: PathLike | onnx.ModelProto, *, options: Options | None = None, **rule_options) -> Inspection:
     """What :func:`onnx_fc2conv.convert` would do to each FC-like node of ``model``, without
-    rewriting or writing anything. ``options`` are convert's rule options (``skip_rules``,
-    ``input_shapes``, ``include``, ``exclude``, ...)."""
-    opts = Options.from_keywords(None, options)
+    rewriting or writing anything. The rule options come as for convert: ``options``, keywords
+    (``skip_rules``, ``input_shapes``, ``include``, ``exclude``, ...), or both."""
+    opts = Options.from_keywords(options, rule_options)
     work, has_external_data = read_model(model, load_external_data=False)
     data_folder = Path(model).parent if has_external_data else None
     result = Inspection(model_label(model), opset_version(work))
