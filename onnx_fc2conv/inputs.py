@@ -210,8 +210,9 @@ def _check_dims(spec: InputSpec, dims: tuple, option: str) -> None:
 
 
 def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = None, data: dict | None = None,
-                batch: int = DEFAULT_BATCH) -> tuple[dict[str, np.ndarray], list[InputSummary]]:
+                batch: int = DEFAULT_BATCH, index: GraphIndex | None = None) -> tuple[dict[str, np.ndarray], list[InputSummary]]:
     """One array per graph input: from ``data`` when given, else synthesised from ``seed``.
+    ``index``: the caller's index of ``model``, when it has one (else one is built).
 
     Raises :class:`UsageError` when ``shapes``/``data`` do not fit the model, and
     :class:`CouldNotVerify` when an input needs a value only the user can give.
@@ -219,7 +220,7 @@ def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = 
     data = check_input_options(model, shapes, data)
     specs = input_specs(model)
     concrete = resolve_shapes(specs, shapes or {}, data, batch)
-    usage = InputUsage(GraphIndex(model))
+    usage = InputUsage(index or GraphIndex(model))
     rng = np.random.default_rng(seed)
     feeds, summaries = {}, []
     for spec in specs:

@@ -23,7 +23,7 @@ import onnx
 
 from .errors import CouldNotVerify, first_line
 from .graph import producers, set_shape, upstream
-from .modelcheck import infer_value_types
+from .index import GraphIndex
 from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
 from .metadata import read_record
@@ -56,7 +56,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
-    feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data)
+    index = GraphIndex(original, data_folder=original_folder)  # one index of the original serves every check
+    feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data, index=index)
     try:
         expected_session = _session(original, "cpu", original_folder)
     except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
@@ -67,7 +68,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
         raise CouldNotVerify(
             f"could not verify: the original model fails on synthesised inputs: {first_line(exc)}; "
             "pass --input-data or --input-shape") from None
-    out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(original))
+    out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(index))
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
     if needs_nchwc_off(converted):
         result.notes.append("a Conv kernel passes 2 GiB once ONNX Runtime's NCHWc transform pads it: the proof "
@@ -98,7 +99,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
 
     record = read_record(converted)
     if record and record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
-        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed)
+        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index.types)
     elif record and record.heads and record.mode == "fully_convolutional":
         result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
                               "spatial size reaches the converted maps)")
@@ -157,13 +158,12 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
     return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
 
 
-def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed) -> None:
+def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, types) -> None:
     spatial = record.spatial_inputs
     heads = [h for h in record.heads if h.outputs]
     if not heads:
         result.skipped.append("sliding window: no converted head reaches a graph output")
         return
-    types = infer_value_types(original)
     backbone = _session(cut_model(original, [], [h.feature_map for h in heads], types, free_axes=spatial),
                         "cpu", folder)
     head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, types, batch_free=True,
@@ -400,15 +400,12 @@ def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
                        float(np.nanmax(needed, initial=0)), compared=want.size)
 
 
-def quantization_steps(model: onnx.ModelProto) -> list[float]:
+def quantization_steps(index: GraphIndex) -> list[float]:
     """The (largest) step of each graph output written by a DequantizeLinear (QDQ models).
 
     ONNX Runtime fuses DQ -> Gemm -> Q into QGemm and DQ -> Conv -> Q into QLinearConv; the two
     integer kernels round the requantization differently, so an exact rewrite can move an output by
     one step (with graph optimizations off the two models agree exactly)."""
-    from .index import GraphIndex
-
-    index = GraphIndex(model)
     steps = []
     for name in index.graph_outputs:
         node = index.producer.get(index.skip_passthrough(name))
