@@ -244,7 +244,12 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
 
     ``free_axes`` names graph-input axes to make symbolic, so the cut runs on larger inputs;
     ``batch_free`` makes the batch of the new ``inputs`` symbolic, ``spatial_free`` their axes 2..
-    (a head that reduces the whole map takes the whole larger map)."""
+    (a head that reduces the whole map takes the whole larger map).
+
+    Not ``onnx.utils.Extractor``: it follows ``node.input`` only, so a backbone with an If/Loop body
+    that reads an outer tensor is cut without that tensor's producer (tried with onnx 1.23: the cut
+    fails the checker, "input 'a' of node If ... must be topologically sorted"); graph.upstream
+    follows the names bodies read."""
     graph = model.graph
     reached, nodes = upstream(producers(graph), outputs, stop=inputs)
     needed = reached - set(inputs)  # the new inputs are declared below, even where they are graph inputs
