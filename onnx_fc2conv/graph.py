@@ -25,11 +25,27 @@ Dim = int | str | None  # static size, symbolic name, or unknown
 _SKELETON_MAX_ELEMENTS = 1 << 14
 
 
+# The two names of ONNX's own operator set.
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and domain in ("", "ai.onnx") or imp.domain == domain:
+        if imp.domain in ONNX_DOMAINS and domain in ONNX_DOMAINS or imp.domain == domain:
             return imp.version
     return 0
+
+
+def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
+    """Whether ``node`` is ONNX's own op (one of ``op_types`` when given). Every rule asks this, not
+    ``op_type`` alone: an op of another domain (a model-local function, a runtime's contrib op) may
+    reuse an ONNX name for other maths, e.g. a ``custom::Flatten`` that clips first."""
+    return node.domain in ONNX_DOMAINS and (not op_types or node.op_type in op_types)
+
+
+def op_label(node: onnx.NodeProto) -> str:
+    """The op as a report shows it: ``Gemm`` for ONNX's, ``custom::Gemm`` for another domain's."""
+    return node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}::{node.op_type}"
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

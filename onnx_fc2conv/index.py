@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import (Dim, attr, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
+from .graph import (Dim, attr, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
                     value_dims)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
@@ -88,7 +88,7 @@ class GraphIndex:
         ``interpolate(size=...)`` exports ``Concat(Shape(x)[:2], [h, w])``) unknown; evaluating the
         sizes gives the map after it its static size, which a head reading it needs."""
         for node in self.graph.node:
-            if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            if not is_onnx_op(node, "Resize") or len(node.input) < 4 or not node.input[3]:
                 continue
             src, out = self.shape(node.input[0]), self.shape(node.output[0])
             if src is None or (out is not None and all(isinstance(d, int) for d in out[1:])):
@@ -139,7 +139,7 @@ class GraphIndex:
         node = self.producer.get(name)
         if node is None and self.outer is not None:
             return self.outer.constant(name)
-        if node is None or node.domain not in ("", "ai.onnx"):
+        if node is None or not is_onnx_op(node):
             return None
         if node.op_type == "Constant":
             return _constant_node_value(node)
@@ -171,10 +171,25 @@ class GraphIndex:
     def skip_passthrough(self, name: str) -> str:
         """Walk up through Identity and inference Dropout, which do not change values."""
         node = self.producer.get(name)
-        while node is not None and node.op_type in ("Identity", "Dropout") and node.output[0] == name:
+        while node is not None and self.is_passthrough(node) and node.output[0] == name:
             name = node.input[0]
             node = self.producer.get(name)
         return name
+
+    def is_passthrough(self, node: onnx.NodeProto) -> bool:
+        """Identity, or a Dropout that runs in inference mode: its ``training_mode`` input (opset 12)
+        absent or a constant false, ``is_test`` set before opset 7. A training-mode Dropout, or one
+        whose mode is known only at run time, zeroes values at random: it is not a pass-through."""
+        if is_onnx_op(node, "Identity"):
+            return True
+        if not is_onnx_op(node, "Dropout"):
+            return False
+        if self.opset < 7:
+            return bool(attr(node, "is_test", 0))
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        training = self.constant(node.input[2])
+        return training is not None and not training.any()
 
     def fresh_name(self, base: str) -> str:
         name, k = base, 1
@@ -243,7 +258,7 @@ def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
     if value is not None:
         return [int(v) for v in np.asarray(value).reshape(-1)]
     node = index.producer.get(name)
-    if node is None:
+    if node is None or not is_onnx_op(node):
         return None
     op = node.op_type
     if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):

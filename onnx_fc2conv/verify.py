@@ -23,7 +23,7 @@ import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
 from .errors import CouldNotVerify, first_line
-from .graph import producers, set_shape, upstream
+from .graph import is_onnx_op, producers, set_shape, upstream
 from .modelcheck import infer_value_types
 from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
@@ -383,7 +383,7 @@ def quantization_steps(model: onnx.ModelProto) -> list[float]:
     steps = []
     for name in index.graph_outputs:
         node = index.producer.get(index.skip_passthrough(name))
-        scale = index.constant(node.input[1]) if node is not None and node.op_type == "DequantizeLinear" else None
+        scale = index.constant(node.input[1]) if node is not None and is_onnx_op(node, "DequantizeLinear") else None
         if scale is not None and scale.size:
             steps.append(float(np.abs(scale).max()))
     return steps

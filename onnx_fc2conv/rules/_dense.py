@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from .base import Built, Match, Skip
 
@@ -82,7 +82,7 @@ def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | N
     (in_k, out_f), dtype = meta
     nodes, output, bias = [node], node.output[0], None
     add = index.only_consumer(node.output[0])
-    if add is not None and add.op_type == "Add":
+    if add is not None and is_onnx_op(add, "Add"):
         other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         c = index.constant(other)
         vec = _bias_vector(c, out_f) if c is not None else None
@@ -180,10 +180,10 @@ def quantized_weight(index: GraphIndex, name: str) -> list[onnx.NodeProto] | Non
     """``[DequantizeLinear]`` when the weight is DQ of a constant integer tensor, ``[QuantizeLinear,
     DequantizeLinear]`` when it is a float constant behind a Q->DQ pair; None for a plain weight."""
     dq = index.producer.get(index.skip_passthrough(name))
-    if dq is None or dq.op_type != "DequantizeLinear" or not all(index.is_constant(i) for i in dq.input if i):
+    if dq is None or not is_onnx_op(dq, "DequantizeLinear") or not all(index.is_constant(i) for i in dq.input if i):
         return None
     q = index.producer.get(dq.input[0])
-    return [q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]
+    return [q, dq] if q is not None and is_onnx_op(q, "QuantizeLinear") else [dq]
 
 
 def quantized_axis_skip(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto]) -> Skip | None:
