@@ -51,6 +51,11 @@ class GraphIndex:
             for name in dict.fromkeys(node_inputs(node)):
                 self.consumers[name].append(node)
         self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
+        # From IR 4 an initializer listed as a graph input is only a default the caller may replace
+        # (ONNX Runtime does not fold it either), so it is no constant. Before IR 4 every initializer
+        # had to be listed: there the listing says nothing, and ONNX Runtime treats them as constants.
+        self.overridable = ({i.name for i in self.graph.input if i.name in self.initializers}
+                            if model.ir_version >= 4 else set())
         self.graph_outputs = [o.name for o in self.graph.output]
         self.input_shapes = input_shapes
         self.types = infer_value_types(model, input_shapes)
@@ -100,10 +105,12 @@ class GraphIndex:
 
     # ---- constants ----------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
-        return name in self.initializers or self.constant(name) is not None
+        return self.constant_meta(name) is not None
 
     def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
         """Shape and dtype of a constant; an initializer's are read without copying its data."""
+        if name in self.overridable:
+            return None
         if name in self.initializers:
             init = self.initializers[name]
             return tuple(init.dims), np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
@@ -134,6 +141,8 @@ class GraphIndex:
         return value
 
     def _evaluate_constant(self, name: str) -> np.ndarray | None:
+        if name in self.overridable:
+            return None
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         node = self.producer.get(name)

@@ -18,6 +18,7 @@ from .metadata import HeadRecord
 from .options import Options
 from .report import NodeReport, NodeStatus
 from .rules import RULES, MapInfo, Match, RuleContext, Skip
+from .rules._dense import not_constant_skip
 
 FC_OPS = ("Gemm", "MatMul")
 # FC layers written with quantized operators, which no rule rewrites; they are still reported, so
@@ -189,7 +190,9 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     if is_onnx_op(node, "MatMul") and dims is not None and len(dims) >= 3:
         return Skip("token_matmul")
     weight = index.producer.get(node.input[1])
+    if node.input[1] in index.overridable:
+        return not_constant_skip(index, node.input[1])
     if weight is not None and not index.is_constant(node.input[1]):
-        return Skip("weight_not_constant", f"the weight comes from {weight.op_type} {weight.name!r}, "
+        return Skip("weight_not_constant", f"the weight comes from {op_label(weight)} {weight.name!r}, "
                                            f"which is not folded to a constant")
     return Skip("not_a_feature_map")

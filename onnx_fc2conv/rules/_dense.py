@@ -47,12 +47,22 @@ class Dense:
         return f"{self.nodes[0].op_type} {self.in_features}->{self.out_features}"
 
 
+def not_constant_skip(index: GraphIndex, name: str, what: str = "weight", message: str = "") -> Skip:
+    """Why the layer's ``what`` (weight or bias) gives no fixed kernel: it is an initializer the caller
+    may replace (also a graph input; a kernel baked from it would ignore the caller's value and drop
+    the model's input), or it is computed at run time (``message`` says so, else the reason's sentence)."""
+    if name in index.overridable:
+        return Skip("weight_overridable", f"the {what} {name!r} is also a graph input, so a caller may replace it; "
+                                          "the layer stays as it is to keep that input")
+    return Skip("weight_not_constant", message)
+
+
 def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
     if attr(node, "transA", 0):
         return Skip("trans_a")
     meta = index.constant_meta(node.input[1])
     if meta is None:
-        return Skip("weight_not_constant")
+        return not_constant_skip(index, node.input[1])
     shape, dtype = meta
     if len(shape) != 2:
         return Skip("weight_not_constant", f"the weight has rank {len(shape)}, not 2")
@@ -62,7 +72,7 @@ def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
     if len(node.input) > 2 and node.input[2]:
         c = index.constant(node.input[2])
         if c is None:
-            return Skip("weight_not_constant", "the bias is computed at run time")
+            return not_constant_skip(index, node.input[2], "bias", "the bias is computed at run time")
         bias = _bias_vector(c, out_f)
         if bias is None:
             return Skip("bias_per_sample", f"the bias has shape {list(c.shape)}; a conv bias needs [F]")
