@@ -107,3 +107,58 @@ def test_an_operator_set_imported_twice_is_refused_in_one_line(tmp_path):
     out = CliRunner().invoke(main, [str(source), str(tmp_path / "out.onnx")])
     assert out.exit_code == 2 and out.output.count("\n") == 1 and message in out.output
     assert not (tmp_path / "out.onnx").exists()
+
+
+# ---- class 9: a Flatten shared with an FC layer that stays a Gemm ----------------------------------
+
+def shared_flatten(second):
+    """x -> Conv -> Relu -> Flatten -> flat; Gemm 'fc' (flat) -> y, and a second reader of flat -> y2:
+    ``second`` is "gemm" (a Gemm 'fc2', to be excluded), "runtime_weight" (a Gemm whose weight is a
+    graph input: skipped) or "if" (an If whose branches run Gemms on flat, read from the outer scope)."""
+    rng = np.random.default_rng(3)
+    base = conv_flatten_gemm()
+    nodes = list(base.graph.node)
+    inits = list(base.graph.initializer) + [init("fc2.w", rng.standard_normal((3, 36)).astype(np.float32))]
+    inputs = list(base.graph.input)
+    if second == "gemm":
+        nodes.append(helper.make_node("Gemm", ["flat0", "fc2.w"], ["y2"], name="fc2", transB=1))
+    elif second == "runtime_weight":
+        inputs.append(vi("w_in", [3, 36]))
+        nodes.append(helper.make_node("Gemm", ["flat0", "w_in"], ["y2"], name="fc2", transB=1))
+    else:
+        branch = lambda tag: helper.make_graph(  # noqa: E731
+            [helper.make_node("Gemm", ["flat0", "fc2.w"], [f"y_{tag}"], name=f"fc_{tag}", transB=1, alpha=1.0 if tag == "then" else 2.0)],
+            tag, [], [vi(f"y_{tag}", ["N", 3])])
+        inputs.append(vi("cond", [], TensorProto.BOOL))
+        nodes.append(helper.make_node("If", ["cond"], ["y2"], name="branch", then_branch=branch("then"),
+                                      else_branch=branch("else")))
+    return model(nodes, inputs, [vi("y", None, 0), vi("y2", None, 0)], inits)
+
+
+SHARED = {"gemm": dict(exclude=["fc2"]), "runtime_weight": {}, "if": {}}
+
+
+@pytest.mark.parametrize("second", sorted(SHARED))
+def test_a_flatten_shared_with_a_layer_left_as_gemm_keeps_the_input_size(second):
+    original = shared_flatten(second)
+    result = convert(original, **SHARED[second])
+    report = result.report
+    assert [n.node for n in report.converted] == ["fc"]
+    assert not report.fully_convolutional and report.symbolic_inputs == {}
+    reader = "fc2" if second != "if" else "branch"
+    assert report.notes == [f"the input size stays fixed: 'flat0', the flattened map of head 'fc', is still read by "
+                            f"node {reader!r}, which is not converted"]
+    assert "not fully convolutional: input sizes kept" in report.render_text()
+    v = report.verification
+    assert v and [c.check for c in v.checks] == ["original size", "original size"]
+    assert [i.type for i in result.model.graph.input] == [i.type for i in original.graph.input]
+
+
+def test_a_shared_flatten_written_without_the_proof_still_runs():
+    result = convert(shared_flatten("gemm"), exclude=["fc2"], verify=False)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    want, got = run(shared_flatten("gemm"), {"x": x}), run(result.model, {"x": x})
+    np.testing.assert_allclose(got[0].reshape(want[0].shape), want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[1], want[1])
+    dims = [d.dim_value for d in result.model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [2, 5, 5]  # the model says which size it takes
