@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import (Dim, attr, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
+from .graph import (Dim, attr, dense_initializer, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
                     value_dims)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
@@ -41,7 +41,10 @@ class GraphIndex:
         self.outer = outer
         self.graph = model.graph
         self.opset = opset_version(model)
-        self.initializers = {t.name: t for t in self.graph.initializer}
+        # Sparse initializers are read as the dense tensors they stand for (copies: never edited in place).
+        self.sparse = {t.values.name for t in self.graph.sparse_initializer}
+        self.initializers = {**{t.values.name: dense_initializer(t) for t in self.graph.sparse_initializer},
+                             **{t.name: t for t in self.graph.initializer}}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in self.graph.node:
@@ -121,7 +124,7 @@ class GraphIndex:
         """The initializer ``name`` when exactly one node reads it and nothing else can see it (not a
         graph input or output), so a rewrite of that node may take over its data without a copy."""
         init = self.initializers.get(name)
-        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
+        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs or name in self.sparse:
             return None
         if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
             return None

@@ -282,6 +282,7 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
     g.name = f"{graph.name}_cut"
     g.node.extend(n for n in graph.node if id(n) in keep)
     g.initializer.extend(t for t in graph.initializer if t.name in needed)
+    g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in needed)
     for inp in graph.input:
         if inp.name in needed and inp.name not in {t.name for t in g.initializer}:
             g.input.append(inp)

@@ -162,3 +162,43 @@ def test_a_shared_flatten_written_without_the_proof_still_runs():
     np.testing.assert_array_equal(got[1], want[1])
     dims = [d.dim_value for d in result.model.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [2, 5, 5]  # the model says which size it takes
+
+
+# ---- class 10: sparse initializers ------------------------------------------------------------------
+
+def sparse(name):
+    """conv_flatten_gemm with initializer ``name`` stored as a sparse_initializer (small values zeroed;
+    linear indices), and the dense array it stands for."""
+    m = conv_flatten_gemm()
+    tensor = next(t for t in m.graph.initializer if t.name == name)
+    dense = onnx.numpy_helper.to_array(tensor).copy()
+    dense[np.abs(dense) < 0.2] = 0
+    at = np.flatnonzero(dense)
+    m.graph.initializer.remove(tensor)
+    m.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        onnx.numpy_helper.from_array(dense.reshape(-1)[at], name), onnx.numpy_helper.from_array(at, f"{name}.indices"),
+        list(dense.shape)))
+    onnx.checker.check_model(m)  # valid; full_check's inference types it sparse_tensor, which Gemm refuses
+    return m, dense
+
+
+def test_a_sparse_fc_weight_converts_to_a_dense_kernel():
+    original, dense = sparse("fc.w")
+    result = convert(original)
+    assert [n.node for n in result.report.converted] == ["fc"]
+    assert ops(result.model) == ["Conv", "Relu", "Conv"] and len(result.model.graph.sparse_initializer) == 0
+    head = [n for n in result.model.graph.node if n.op_type == "Conv"][1]
+    np.testing.assert_array_equal(
+        onnx.numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == head.input[1])),
+        dense.reshape(5, 4, 3, 3))
+    v = result.report.verification
+    assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
+
+
+def test_a_sparse_backbone_weight_stays_sparse_and_the_head_converts():
+    original, _ = sparse("conv.w")
+    result = convert(original)
+    assert [n.node for n in result.report.converted] == ["fc"]
+    assert [t.values.name for t in result.model.graph.sparse_initializer] == ["conv.w"]
+    v = result.report.verification
+    assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
