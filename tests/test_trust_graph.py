@@ -35,6 +35,12 @@ def test_a_training_mode_dropout_is_not_dropped(training):
     assert [(n.node, n.status, n.reason) for n in result.report.nodes] == [("fc", "skipped", "not_a_feature_map")]
 
 
+@pytest.mark.parametrize("is_test, kept", [(0, True), (1, False)])
+def test_before_opset_7_a_dropout_is_a_pass_through_only_with_is_test(is_test, kept):
+    result = convert(conv_flatten_gemm(opset=6, between=[("Dropout", {"is_test": is_test}, [])]), verify=False)
+    assert ops(result.model) == (["Conv", "Relu", "Flatten", "Dropout", "Gemm"] if kept else ["Conv", "Relu", "Conv"])
+
+
 def test_an_inference_mode_dropout_is_still_looked_through():
     result = convert(dropout_model(False))
     assert ops(result.model) == ["Conv", "Relu", "Conv"]
