@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import (Dim, attr, dense_initializer, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
-                    value_dims)
+from .graph import (Dim, attr, dense_initializer, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read,
+                    set_shape, skeleton, upstream, value_dims)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
@@ -124,7 +124,9 @@ class GraphIndex:
         """The initializer ``name`` when exactly one node reads it and nothing else can see it (not a
         graph input or output), so a rewrite of that node may take over its data without a copy."""
         init = self.initializers.get(name)
-        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs or name in self.sparse:
+        if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
+            return None
+        if name in self.sparse:  # its dense copy lives in this index only
             return None
         if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
             return None

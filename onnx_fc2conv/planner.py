@@ -24,7 +24,7 @@ FC_OPS = ("Gemm", "MatMul")
 # FC layers written with quantized operators, which no rule rewrites; they are still reported, so
 # that every FC layer of a model is accounted for. Value: the position of the weight input.
 QUANTIZED_FC_OPS = {"QGemm": 3, "QLinearMatMul": 3, "MatMulInteger": 1}
-CONTRIB_QUANTIZED_FC_OPS = frozenset({"QGemm"})  # ONNX Runtime's com.microsoft domain; the others are ONNX's
+CONTRIB_QUANTIZED_FC_OPS = frozenset({"QGemm"})  # of ONNX Runtime's com.microsoft domain
 
 
 @dataclass
@@ -180,6 +180,7 @@ def is_fc_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:
 
 
 def is_quantized_fc(node: onnx.NodeProto) -> bool:
+    """A quantized FC operator of its own domain: QGemm is ONNX Runtime's, the others are ONNX's."""
     if node.op_type in CONTRIB_QUANTIZED_FC_OPS:
         return node.domain == "com.microsoft"
     return node.op_type in QUANTIZED_FC_OPS and is_onnx_op(node)
