@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .graph import cleanup, node_inputs, rename_input, set_shape, skeleton, toposort, value_dims
+from .graph import cleanup, node_inputs, producers, rename_input, set_shape, skeleton, toposort, upstream, value_dims
 from .index import GraphIndex
 from .layouts import TOKEN_LAYOUTS
 from .metadata import ConversionRecord
@@ -18,6 +18,7 @@ from .options import Options
 from .planner import Plan, body_plan, bodies, layout_of, plan_graph
 from .report import ConversionReport, NodeReport, OutputChange
 from .rules import Match, RuleContext
+from .rules._head import elementwise_path
 from .runs import LayoutBridge
 from .spatial import SPATIAL_NAMES, make_spatial_inputs_symbolic, token_axes
 
@@ -38,7 +39,9 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
     if bridge is None and not bodies_changed:
         return None  # nothing converted: the model stays exactly as it came, byte for byte
     bridge = bridge or LayoutBridge(index)
-    blocked = bridge.flattens_added > 0
+    fixed_size = fixed_size_notes(graph, plan)
+    report.notes.extend(fixed_size)
+    blocked = bridge.flattens_added > 0 or bool(fixed_size)
     token_entries = [name for name, layout in bridge.entered if layout in TOKEN_LAYOUTS]
     token_input_axes = token_axes(index, token_entries) if token_entries else None
     # Token and vector maps always get their layout back at a graph output; head maps only when asked.
@@ -67,6 +70,37 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
         head.outputs = [o for o in map_outputs if ctx.maps[o].head == i]
     return ConversionRecord(mode=options.mode, heads=heads, spatial_inputs=spatial_inputs,
                             token_axes=token_input_axes)
+
+
+def fixed_size_notes(graph: onnx.GraphProto, plan: Plan) -> list[str]:
+    """One line per converted head whose flattened map something still reads after the rewrite (an
+    FC layer left as it is: excluded, skipped, inside an If body; or a graph output): that tensor has
+    the original size built in, so, as for a blocked node, the input size must stay fixed."""
+    live, live_nodes = upstream(producers(graph), [o.name for o in graph.output])
+    reader = {name: node for node in live_nodes for name in node_inputs(node)}
+    notes = []
+    for decision in plan.decisions:
+        outcome = decision.outcome
+        if not isinstance(outcome, Match) or outcome.feature_map is None or None in outcome.window:
+            continue  # no head, or one that reduces the whole map: its [N,C] has no size built in
+        still_read = [n for n in _flattened(plan.ctx.index, decision.node) if n in live]
+        if still_read:
+            node = reader.get(still_read[0])
+            who = f"node {node.name or node.output[0]!r}, which is not converted" if node else "a graph output"
+            notes.append(f"the input size stays fixed: {still_read[0]!r}, the flattened map of head "
+                         f"{decision.node.name or decision.node.output[0]!r}, is still read by {who}")
+    return notes
+
+
+def _flattened(index: GraphIndex, fc: onnx.NodeProto) -> list[str]:
+    """The flat tensors a head's FC layer reads: the flatten's output and what the element-wise ops
+    (and Identity, Dropout) between it and the layer make, flatten first."""
+    flat, _ = elementwise_path(index, fc.input[0])
+    path, name = [], fc.input[0]
+    while name != flat:
+        path.append(name)
+        name = index.producer[name].input[0]
+    return [flat, *path[::-1]]
 
 
 def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> LayoutBridge | None:

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import attr, set_attr
+from .graph import attr, is_onnx_op, set_attr
 from .index import GraphIndex
 from .rules.fc_chain import UNARY_OPS
 
@@ -48,7 +48,7 @@ def fold_batch(model: onnx.ModelProto, head_nodes: list[str]) -> list[list[str]]
         run = [node]
         while True:
             nxt = index.only_consumer(run[-1].output[0])
-            if nxt is None or not (nxt.op_type in FOLDABLE_POINTWISE or _is_pointwise_conv(index, nxt)):
+            if nxt is None or not (is_onnx_op(nxt, *FOLDABLE_POINTWISE) or _is_pointwise_conv(index, nxt)):
                 break
             if any(index.consumers.get(o) or o in index.graph_outputs for o in nxt.output[1:] if o):
                 break  # e.g. a Dropout mask someone reads: it would come out in the folded layout
@@ -59,7 +59,7 @@ def fold_batch(model: onnx.ModelProto, head_nodes: list[str]) -> list[list[str]]
 
 
 def _is_foldable_conv(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    return (node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in index.initializers
+    return (is_onnx_op(node, "Conv") and len(node.input) > 1 and node.input[1] in index.initializers
             and attr(node, "group", 1) == 1 and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 

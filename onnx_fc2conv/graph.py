@@ -12,8 +12,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import InvalidModelError
 
@@ -25,11 +26,27 @@ Dim = int | str | None  # static size, symbolic name, or unknown
 _SKELETON_MAX_ELEMENTS = 1 << 14
 
 
+# The two names of ONNX's own operator set.
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and domain in ("", "ai.onnx") or imp.domain == domain:
+        if imp.domain in ONNX_DOMAINS and domain in ONNX_DOMAINS or imp.domain == domain:
             return imp.version
     return 0
+
+
+def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
+    """Whether ``node`` is ONNX's own op (one of ``op_types`` when given). Every rule asks this, not
+    ``op_type`` alone: an op of another domain (a model-local function, a runtime's contrib op) may
+    reuse an ONNX name for other maths, e.g. a ``custom::Flatten`` that clips first."""
+    return node.domain in ONNX_DOMAINS and (not op_types or node.op_type in op_types)
+
+
+def op_label(node: onnx.NodeProto) -> str:
+    """The op as a report shows it: ``Gemm`` for ONNX's, ``custom::Gemm`` for another domain's."""
+    return node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}::{node.op_type}"
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -63,7 +80,7 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
 
 def outer_names_read(graph: onnx.GraphProto) -> set[str]:
     """Names a (sub)graph reads that it does not define itself: its outer-scope references."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined = defined_names(graph)
     read: set[str] = set()
     for node in graph.node:
         read.update(n for n in node.input if n)
@@ -139,7 +156,24 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | 
             sg.initializer.append(init)
         elif init.name not in input_names:
             sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    # Sparse initializers as dense typed inputs: onnx's inference types them sparse_tensor, which no
+    # op a rule reads (Gemm, MatMul, Conv) takes, while ONNX Runtime makes them dense when it loads.
+    sg.input.extend(helper.make_tensor_value_info(t.values.name, t.values.data_type, list(t.dims))
+                    for t in g.sparse_initializer if t.values.name not in input_names)
     return sk
+
+
+def dense_initializer(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """``sparse`` as the dense tensor it stands for (the value ONNX Runtime gives it): its values at
+    its indices (linear ``[NNZ]`` or coordinates ``[NNZ, rank]``), zeros elsewhere."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+    if indices.ndim == 1:
+        dense.reshape(-1)[indices] = values
+    else:
+        dense[tuple(indices.T)] = values
+    return numpy_helper.from_array(dense, sparse.values.name)
 
 
 def set_shape(vi: onnx.ValueInfoProto, dims: Iterable[Dim]) -> None:
@@ -155,7 +189,7 @@ def set_shape(vi: onnx.ValueInfoProto, dims: Iterable[Dim]) -> None:
 
 def names_in(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name of ``graph`` and of the If/Loop/Scan bodies inside it."""
-    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    names = defined_names(graph) | {o.name for o in graph.output}
     for node in graph.node:
         names.add(node.name)
         names.update(node.input)
@@ -270,8 +304,11 @@ def cleanup(graph: onnx.GraphProto) -> None:
         del graph.node[:]
         graph.node.extend(kept)
     unused = {t.name for t in graph.initializer if t.name not in read}
+    unused |= {t.values.name for t in graph.sparse_initializer if t.values.name not in read}
     # Deleted in place, back to front: rebuilding the list would copy every kept weight.
     for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in unused]):
         del graph.initializer[i]
+    for i in reversed([i for i, t in enumerate(graph.sparse_initializer) if t.values.name in unused]):
+        del graph.sparse_initializer[i]
     for i in reversed([i for i, v in enumerate(graph.input) if v.name in unused]):
         del graph.input[i]

@@ -14,8 +14,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-from .graph import (Dim, attr, names_in, node_inputs, opset_version, outer_names_read, set_shape, skeleton, upstream,
-                    value_dims)
+from .graph import (Dim, attr, dense_initializer, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read,
+                    set_shape, skeleton, upstream, value_dims)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
@@ -51,7 +51,10 @@ class GraphIndex:
         self.unfolded: dict[str, str] = {}  # constant -> why it was not folded, for the skip message
         self.graph = model.graph
         self.opset = opset_version(model)
-        self.initializers = {t.name: t for t in self.graph.initializer}
+        # Sparse initializers are read as the dense tensors they stand for (copies: never edited in place).
+        self.sparse = {t.values.name for t in self.graph.sparse_initializer}
+        self.initializers = {**{t.values.name: dense_initializer(t) for t in self.graph.sparse_initializer},
+                             **{t.name: t for t in self.graph.initializer}}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in self.graph.node:
@@ -61,6 +64,11 @@ class GraphIndex:
             for name in dict.fromkeys(node_inputs(node)):
                 self.consumers[name].append(node)
         self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
+        # From IR 4 an initializer listed as a graph input is only a default the caller may replace
+        # (ONNX Runtime does not fold it either), so it is no constant. Before IR 4 every initializer
+        # had to be listed: there the listing says nothing, and ONNX Runtime treats them as constants.
+        self.overridable = ({i.name for i in self.graph.input if i.name in self.initializers}
+                            if model.ir_version >= 4 else set())
         self.graph_outputs = [o.name for o in self.graph.output]
         self.input_shapes = input_shapes
         self.types = infer_value_types(model, input_shapes)
@@ -98,7 +106,7 @@ class GraphIndex:
         ``interpolate(size=...)`` exports ``Concat(Shape(x)[:2], [h, w])``) unknown; evaluating the
         sizes gives the map after it its static size, which a head reading it needs."""
         for node in self.graph.node:
-            if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            if not is_onnx_op(node, "Resize") or len(node.input) < 4 or not node.input[3]:
                 continue
             src, out = self.shape(node.input[0]), self.shape(node.output[0])
             if src is None or (out is not None and all(isinstance(d, int) for d in out[1:])):
@@ -110,10 +118,12 @@ class GraphIndex:
 
     # ---- constants ----------------------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
-        return name in self.initializers or self.constant(name) is not None
+        return self.constant_meta(name) is not None
 
     def constant_meta(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
         """Shape and dtype of a constant; an initializer's are read without copying its data."""
+        if name in self.overridable:
+            return None
         if name in self.initializers:
             init = self.initializers[name]
             return tuple(init.dims), np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
@@ -125,6 +135,8 @@ class GraphIndex:
         graph input or output), so a rewrite of that node may take over its data without a copy."""
         init = self.initializers.get(name)
         if init is None or self.initializer_users(name) != 1 or name in self.graph_outputs:
+            return None
+        if name in self.sparse:  # its dense copy lives in this index only
             return None
         if any(i.name == name for i in self.graph.input):  # IR < 4 lists initializers as inputs
             return None
@@ -144,12 +156,14 @@ class GraphIndex:
         return value
 
     def _evaluate_constant(self, name: str) -> np.ndarray | None:
+        if name in self.overridable:
+            return None
         if name in self.initializers:
             return self._initializer_value(self.initializers[name])
         node = self.producer.get(name)
         if node is None and self.outer is not None:
             return self.outer.constant(name)
-        if node is None or node.domain not in ("", "ai.onnx"):
+        if node is None or not is_onnx_op(node):
             return None
         if node.op_type == "Constant":
             return _constant_node_value(node)
@@ -213,10 +227,25 @@ class GraphIndex:
     def skip_passthrough(self, name: str) -> str:
         """Walk up through Identity and inference Dropout, which do not change values."""
         node = self.producer.get(name)
-        while node is not None and node.op_type in ("Identity", "Dropout") and node.output[0] == name:
+        while node is not None and self.is_passthrough(node) and node.output[0] == name:
             name = node.input[0]
             node = self.producer.get(name)
         return name
+
+    def is_passthrough(self, node: onnx.NodeProto) -> bool:
+        """Identity, or a Dropout that runs in inference mode: its ``training_mode`` input (opset 12)
+        absent or a constant false, ``is_test`` set before opset 7. A training-mode Dropout, or one
+        whose mode is known only at run time, zeroes values at random: it is not a pass-through."""
+        if is_onnx_op(node, "Identity"):
+            return True
+        if not is_onnx_op(node, "Dropout"):
+            return False
+        if self.opset < 7:
+            return bool(attr(node, "is_test", 0))
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        training = self.constant(node.input[2])
+        return training is not None and not training.any()
 
     def fresh_name(self, base: str) -> str:
         name, k = base, 1
@@ -285,7 +314,7 @@ def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
     if value is not None:
         return [int(v) for v in np.asarray(value).reshape(-1)]
     node = index.producer.get(name)
-    if node is None:
+    if node is None or not is_onnx_op(node):
         return None
     op = node.op_type
     if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from .errors import InvalidModelError
-from .graph import opset_version, toposort
+from .graph import is_onnx_op, op_label, opset_version, toposort
 from .index import GraphIndex
 from .inputs import check_input_options
 from .modelcheck import check_input_model
@@ -110,7 +110,7 @@ def _describe(index: GraphIndex, decision: Decision) -> NodeInspection:
         status, reason, detail = "converts", None, decision.outcome.detail
     else:
         status, reason, detail = decision.status, decision.outcome.reason, decision.outcome.message
-    return NodeInspection(node.name or node.output[0], node.op_type, _dims(index.shape(node.input[0])),
+    return NodeInspection(node.name or node.output[0], op_label(node), _dims(index.shape(node.input[0])),
                           _dims(weight_shape), _fed_by(index, node.input[0]), status, decision.rule, reason, detail)
 
 
@@ -122,8 +122,8 @@ def _fed_by(index: GraphIndex, name: str) -> str:
     producer = index.producer.get(source)
     if producer is None:  # an initializer, or a tensor made inside an If/Loop body
         return "initializer" if source in index.initializers else "?"
-    text = producer.op_type
-    if producer.op_type in FLATTENING_OPS:
+    text = op_label(producer)
+    if is_onnx_op(producer, *FLATTENING_OPS):
         text += f" of {format_dims(index.shape(producer.input[0]))}"
     return text
 

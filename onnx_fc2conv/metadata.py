@@ -16,6 +16,7 @@ import onnx
 
 from .version import __version__
 from .errors import InvalidModelError
+from .graph import names_in, value_dims
 
 METADATA_KEY = "onnx_fc2conv"
 Mode = Literal["keep_output_shape", "fully_convolutional"]
@@ -80,6 +81,32 @@ def _axes(value) -> dict[str, list[int]]:
     if any(a < 1 for items in axes.values() for a in items):
         raise ValueError("an input axis below 1 (the batch axis is never varied)")
     return axes
+
+
+def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, converted: onnx.ModelProto) -> str | None:
+    """What ``record`` names that the two models do not have (a feature map of the original, a Conv or
+    an output of the converted model, an input axis of the original), in words; None when all exist.
+    A record copied from another model or edited by hand fails here before a check trusts it."""
+    original_names = names_in(original.graph)
+    outputs = {o.name for o in converted.graph.output}
+    nodes = {n.name for n in converted.graph.node}
+    for head in record.heads:
+        if head.feature_map not in original_names:
+            return f"its head {head.node!r} reads the feature map {head.feature_map!r}, which the original model does not have"
+        if head.node not in nodes:
+            return f"its head {head.node!r} is no node of the converted model"
+        missing = [o for o in head.outputs if o not in outputs]
+        if missing:
+            return f"its head {head.node!r} writes {missing[0]!r}, which is no output of the converted model"
+    ranks = {i.name: len(value_dims(i)[1] or ()) for i in original.graph.input}
+    for kind, axes in (("spatial", record.spatial_inputs), ("token", record.token_axes or {})):
+        for name, items in axes.items():
+            if name not in ranks:
+                return f"it names the {kind} input {name!r}, which the original model does not have"
+            beyond = [a for a in items if a >= ranks[name]]
+            if beyond:
+                return f"it names {kind} axis {beyond[0]} of input {name!r}, which has rank {ranks[name]}"
+    return None
 
 
 def write_record(model: onnx.ModelProto, record: ConversionRecord) -> None:

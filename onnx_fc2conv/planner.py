@@ -11,18 +11,20 @@ from dataclasses import dataclass
 
 import onnx
 
-from .graph import named_subgraphs, node_inputs, toposort
+from .graph import is_onnx_op, named_subgraphs, node_inputs, op_label, toposort
 from .index import GraphIndex, body_model
 from .layouts import Layout, flat
 from .metadata import HeadRecord
 from .options import Options
 from .report import NodeReport, NodeStatus
 from .rules import RULES, MapInfo, Match, RuleContext, Skip
+from .rules._dense import not_constant_skip
 
 FC_OPS = ("Gemm", "MatMul")
 # FC layers written with quantized operators, which no rule rewrites; they are still reported, so
 # that every FC layer of a model is accounted for. Value: the position of the weight input.
 QUANTIZED_FC_OPS = {"QGemm": 3, "QLinearMatMul": 3, "MatMulInteger": 1}
+CONTRIB_QUANTIZED_FC_OPS = frozenset({"QGemm"})  # of ONNX Runtime's com.microsoft domain
 
 
 @dataclass
@@ -43,11 +45,11 @@ class Decision:
     def node_report(self) -> NodeReport:
         name = self.node.name or self.node.output[0]
         if isinstance(self.outcome, Match):
-            return NodeReport(name, self.node.op_type, "converted", rule=self.rule, detail=self.outcome.detail)
+            return NodeReport(name, op_label(self.node), "converted", rule=self.rule, detail=self.outcome.detail)
         message = self.outcome.message
         if self.status == "blocked":
             message += "; Flatten put back before it"
-        return NodeReport(name, self.node.op_type, self.status, rule=self.rule, reason=self.outcome.reason,
+        return NodeReport(name, op_label(self.node), self.status, rule=self.rule, reason=self.outcome.reason,
                           message=message)
 
 
@@ -75,7 +77,7 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
         if id(node) in removed:
             continue
         reads_map = any(name in ctx.maps for name in node_inputs(node))
-        if not reads_map and node.op_type not in FC_OPS:
+        if not reads_map and not is_onnx_op(node, *FC_OPS):
             plan.decisions.extend(_unsupported_fc_nodes(index, node))
             continue
         outcome, rule = _first_outcome(ctx, node, "chain" if reads_map else "head", options)
@@ -98,7 +100,7 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
             if any(layout_of(ctx.maps[n]).name == "flat" for n in node_inputs(node) if n in ctx.maps):
                 status = "blocked"
             else:
-                status = "skipped" if node.op_type in FC_OPS and isinstance(outcome, Skip) else None
+                status = "skipped" if is_onnx_op(node, *FC_OPS) and isinstance(outcome, Skip) else None
             plan.decisions.append(Decision(node, rule, skip, status, restores=True))
         elif is_fc_candidate(index, node) or outcome is not None:
             plan.decisions.append(Decision(node, rule, outcome if isinstance(outcome, Skip)
@@ -159,7 +161,7 @@ def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: 
 
 def _unsupported_fc_nodes(index: GraphIndex, node: onnx.NodeProto) -> list[Decision]:
     """FC layers no rule can rewrite: quantized FC operators."""
-    if node.op_type in QUANTIZED_FC_OPS and is_fc_candidate(index, node):
+    if is_quantized_fc(node) and is_fc_candidate(index, node):
         return [Decision(node, None, Skip("quantized_op", f"{node.op_type} is a quantized operator; "
                                           f"no rule rewrites it"), "skipped")]
     return []
@@ -168,19 +170,30 @@ def _unsupported_fc_nodes(index: GraphIndex, node: onnx.NodeProto) -> list[Decis
 def is_fc_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:
     """Gemm always is; a MatMul is an FC layer only when its weight is a matrix computed from
     constants (an initializer, a Constant, or e.g. DequantizeLinear of one)."""
-    if node.op_type in ("Gemm", "QGemm"):
+    if is_onnx_op(node, "Gemm") or is_quantized_fc(node) and node.op_type == "QGemm":
         return True
+    if not (is_onnx_op(node, "MatMul") or is_quantized_fc(node)):
+        return False
     weight = node.input[QUANTIZED_FC_OPS.get(node.op_type, 1)]
     dims = index.shape(weight)
     return index.is_static(weight) and dims is not None and len(dims) == 2
 
 
+def is_quantized_fc(node: onnx.NodeProto) -> bool:
+    """A quantized FC operator of its own domain: QGemm is ONNX Runtime's, the others are ONNX's."""
+    if node.op_type in CONTRIB_QUANTIZED_FC_OPS:
+        return node.domain == "com.microsoft"
+    return node.op_type in QUANTIZED_FC_OPS and is_onnx_op(node)
+
+
 def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     dims = index.shape(node.input[0])
-    if node.op_type == "MatMul" and dims is not None and len(dims) >= 3:
+    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) >= 3:
         return Skip("token_matmul")
     weight = index.producer.get(node.input[1])
+    if node.input[1] in index.overridable:
+        return not_constant_skip(index, node.input[1])
     if weight is not None and not index.is_constant(node.input[1]):
         return Skip("weight_not_constant", index.unfolded.get(node.input[1]) or
-                    f"the weight comes from {weight.op_type} {weight.name!r}, which is not folded to a constant")
+                    f"the weight comes from {op_label(weight)} {weight.name!r}, which is not folded to a constant")
     return Skip("not_a_feature_map")

@@ -19,7 +19,7 @@ import onnx
 from onnx.external_data_helper import _ALLOWED_EXTERNAL_DATA_KEYS, ExternalDataInfo, uses_external_data
 
 from .errors import InvalidModelError, OutputError, UnsafeModelError, UsageError
-from .graph import subgraphs, topological_order
+from .graph import ONNX_DOMAINS, subgraphs, topological_order
 
 # onnx's wording of each refusal -> ours. onnx raises ValidationError with these phrases.
 _EXTERNAL_DATA_REFUSALS = (
@@ -112,6 +112,7 @@ def check_graph(model: onnx.ModelProto) -> None:
     if model.ir_version > onnx.IR_VERSION:
         raise InvalidModelError(f"the model's ir_version {model.ir_version} is newer than the installed onnx "
                                 f"{onnx.__version__} reads (up to {onnx.IR_VERSION}); upgrade onnx")
+    _check_opset_imports(model)
     newest = onnx.defs.onnx_opset_version()
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and imp.version > newest:
@@ -123,6 +124,20 @@ def check_graph(model: onnx.ModelProto) -> None:
         raise InvalidModelError("the graph has no inputs: there is nothing to feed it")
     _check_names(graph, outer=set())
     topological_order(graph)  # raises, naming the nodes, on a cycle
+
+
+def _check_opset_imports(model: onnx.ModelProto) -> None:
+    """Refuse a domain imported twice ("" and "ai.onnx" are one domain): onnx.checker lets it pass,
+    but which version applies is then ambiguous, and a rewrite made for one version is wrong under
+    the other (e.g. the axis a Softmax normalises over changed at opset 13)."""
+    seen: dict[str, int] = {}
+    for imp in model.opset_import:
+        domain = "" if imp.domain in ONNX_DOMAINS else imp.domain
+        if domain in seen:
+            name = "ONNX" if domain == "" else repr(domain)
+            raise InvalidModelError(f"the model imports the {name} operator set twice (versions {seen[domain]} "
+                                    f"and {imp.version}); keep one, which one applies is ambiguous")
+        seen[domain] = imp.version
 
 
 def _check_names(graph: onnx.GraphProto, outer: set[str]) -> None:

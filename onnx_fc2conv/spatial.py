@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 
-from .graph import attr, set_shape, upstream, value_dims
+from .graph import attr, is_onnx_op, set_shape, upstream, value_dims
 from .index import GraphIndex
 from .metadata import HeadRecord
 from .modelcheck import infer_value_types
@@ -76,7 +76,7 @@ def _spatial_axes(index: GraphIndex, name: str, rank: int) -> list[int]:
     """The input axes that become the feature map's spatial axes: 2.. for NCHW, or where a
     Transpose straight after the input (Keras/tf2onnx NHWC models) takes them from."""
     for reader in index.consumers.get(name, []):
-        perm = attr(reader, "perm") if reader.op_type == "Transpose" else None
+        perm = attr(reader, "perm") if is_onnx_op(reader, "Transpose") else None
         if perm and len(perm) == rank and perm[0] == 0:
             return sorted(perm[2:])
     return list(range(2, rank))

@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 
 from .errors import CouldNotVerify, first_line
-from .graph import producers, set_shape, upstream
+from .graph import is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
 from .modelio import needs_external_data, read_model, save_model
-from .metadata import read_record
+from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismatch
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 
@@ -98,15 +98,52 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
 
     record = read_record(converted)
-    if record and record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
+    problem = _record_problem(record, original, converted, expected, outputs.get("cpu"))
+    if problem is not None:
+        result.checks.append(CheckResult("conversion record", "cpu", "*", False, compared=1, note=problem))
+    if record is None or problem is not None:
+        why = problem or f"the converted model carries no conversion record ({METADATA_KEY!r} metadata)"
+        result.skipped.append(f"sliding window and sequence lengths: not run: {why}")
+    elif record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
         _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index.types)
-    elif record and record.heads and record.mode == "fully_convolutional":
+    elif record.heads and record.mode == "fully_convolutional":
         result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
                               "spatial size reaches the converted maps)")
-    if record and record.token_axes is not None:
+    if record is not None and problem is None and record.token_axes is not None:
         _sequence_length_checks(original, expected_session, record.token_axes, feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
+
+
+def _record_problem(record: ConversionRecord | None, original, converted, expected: dict, got: dict | None) -> str | None:
+    """Why the conversion record cannot be trusted to say which checks to run, or None: it names what
+    the models lack, or its mode does not fit the outputs (a head's output is a map ``[N,F,h,w]`` of
+    the original's ``[N,F]`` in the fully convolutional mode only, and every such map has its head)."""
+    if record is not None:
+        mismatch = record_mismatch(record, original, converted)
+        if mismatch is not None:
+            return f"the conversion record does not fit the models: {mismatch}"
+    if got is None:
+        return None  # the converted model did not run: that check has failed already
+    maps = [name for name, want in expected.items() if name in got and np.ndim(got[name]) > np.ndim(want)]
+    shapes = lambda name: f"{list(np.shape(got[name]))} where the original's is {list(np.shape(expected[name]))}"  # noqa: E731
+    if maps and record is None:
+        return (f"output {maps[0]!r} is a map {shapes(maps[0])}, but the converted model carries no conversion "
+                f"record ({METADATA_KEY!r} metadata), so the sliding window cannot be checked")
+    if record is None:
+        return None
+    if record.mode != "fully_convolutional":  # its heads' outputs got the original layout back
+        return (f"output {maps[0]!r} is a map {shapes(maps[0])}, but the conversion record's mode is {record.mode}"
+                if maps else None)
+    written = {o: head.node for head in record.heads for o in head.outputs}
+    unnamed = [name for name in maps if name not in written]
+    if unnamed:
+        return f"output {unnamed[0]!r} is a map {shapes(unnamed[0])}, but no head of the conversion record writes it"
+    flat = [name for name in written if name in got and name not in maps]
+    if flat:
+        return (f"the conversion record says head {written[flat[0]]!r} writes the map {flat[0]!r}, but it has "
+                f"the original's shape {list(np.shape(got[flat[0]]))}")
+    return None
 
 
 # ---- sequence lengths ---------------------------------------------------------------------------
@@ -225,6 +262,7 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
         got = out_map[(slice(None), slice(None), *pos)]
         one = _compare(check, provider, output, got, want, result.rtol, result.atol)
         worst.passed &= one.passed
+        worst.note = worst.note or one.note
         for attr in ("max_abs_error", "max_rel_error", "needed_atol"):
             setattr(worst, attr, max(getattr(worst, attr), getattr(one, attr)))
     return worst
@@ -258,6 +296,7 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
     g.name = f"{graph.name}_cut"
     g.node.extend(n for n in graph.node if id(n) in keep)
     g.initializer.extend(t for t in graph.initializer if t.name in needed)
+    g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in needed)
     for inp in graph.input:
         if inp.name in needed and inp.name not in {t.name for t in g.initializer}:
             g.input.append(inp)
@@ -395,14 +434,28 @@ def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
         return CheckResult(check, provider, output, mismatched == 0, float(diff.max(initial=0)), 0.0, 0.0,
                            compared=want.size, note=f"{mismatched} values differ" if mismatched else "")
     g, w = got.astype(np.float64), want.astype(np.float64)
-    same_nonfinite = np.isnan(g) & np.isnan(w) | (np.isinf(g) & (g == w))
-    diff = np.where(same_nonfinite, 0.0, np.abs(g - w))
-    rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
-    needed = np.maximum(diff - rtol * np.abs(w), 0.0)
-    finite_ok = not np.any(np.isnan(diff))
-    return CheckResult(check, provider, output, bool(finite_ok and np.all(diff <= atol + rtol * np.abs(w))),
-                       float(np.nanmax(diff, initial=0)), float(np.nanmax(rel, initial=0)),
-                       float(np.nanmax(needed, initial=0)), compared=want.size)
+    finite = np.isfinite(g) & np.isfinite(w)
+    # NaN in both models, or the same inf, at one place is agreement (a NaN weight or input gives it);
+    # NaN or inf in one model only is a mismatch no tolerance covers.
+    one_sided = ~finite & ~(np.isnan(g) & np.isnan(w)) & (g != w)
+    g, w = np.where(finite, g, 0.0), np.where(finite, w, 0.0)
+    diff = np.abs(g - w)
+    passed = not one_sided.any() and bool(np.all(diff <= atol + rtol * np.abs(w)))
+    result = CheckResult(check, provider, output, passed, float(diff.max(initial=0)),
+                         float((diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max(initial=0)),
+                         float(np.maximum(diff - rtol * np.abs(w), 0.0).max(initial=0)), compared=want.size)
+    if one_sided.any():
+        result.max_abs_error = result.max_rel_error = result.needed_atol = float("inf")
+        result.note = _one_sided_note(got, want, one_sided)
+    return result
+
+
+def _one_sided_note(got: np.ndarray, want: np.ndarray, one_sided: np.ndarray) -> str:
+    """Where one model gives NaN or inf and the other does not: how often, and the first place."""
+    count = int(np.count_nonzero(one_sided))
+    first = tuple(int(i) for i in np.argwhere(one_sided)[0])
+    return (f"{count} value{'s' * (count != 1)} NaN or inf in one model only "
+            f"(first at {list(first)}: {got[first]:g}, the original gives {want[first]:g})")
 
 
 def quantization_steps(index: GraphIndex) -> list[float]:
@@ -414,7 +467,7 @@ def quantization_steps(index: GraphIndex) -> list[float]:
     steps = []
     for name in index.graph_outputs:
         node = index.producer.get(index.skip_passthrough(name))
-        scale = index.constant(node.input[1]) if node is not None and node.op_type == "DequantizeLinear" else None
+        scale = index.constant(node.input[1]) if node is not None and is_onnx_op(node, "DequantizeLinear") else None
         if scale is not None and scale.size:
             steps.append(float(np.abs(scale).max()))
     return steps

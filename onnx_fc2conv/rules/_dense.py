@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from .base import Built, Match, Skip
 
@@ -47,12 +47,22 @@ class Dense:
         return f"{self.nodes[0].op_type} {self.in_features}->{self.out_features}"
 
 
+def not_constant_skip(index: GraphIndex, name: str, what: str = "weight", message: str = "") -> Skip:
+    """Why the layer's ``what`` (weight or bias) gives no fixed kernel: it is an initializer the caller
+    may replace (also a graph input; a kernel baked from it would ignore the caller's value and drop
+    the model's input), or it is computed at run time (``message`` says so, else the reason's sentence)."""
+    if name in index.overridable:
+        return Skip("weight_overridable", f"the {what} {name!r} is also a graph input, so a caller may replace it; "
+                                          "the layer stays as it is to keep that input")
+    return Skip("weight_not_constant", message)
+
+
 def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
     if attr(node, "transA", 0):
         return Skip("trans_a")
     meta = index.constant_meta(node.input[1])
     if meta is None:
-        return Skip("weight_not_constant", index.unfolded.get(node.input[1], ""))
+        return not_constant_skip(index, node.input[1], message=index.unfolded.get(node.input[1], ""))
     shape, dtype = meta
     if len(shape) != 2:
         return Skip("weight_not_constant", f"the weight has rank {len(shape)}, not 2")
@@ -62,7 +72,7 @@ def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
     if len(node.input) > 2 and node.input[2]:
         c = index.constant(node.input[2])
         if c is None:
-            return Skip("weight_not_constant", "the bias is computed at run time")
+            return not_constant_skip(index, node.input[2], "bias", "the bias is computed at run time")
         bias = _bias_vector(c, out_f)
         if bias is None:
             return Skip("bias_per_sample", f"the bias has shape {list(c.shape)}; a conv bias needs [F]")
@@ -82,7 +92,7 @@ def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | N
     (in_k, out_f), dtype = meta
     nodes, output, bias = [node], node.output[0], None
     add = index.only_consumer(node.output[0])
-    if add is not None and add.op_type == "Add":
+    if add is not None and is_onnx_op(add, "Add"):
         other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         c = index.constant(other)
         vec = _bias_vector(c, out_f) if c is not None else None
@@ -180,10 +190,10 @@ def quantized_weight(index: GraphIndex, name: str) -> list[onnx.NodeProto] | Non
     """``[DequantizeLinear]`` when the weight is DQ of a constant integer tensor, ``[QuantizeLinear,
     DequantizeLinear]`` when it is a float constant behind a Q->DQ pair; None for a plain weight."""
     dq = index.producer.get(index.skip_passthrough(name))
-    if dq is None or dq.op_type != "DequantizeLinear" or not all(index.is_constant(i) for i in dq.input if i):
+    if dq is None or not is_onnx_op(dq, "DequantizeLinear") or not all(index.is_constant(i) for i in dq.input if i):
         return None
     q = index.producer.get(dq.input[0])
-    return [q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]
+    return [q, dq] if q is not None and is_onnx_op(q, "QuantizeLinear") else [dq]
 
 
 def quantized_axis_skip(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProto]) -> Skip | None:

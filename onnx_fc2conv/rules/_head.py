@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from ..report import format_dims
 from ._dense import Dense, conv_from_dense, read_gemm, read_matmul_add
@@ -27,9 +27,9 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 def read_fc(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | None:
     """The FC layer at ``node`` (Gemm, or MatMul with an optional bias Add); None if it is not one."""
-    if node.op_type == "Gemm":
+    if is_onnx_op(node, "Gemm"):
         return read_gemm(index, node)
-    if node.op_type == "MatMul":
+    if is_onnx_op(node, "MatMul"):
         return read_matmul_add(index, node)
     return None
 
@@ -53,11 +53,11 @@ def elementwise_path(index: GraphIndex, name: str) -> tuple[str, list[onnx.NodeP
 
 
 def is_elementwise(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    if node.domain not in ("", "ai.onnx"):
-        return False
-    if node.op_type in UNARY_OPS:
+    if is_onnx_op(node, "Dropout") and not index.is_passthrough(node):
+        return False  # a training-mode Dropout: random, so no copy of it may stand for it
+    if is_onnx_op(node, *UNARY_OPS):
         return True
-    if node.op_type in QDQ_OPS:  # per-tensor activation quantization; per-axis depends on the layout
+    if is_onnx_op(node, *QDQ_OPS):  # per-tensor activation quantization; per-axis depends on the layout
         params = [index.constant(i) for i in node.input[1:] if i]
         return (not attr(node, "block_size", 0) and not index.is_constant(node.input[0])
                 and all(p is not None and p.size == 1 for p in params))
@@ -84,7 +84,7 @@ def transposes_the_map(index: GraphIndex, transpose: onnx.NodeProto, rank: int) 
     if perm != [0, rank - 1, *range(1, rank - 1)]:
         return True
     source = index.producer.get(elementwise_path(index, transpose.input[0])[0])
-    return source is not None and source.op_type in CHANNELS_FIRST_OPS
+    return source is not None and is_onnx_op(source, *CHANNELS_FIRST_OPS)
 
 
 def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_perm: tuple[int, ...] | None = None,
@@ -102,7 +102,7 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
         return Skip("feature_map_rank", f"the flattened tensor {x!r} has shape {format_dims(dims)}, not [N,C,*S] of rank 3-5")
     if flatten_perm is None:
         source = index.producer.get(elementwise_path(index, x)[0])
-        if source is not None and source.op_type == "Transpose" and transposes_the_map(index, source, len(dims)):
+        if source is not None and is_onnx_op(source, "Transpose") and transposes_the_map(index, source, len(dims)):
             return Skip("channels_last", f"{x!r} is Transpose {source.name!r} (perm {attr(source, 'perm')}) of the map; "
                                          "its axis 1 is not the channel axis")
     window = window_from_weight(dims[1:], dense.in_features)

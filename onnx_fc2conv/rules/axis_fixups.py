@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import attr, set_attr
+from ..graph import attr, is_onnx_op, set_attr
 from .base import Built, Match, Outcome, Rule, RuleContext, node_copy
 
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
@@ -39,7 +39,7 @@ AXES_INPUT_DEFAULT = 18
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.domain not in ("", "ai.onnx") or node.input[0] not in ctx.maps:
+    if not is_onnx_op(node) or node.input[0] not in ctx.maps:
         return None
     info = ctx.maps[node.input[0]]
     if info.layout is not None and not info.layout.keeps_channel_axis:

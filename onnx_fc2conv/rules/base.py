@@ -18,6 +18,7 @@ from ..layouts import Layout
 # Reason codes: stable identifiers for scripts, with the sentence users read.
 REASONS: dict[str, str] = {
     "weight_not_constant": "the weight is computed at run time, so there is no fixed kernel to write",
+    "weight_overridable": "the weight or bias is also a graph input (a default the caller may replace); converting would drop that input",
     "trans_a": "Gemm has transA=1: it reads the activations transposed, which a convolution cannot",
     "bias_per_sample": "the bias has one row per sample ([N,F]); a convolution bias is one value per channel",
     "flatten_axis": "the Flatten does not keep the batch axis alone (axis != 1)",

@@ -34,7 +34,7 @@ from dataclasses import replace
 import onnx
 from onnx import helper
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from ._head import input_producer, is_elementwise
 from .base import Built, Match, Outcome, Rule, RuleContext
@@ -90,7 +90,7 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
 
 def _pool_before(index: GraphIndex, name: str) -> onnx.NodeProto | None:
     """The global pool that ``name`` is computed from position by position, or None."""
-    flatten = [r for r in index.consumers.get(name, []) if r.op_type in ("Flatten", "Reshape")]
+    flatten = [r for r in index.consumers.get(name, []) if is_onnx_op(r, "Flatten", "Reshape")]
     reader = flatten[0] if len(flatten) == 1 else None
     while True:
         node = index.producer.get(name)
@@ -108,7 +108,7 @@ def _pool_before(index: GraphIndex, name: str) -> onnx.NodeProto | None:
 def _only_shapes(index: GraphIndex, node: onnx.NodeProto, flatten: onnx.NodeProto) -> bool:
     """Whether ``node`` only helps compute the target shape of the head's flatten (PyTorch's
     ``x.view(x.size(0), -1)`` reads Shape(x)), which the head makes dead."""
-    if node.op_type == "Reshape" and node is not flatten or any(o in index.graph_outputs for o in node.output):
+    if is_onnx_op(node, "Reshape") and node is not flatten or any(o in index.graph_outputs for o in node.output):
         return False
     for out in node.output:
         for reader in index.consumers.get(out, []):
@@ -121,7 +121,7 @@ def _only_shapes(index: GraphIndex, node: onnx.NodeProto, flatten: onnx.NodeProt
 
 def _is_global_pool(index: GraphIndex, node: onnx.NodeProto) -> bool:
     dims = index.shape(node.input[0])
-    if node.op_type not in GLOBAL_POOLS or dims is None or len(dims) < 3:
+    if not is_onnx_op(node, *GLOBAL_POOLS) or dims is None or len(dims) < 3:
         return False
     if node.op_type in GLOBAL_REDUCES:
         return attr(node, "keepdims", 1) == 1 and on_spatial_axes(index, node, len(dims))
@@ -135,7 +135,7 @@ def _is_position_wise(index: GraphIndex, node: onnx.NodeProto) -> bool:
     """Whether each output position depends on the same input position alone (and the input is input 0)."""
     if is_elementwise(index, node):
         return True
-    if node.op_type == "Conv":  # the kernel's shape is enough: its values are never read here
+    if is_onnx_op(node, "Conv"):  # the kernel's shape is enough: its values are never read here
         kernel = index.constant_meta(node.input[1])
         return (kernel is not None and all(index.is_constant(i) for i in node.input[2:] if i) and
                 all(k == 1 for k in kernel[0][2:]) and
@@ -144,10 +144,10 @@ def _is_position_wise(index: GraphIndex, node: onnx.NodeProto) -> bool:
     others = [index.constant(i) for i in node.input[1:] if i]
     if any(v is None for v in others):
         return False
-    if node.op_type == "BatchNormalization":
+    if is_onnx_op(node, "BatchNormalization"):
         return True
     rank = len(index.shape(node.output[0]) or ())
-    return node.op_type in BINARY_OPS and rank >= 3 and all(
+    return is_onnx_op(node, *BINARY_OPS) and rank >= 3 and all(
         v.size == 1 or (v.ndim >= rank - 1 and all(d == 1 for d in v.shape[-(rank - 2):])) for v in others)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import attr, node_inputs, set_attr
+from ..graph import attr, is_onnx_op, node_inputs, set_attr
 from ..layouts import TOKEN_LAYOUTS, Layout, flat
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
@@ -54,7 +54,7 @@ CONTRIB_GELUS = frozenset({"Gelu", "FastGelu", "QuickGelu"})
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if node.domain == "com.microsoft" and node.op_type in CONTRIB_GELUS:
         return _contrib_gelu(ctx, node)
-    if node.domain not in ("", "ai.onnx"):
+    if not is_onnx_op(node):
         return None
     readers = [i for i in node_inputs(node) if i in ctx.maps]
     infos = {ctx.maps[i] for i in readers}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from ._dense import read_gemm
 from ._head import head_from_feature_map, input_producer
@@ -39,10 +39,10 @@ def flatten_axis_skip(index: GraphIndex, flatten: onnx.NodeProto) -> Skip | None
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.op_type != "Gemm":
+    if not is_onnx_op(node, "Gemm"):
         return None
     flatten = input_producer(ctx.index, node)
-    if flatten is None or flatten.op_type != "Flatten":
+    if flatten is None or not is_onnx_op(flatten, "Flatten"):
         return None
     axis_skip = flatten_axis_skip(ctx.index, flatten)
     if axis_skip is not None:

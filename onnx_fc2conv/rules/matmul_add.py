@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..graph import is_onnx_op
 from ._dense import read_matmul_add
 from .base import Outcome, Rule, RuleContext
 from ._head import head_from_feature_map, input_producer
@@ -25,10 +26,10 @@ from .flatten_gemm import flatten_axis_skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.op_type != "MatMul":
+    if not is_onnx_op(node, "MatMul"):
         return None
     flatten = input_producer(ctx.index, node)
-    if flatten is None or flatten.op_type != "Flatten":
+    if flatten is None or not is_onnx_op(flatten, "Flatten"):
         return None
     dense = read_matmul_add(ctx.index, node)
     if dense is None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ._head import elementwise_path, head_from_feature_map, input_producer, read_fc, transposes_the_map
 from .base import Outcome, Rule, RuleContext, Skip
 from .flatten_gemm import flatten_axis_skip
@@ -33,10 +33,10 @@ from .reshape_flatten import is_flatten_target
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.op_type not in ("Gemm", "MatMul"):
+    if not is_onnx_op(node, "Gemm", "MatMul"):
         return None
     flatten = input_producer(ctx.index, node)
-    if flatten is None or flatten.op_type not in ("Flatten", "Reshape"):
+    if flatten is None or not is_onnx_op(flatten, "Flatten", "Reshape"):
         return None
     flat_dims = ctx.index.shape(flatten.output[0])
     if flat_dims is not None and len(flat_dims) != 2:
@@ -44,7 +44,7 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     transposed, carried = elementwise_path(ctx.index, flatten.input[0])
     transpose = ctx.index.producer.get(transposed)
     dims = ctx.index.shape(flatten.input[0])
-    if transpose is None or transpose.op_type != "Transpose" or dims is None:
+    if transpose is None or not is_onnx_op(transpose, "Transpose") or dims is None:
         return None
     if not transposes_the_map(ctx.index, transpose, len(dims)):
         return None

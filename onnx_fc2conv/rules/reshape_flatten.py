@@ -25,16 +25,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..index import BATCH, GraphIndex, shape_entries
 from ._head import head_from_feature_map, input_producer, read_fc
 from .base import Outcome, Rule, RuleContext, Skip
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.op_type not in ("Gemm", "MatMul"):
+    if not is_onnx_op(node, "Gemm", "MatMul"):
         return None
     reshape = input_producer(ctx.index, node)
-    if reshape is None or reshape.op_type != "Reshape":
+    if reshape is None or not is_onnx_op(reshape, "Reshape"):
         return None
     out_dims = ctx.index.shape(reshape.output[0])
     if out_dims is not None and len(out_dims) != 2:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr, set_attr
+from ..graph import attr, is_onnx_op, set_attr
 from ._dense import conv_from_dense
 from ._head import carry_onto_map, elementwise_path, head_from_feature_map, input_producer, read_fc
 from .base import Match, Outcome, Rule, RuleContext, Skip, node_copy
@@ -36,10 +36,10 @@ GLOBAL_REDUCES = frozenset({"ReduceMean", "ReduceMax"})
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if node.op_type not in ("Gemm", "MatMul"):
+    if not is_onnx_op(node, "Gemm", "MatMul"):
         return None
     squeeze = input_producer(ctx.index, node)
-    if squeeze is None or squeeze.op_type not in ("Squeeze", *GLOBAL_REDUCES):
+    if squeeze is None or not is_onnx_op(squeeze, "Squeeze", *GLOBAL_REDUCES):
         return None
     x = squeeze.input[0]
     dims = ctx.index.shape(x)

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import onnx
 
+from ..graph import is_onnx_op
 from ..layouts import TOKEN_LAYOUTS
 from ._dense import conv_from_dense, read_matmul_add
 from .base import Outcome, Rule, RuleContext, Skip
@@ -34,7 +35,7 @@ from .base import Outcome, Rule, RuleContext, Skip
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     layout = TOKEN_LAYOUTS.get(getattr(ctx.options, "token_layout", None))
-    if layout is None or node.op_type != "MatMul":
+    if layout is None or not is_onnx_op(node, "MatMul"):
         return None
     dims = ctx.index.shape(node.input[0])
     if dims is None or len(dims) != layout.original_rank:

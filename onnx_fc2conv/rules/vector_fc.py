@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import onnx
 
+from ..graph import is_onnx_op
 from ..layouts import VECTOR
 from ._dense import conv_from_dense
 from ._head import read_fc
@@ -31,7 +32,7 @@ from .base import Outcome, Rule, RuleContext, Skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    if not getattr(ctx.options, "vector_fc", False) or node.op_type not in ("Gemm", "MatMul"):
+    if not getattr(ctx.options, "vector_fc", False) or not is_onnx_op(node, "Gemm", "MatMul"):
         return None
     dims = ctx.index.shape(node.input[0])
     if dims is None or len(dims) != VECTOR.original_rank:
