@@ -9,13 +9,13 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .graph import cleanup, node_inputs, producers, rename_input, set_shape, skeleton, toposort, upstream, value_dims
+from .graph import cleanup, is_onnx_op, node_inputs, producers, rename_input, set_shape, skeleton, toposort, upstream, value_dims
 from .index import GraphIndex
 from .layouts import TOKEN_LAYOUTS
 from .metadata import ConversionRecord
 from .modelcheck import infer_shapes
 from .options import Options
-from .planner import Plan, body_plan, bodies, layout_of, plan_graph
+from .planner import FC_OPS, Plan, body_plan, bodies, layout_of, plan_graph
 from .report import ConversionReport, NodeReport, OutputChange
 from .rules import Match, RuleContext
 from .rules._head import elementwise_path
@@ -89,7 +89,26 @@ def fixed_size_notes(graph: onnx.GraphProto, plan: Plan) -> list[str]:
             who = f"node {node.name or node.output[0]!r}, which is not converted" if node else "a graph output"
             notes.append(f"the input size stays fixed: {still_read[0]!r}, the flattened map of head "
                          f"{decision.node.name or decision.node.output[0]!r}, is still read by {who}")
-    return notes
+    return notes or _unconverted_fc_on_a_map(graph, plan, live)
+
+
+def _unconverted_fc_on_a_map(graph: onnx.GraphProto, plan: Plan, live: set[str]) -> list[str]:
+    """The note for the first FC layer left as it is whose input is computed from a head's feature map
+    (through a Flatten of its own, say): a larger map would give it more inputs than its weight has.
+    Conservative: a global pool on the way would make the size harmless, and still fixes it here."""
+    heads = {d.outcome.feature_map: d.node for d in plan.decisions
+             if isinstance(d.outcome, Match) and d.outcome.feature_map is not None and None not in d.outcome.window}
+    producer = producers(graph)  # of the rewritten graph, whose nodes are copies of the planned ones
+    for decision in plan.decisions:
+        if decision.status != "skipped" or not is_onnx_op(decision.node, *FC_OPS) or decision.node.output[0] not in live:
+            continue
+        reached, _ = upstream(producer, decision.node.input[:1])
+        head = next((node for feature_map, node in heads.items() if feature_map in reached), None)
+        if head is not None:
+            return [f"the input size stays fixed: node {decision.node.name or decision.node.output[0]!r}, which is "
+                    f"not converted, reads a tensor computed from the feature map of head "
+                    f"{head.name or head.output[0]!r}"]
+    return []
 
 
 def _flattened(index: GraphIndex, fc: onnx.NodeProto) -> list[str]:

@@ -128,6 +128,10 @@ def shared_flatten(second):
     inputs = list(base.graph.input)
     if second == "gemm":
         nodes.append(helper.make_node("Gemm", ["flat0", "fc2.w"], ["y2"], name="fc2", transB=1))
+    elif second == "second_flatten":  # a Flatten of its own, of the same map, before the Gemm left as it is
+        feature_map = next(n.input[0] for n in nodes if "flat0" in n.output)
+        nodes.append(helper.make_node("Flatten", [feature_map], ["flat_b"], name="flatten_b"))
+        nodes.append(helper.make_node("Gemm", ["flat_b", "fc2.w"], ["y2"], name="fc2", transB=1))
     elif second == "runtime_weight":
         inputs.append(vi("w_in", [3, 36]))
         nodes.append(helper.make_node("Gemm", ["flat0", "w_in"], ["y2"], name="fc2", transB=1))
@@ -141,7 +145,7 @@ def shared_flatten(second):
     return model(nodes, inputs, [vi("y", None, 0), vi("y2", None, 0)], inits)
 
 
-SHARED = {"gemm": dict(exclude=["fc2"]), "runtime_weight": {}, "if": {}}
+SHARED = {"gemm": dict(exclude=["fc2"]), "runtime_weight": {}, "if": {}, "second_flatten": dict(exclude=["fc2"])}
 
 
 @pytest.mark.parametrize("second", sorted(SHARED))
@@ -152,8 +156,12 @@ def test_a_flatten_shared_with_a_layer_left_as_gemm_keeps_the_input_size(second)
     assert [n.node for n in report.converted] == ["fc"]
     assert not report.fully_convolutional and report.symbolic_inputs == {}
     reader = "fc2" if second != "if" else "branch"
-    assert report.notes == [f"the input size stays fixed: 'flat0', the flattened map of head 'fc', is still read by "
-                            f"node {reader!r}, which is not converted"]
+    if second == "second_flatten":
+        assert report.notes == ["the input size stays fixed: node 'fc2', which is not converted, reads a tensor "
+                                "computed from the feature map of head 'fc'"]
+    else:
+        assert report.notes == [f"the input size stays fixed: 'flat0', the flattened map of head 'fc', is still "
+                                f"read by node {reader!r}, which is not converted"]
     assert "not fully convolutional: input sizes kept" in report.render_text()
     v = report.verification
     assert v and [c.check for c in v.checks] == ["original size", "original size"]
