@@ -5,18 +5,26 @@
 >>> print(result.report.render_text())                              # doctest: +SKIP
 >>> print(onnx_fc2conv.inspect("model.onnx").render_text())          # doctest: +SKIP
 """
-from .version import __version__
-from .errors import (CouldNotVerify, Fc2ConvError, InvalidModelError, OutputError, UnsafeModelError,
-                     UsageError, VerificationFailed)
+from .errors import (
+                     CouldNotVerify,
+                     Fc2ConvError,
+                     InvalidModelError,
+                     OutputError,
+                     UnsafeModelError,
+                     UsageError,
+                     VerificationFailed,
+)
 from .inspection import Inspection, inspect
 from .options import Options
 from .pipeline import ConversionResult, convert
 from .report import ConversionReport, VerificationResult
 from .rules import REASONS, RULE_NAMES
 from .verify import verify
+from .version import __version__
 
 __all__ = [
-    "convert", "inspect", "verify", "Options", "ConversionResult", "Inspection", "ConversionReport", "VerificationResult", "REASONS", "RULE_NAMES",
+    "convert", "inspect", "verify", "Options", "ConversionResult", "Inspection", "ConversionReport",
+    "VerificationResult", "REASONS", "RULE_NAMES",
     "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "UsageError", "VerificationFailed",
     "CouldNotVerify", "__version__",
 ]

@@ -9,13 +9,24 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .graph import cleanup, is_onnx_op, node_inputs, producers, rename_input, set_shape, skeleton, toposort, upstream, value_dims
+from .graph import (
+    cleanup,
+    is_onnx_op,
+    node_inputs,
+    producers,
+    rename_input,
+    set_shape,
+    skeleton,
+    toposort,
+    upstream,
+    value_dims,
+)
 from .index import GraphIndex
 from .layouts import TOKEN_LAYOUTS
 from .metadata import ConversionRecord
 from .modelcheck import infer_shapes
 from .options import Options
-from .planner import FC_OPS, Plan, body_plan, bodies, layout_of, plan_graph
+from .planner import FC_OPS, Plan, bodies, body_plan, layout_of, plan_graph
 from .report import ConversionReport, NodeReport, OutputChange
 from .rules import Match, RuleContext
 from .rules._head import elementwise_path
@@ -81,7 +92,7 @@ def fixed_size_notes(graph: onnx.GraphProto, plan: Plan) -> list[str]:
     notes = []
     for decision in plan.decisions:
         outcome = decision.outcome
-        if not isinstance(outcome, Match) or outcome.feature_map is None or None in outcome.window:
+        if not isinstance(outcome, Match) or outcome.window is None or None in outcome.window:
             continue  # no head, or one that reduces the whole map: its [N,C] has no size built in
         still_read = [n for n in _flattened(plan.ctx.index, decision.node) if n in live]
         if still_read:
@@ -97,10 +108,12 @@ def _unconverted_fc_on_a_map(graph: onnx.GraphProto, plan: Plan, live: set[str])
     (through a Flatten of its own, say): a larger map would give it more inputs than its weight has.
     Conservative: a global pool on the way would make the size harmless, and still fixes it here."""
     heads = {d.outcome.feature_map: d.node for d in plan.decisions
-             if isinstance(d.outcome, Match) and d.outcome.feature_map is not None and None not in d.outcome.window}
+             if isinstance(d.outcome, Match) and d.outcome.feature_map is not None and d.outcome.window is not None
+             and None not in d.outcome.window}
     producer = producers(graph)  # of the rewritten graph, whose nodes are copies of the planned ones
     for decision in plan.decisions:
-        if decision.status != "skipped" or not is_onnx_op(decision.node, *FC_OPS) or decision.node.output[0] not in live:
+        unconverted_fc = decision.status == "skipped" and is_onnx_op(decision.node, *FC_OPS)
+        if not unconverted_fc or decision.node.output[0] not in live:
             continue
         reached, _ = upstream(producer, decision.node.input[:1])
         head = next((node for feature_map, node in heads.items() if feature_map in reached), None)
@@ -139,7 +152,7 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
             built = outcome.build()
             new_nodes = built.nodes
             read_maps = [n for n in node_inputs(decision.node) if n in ctx.maps]
-            if outcome.entry is not None:
+            if outcome.entry is not None and outcome.layout is not None:
                 new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
                 new_initializers.extend(entry_inits)
                 read_maps = [entered]

@@ -8,13 +8,12 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import click
 
-from .version import __version__
 from .errors import CouldNotVerify, Fc2ConvError, OutputError, UsageError, VerificationFailed
 from .inspection import inspect
 from .layouts import TOKEN_LAYOUTS
@@ -23,6 +22,7 @@ from .options import Options
 from .pipeline import convert
 from .rules import RULE_NAMES
 from .safety import check_report_path, check_tolerances
+from .version import __version__
 
 INT64_MAX = (1 << 63) - 1
 
@@ -32,7 +32,7 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
     name, sep, dims = text.rpartition(":")
     if not sep or not name or not dims:
         raise UsageError(f"--input-shape {text!r}: expected NAME:DIMS, e.g. images:1x3x224x224")
-    parsed = []
+    parsed: list[int | None] = []
     for d in dims.lower().split("x"):
         if d == "?":
             parsed.append(None)
@@ -93,7 +93,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.group(cls=ConvertByDefault, context_settings=CONTEXT, subcommand_metavar="[COMMAND] IN [OUT] ...")
 @click.version_option(__version__, prog_name="onnx-fc2conv")
 def main():
-    """Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
+    r"""Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
 
     \b
       onnx-fc2conv IN OUT [options]       convert (same as: onnx-fc2conv convert IN OUT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper

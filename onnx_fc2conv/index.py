@@ -14,8 +14,21 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-from .graph import (Dim, attr, dense_initializer, is_onnx_op, names_in, node_inputs, opset_version, outer_names_read,
-                    set_shape, skeleton, upstream, value_dims)
+from .errors import Fc2ConvError
+from .graph import (
+    Dim,
+    attr,
+    dense_initializer,
+    is_onnx_op,
+    names_in,
+    node_inputs,
+    opset_version,
+    outer_names_read,
+    set_shape,
+    skeleton,
+    upstream,
+    value_dims,
+)
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
@@ -42,12 +55,12 @@ class GraphIndex:
     are unique across every scope."""
 
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
-                 outer: "GraphIndex | None" = None, data_folder: Path | None = None):
+                 outer: GraphIndex | None = None, data_folder: Path | None = None):
         self.model = model
         self.outer = outer
         # Where the external data of a model read without it lives (``inspect``): a constant the
         # rules need (a bias, a scale) is read from there when asked, the rest never.
-        self.data_folder = outer.data_folder if outer is not None else data_folder
+        self.data_folder: Path | None = outer.data_folder if outer is not None else data_folder
         self.unfolded: dict[str, str] = {}  # constant -> why it was not folded, for the skip message
         self.graph = model.graph
         self.opset = opset_version(model)
@@ -74,7 +87,8 @@ class GraphIndex:
         self.types = infer_value_types(model, input_shapes)
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._refine_resize_shapes()
-        self._used_names = outer._used_names if outer is not None else set()  # shared: one namespace
+        # Shared with the enclosing scopes: one namespace for fresh names.
+        self._used_names: set[str] = outer._used_names if outer is not None else set()
         self._used_names.update(names_in(self.graph))
 
     # ---- shapes -------------------------------------------------------------------------------
@@ -186,6 +200,14 @@ class GraphIndex:
         except Exception:  # noqa: BLE001 - an op the reference runtime cannot fold is simply not known
             return None
 
+    def known_constant(self, name: str) -> np.ndarray:
+        """The value of ``name``, which the plan has already found to be a constant (a build step
+        reads its weights through this); an internal error where it is not one."""
+        value = self.constant(name)
+        if value is None:
+            raise Fc2ConvError(f"internal error: {name!r} was planned as a constant but has no value")
+        return value
+
     def _initializer_value(self, tensor: onnx.TensorProto) -> np.ndarray:
         if self.data_folder is None or not uses_external_data(tensor):
             return numpy_helper.to_array(tensor)
@@ -203,8 +225,9 @@ class GraphIndex:
             dims = tuple(int(d) for d in np.asarray(values[0]).reshape(-1))
         if dims is None or not all(isinstance(d, int) for d in dims):
             return None
+        count = math.prod(d for d in dims if isinstance(d, int))
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(self.dtype(name) or onnx.TensorProto.FLOAT)).itemsize
-        size = math.prod(dims) * itemsize
+        size = count * itemsize
         held = sum(v.nbytes for v in values if v is not None)
         if size <= held + FOLD_HEADROOM_BYTES:
             return None
@@ -308,7 +331,7 @@ def _run_single_node(node: onnx.NodeProto, values: list, opset_import) -> list[n
 BATCH = "batch"  # a shape entry that evaluates to the batch dimension of a tensor at run time
 
 
-def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
+def shape_entries(index: GraphIndex, name: str, batch_dim) -> list | None:
     """Evaluate a 1D shape tensor to a list of ints and ``BATCH`` markers, or None if unknown."""
     value = index.constant(name)
     if value is not None:
@@ -322,7 +345,7 @@ def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
         return shape_entries(index, node.input[0], batch_dim)
     if op == "Concat":
         parts = [shape_entries(index, i, batch_dim) for i in node.input]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+        return None if any(p is None for p in parts) else [e for p in parts if p is not None for e in p]
     if op == "Shape":
         src = index.shape(node.input[0])
         if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
@@ -343,7 +366,7 @@ def shape_entries(index: "GraphIndex", name: str, batch_dim) -> list | None:
     return None
 
 
-def _slice_bounds(index: "GraphIndex", node: onnx.NodeProto) -> tuple[int, int] | None:
+def _slice_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[int, int] | None:
     if len(node.input) >= 3:
         starts, ends = index.constant(node.input[1]), index.constant(node.input[2])
         steps = index.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None

@@ -210,7 +210,8 @@ def _check_dims(spec: InputSpec, dims: tuple, option: str) -> None:
 
 
 def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = None, data: dict | None = None,
-                batch: int = DEFAULT_BATCH, index: GraphIndex | None = None) -> tuple[dict[str, np.ndarray], list[InputSummary]]:
+                batch: int = DEFAULT_BATCH,
+                index: GraphIndex | None = None) -> tuple[dict[str, np.ndarray], list[InputSummary]]:
     """One array per graph input: from ``data`` when given, else synthesised from ``seed``.
     ``index``: the caller's index of ``model``, when it has one (else one is built).
 
@@ -235,14 +236,16 @@ def make_inputs(model: onnx.ModelProto, *, seed: int = 0, shapes: dict | None = 
     return feeds, summaries
 
 
-def resolve_shapes(specs: list[InputSpec], shapes: dict, data: dict, batch: int = DEFAULT_BATCH) -> dict[str, tuple[int, ...]]:
+def resolve_shapes(specs: list[InputSpec], shapes: dict, data: dict,
+                   batch: int = DEFAULT_BATCH) -> dict[str, tuple[int, ...]]:
     """The concrete shape of every input, by the rules in this module's docstring."""
     bound: dict[str, int] = {}
     for spec in specs:  # names pinned by the user bind every input that uses them
         given = data[spec.name].shape if spec.name in data else shapes.get(spec.name)
         for declared, size in zip(spec.dims or (), given or ()):
-            if _symbol(declared) and size is not None:
-                bound.setdefault(declared, size)
+            symbol = _symbol(declared)
+            if symbol and size is not None:
+                bound.setdefault(symbol, size)
     used_outside_past = {_symbol(d) for s in specs if not s.is_past for d in s.dims or ()}
     result = {}
     for spec in sorted(specs, key=lambda s: s.is_past):  # non-past inputs bind batch and sequence first
@@ -280,7 +283,7 @@ class InputUsage:
 
     def table_rows(self, name: str) -> int | None:
         """Rows of the smallest table the input indexes (through pass-through ops), if any."""
-        rows = []
+        rows: list[int] = []
         for node, slot, _ in self._readers(name, pass_through=True):
             table_slot = TABLE_SLOTS.get((node.domain or "", node.op_type), {}).get(slot)
             if table_slot is None or table_slot >= len(node.input):
@@ -289,8 +292,9 @@ class InputUsage:
             if not dims:
                 continue
             axis = attr(node, "axis", 0) % len(dims) if node.op_type == "Gather" else 0
-            if _is_static(dims[axis]):
-                rows.append(dims[axis])
+            size = dims[axis]
+            if isinstance(size, int) and size >= 0:
+                rows.append(size)
         return min(rows) if rows else None
 
     def is_mask(self, name: str) -> bool:

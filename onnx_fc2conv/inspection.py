@@ -109,7 +109,7 @@ def _describe(index: GraphIndex, decision: Decision) -> NodeInspection:
     if isinstance(decision.outcome, Match):
         status, reason, detail = "converts", None, decision.outcome.detail
     else:
-        status, reason, detail = decision.status, decision.outcome.reason, decision.outcome.message
+        status, reason, detail = decision.status or "skipped", decision.outcome.reason, decision.outcome.message
     return NodeInspection(node.name or node.output[0], op_label(node), _dims(index.shape(node.input[0])),
                           _dims(weight_shape), _fed_by(index, node.input[0]), status, decision.rule, reason, detail)
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import onnx
 
-from .version import __version__
 from .errors import InvalidModelError
 from .graph import names_in, value_dims
+from .report import Mode
+from .version import __version__
 
 METADATA_KEY = "onnx_fc2conv"
-Mode = Literal["keep_output_shape", "fully_convolutional"]
 MODES = ("keep_output_shape", "fully_convolutional")
 
 
@@ -51,7 +50,7 @@ class ConversionRecord:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ConversionRecord":
+    def from_json(cls, text: str) -> ConversionRecord:
         """The record in ``text``; InvalidModelError, in one line, where it is not one."""
         try:
             data = json.loads(text)
@@ -92,7 +91,8 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
     nodes = {n.name for n in converted.graph.node}
     for head in record.heads:
         if head.feature_map not in original_names:
-            return f"its head {head.node!r} reads the feature map {head.feature_map!r}, which the original model does not have"
+            return (f"its head {head.node!r} reads the feature map {head.feature_map!r}, "
+                    "which the original model does not have")
         if head.node not in nodes:
             return f"its head {head.node!r} is no node of the converted model"
         missing = [o for o in head.outputs if o not in outputs]

@@ -79,7 +79,8 @@ def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
     test models) fails even the basic check; ONNX Runtime runs such models, so it gets its inferred
     shape here, and the model itself is left as it is."""
     sk = skeleton(model)
-    missing = [o for o in sk.graph.output if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape")]
+    missing = [o for o in sk.graph.output
+               if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape")]
     if missing:
         inferred = infer_shapes(sk, "the checker then judges the output as declared")
         shapes = {vi.name: vi for vi in inferred.graph.output} if inferred is not None else {}

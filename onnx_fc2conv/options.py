@@ -12,6 +12,7 @@ import onnx
 from .errors import Fc2ConvError
 from .graph import Dim
 from .layouts import TOKEN_LAYOUTS
+from .report import Mode
 from .rules import RULE_NAMES
 
 
@@ -46,11 +47,11 @@ class Options:
                                f"layouts are: {', '.join(TOKEN_LAYOUTS)}")
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return "keep_output_shape" if self.keep_output_shape else "fully_convolutional"
 
     @classmethod
-    def from_keywords(cls, options: "Options | None", keywords: dict[str, Any]) -> "Options":
+    def from_keywords(cls, options: Options | None, keywords: dict[str, Any]) -> Options:
         """``options`` (or the defaults) with the named fields of ``keywords`` set; a name that is
         not an option is an error, in one line."""
         names = [f.name for f in fields(cls)]

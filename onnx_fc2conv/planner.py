@@ -49,8 +49,8 @@ class Decision:
         message = self.outcome.message
         if self.status == "blocked":
             message += "; Flatten put back before it"
-        return NodeReport(name, op_label(self.node), self.status, rule=self.rule, reason=self.outcome.reason,
-                          message=message)
+        return NodeReport(name, op_label(self.node), self.status or "skipped", rule=self.rule,
+                          reason=self.outcome.reason, message=message)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
         if isinstance(outcome, Match):
             read_maps = [n for n in node_inputs(node) if n in ctx.maps]
             head, layout = None, outcome.layout  # a token/vector entry starts a run of its own layout
-            if outcome.feature_map is not None:
+            if outcome.feature_map is not None and outcome.window is not None:
                 head = len(plan.heads)
                 plan.heads.append(HeadRecord(outcome.feature_map, outcome.window, node.name or node.output[0]))
             elif read_maps:
@@ -97,6 +97,7 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
             # A head's map meeting such an op blocks the fully convolutional model; a token or vector
             # run simply ends there (reported only when the op is an FC layer left as it is).
             skip = outcome if isinstance(outcome, Skip) else Skip("fcn_blocked")
+            status: NodeStatus | None
             if any(layout_of(ctx.maps[n]).name == "flat" for n in node_inputs(node) if n in ctx.maps):
                 status = "blocked"
             else:

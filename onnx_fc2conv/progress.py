@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import TextIO
 
 LARGE_MODEL_BYTES = 100 << 20
 SLOW_STEP_SECONDS = 1.0

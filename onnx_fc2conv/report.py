@@ -9,6 +9,9 @@ from typing import Literal
 NodeStatus = Literal["converted", "skipped", "blocked"]
 
 
+# What a converted model is: fully convolutional (the default), or a drop-in with the same output shapes.
+Mode = Literal["fully_convolutional", "keep_output_shape"]
+
 @dataclass
 class NodeReport:
     """One FC-like node (or a node where a converted path had to stop)."""
@@ -31,8 +34,8 @@ class NodeReport:
 @dataclass
 class OutputChange:
     name: str
-    before: list
-    after: list
+    before: list | None  # None: shape inference gives no shape
+    after: list | None
 
 
 @dataclass
@@ -128,7 +131,7 @@ class RunReport:
     transposes_added: int = 0
     reshapes_added: int = 0
 
-    def absorb(self, other: "RunReport") -> None:
+    def absorb(self, other: RunReport) -> None:
         for name in ("starts", "converted", "passed_through", "ends"):
             getattr(self, name).extend(getattr(other, name))
         self.transposes_added += other.transposes_added
@@ -144,10 +147,10 @@ class RunReport:
 class ConversionReport:
     model: str
     opset: int
-    mode: Literal["fully_convolutional", "keep_output_shape"]
+    mode: Mode
     nodes: list[NodeReport] = field(default_factory=list)
     outputs: list[OutputChange] = field(default_factory=list)
-    symbolic_inputs: dict[str, list] = field(default_factory=dict)
+    symbolic_inputs: dict[str, list | None] = field(default_factory=dict)
     fully_convolutional: bool = False
     flattens_added: int = 0
     transposes_added: int = 0

@@ -35,7 +35,8 @@ class LayoutBridge:
         """Make ``nodes`` read ``name`` in ``layout``; returns the nodes to insert (the entry first,
         the first time ``name`` enters this layout), the entry's constants and the map's name."""
         key = (name, layout.name)
-        entry_nodes, inits = [], []
+        entry_nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
         if key not in self._entered:
             entry_nodes, inits, mapped = layout.enter(self.index, name)
             self._entered[key] = mapped
@@ -67,7 +68,8 @@ class LayoutBridge:
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
         """Nodes that give map ``name`` its original layout for ``reader``, and the restored tensor's
         name; once per map: a later reader gets the same tensor and no new nodes."""
-        nodes, inits = [], []
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
         if name not in self._restored:
             nodes, inits, self._restored[name] = layout.restore(self.index, name)
         run = self._run_of.get(name)

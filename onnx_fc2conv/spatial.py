@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 
-from .graph import attr, is_onnx_op, set_shape, upstream, value_dims
+from .graph import Dim, attr, is_onnx_op, set_shape, upstream, value_dims
 from .index import GraphIndex
 from .metadata import HeadRecord
 from .modelcheck import infer_value_types
@@ -19,9 +19,9 @@ def token_axes(index: GraphIndex, entries: list[str]) -> dict[str, list[int]]:
     verifier can vary the sequence length: the symbolic input axes whose size is the token axis's (its
     name, or its value under --input-shape). Where shape inference renamed it (``unk__3``), the one
     symbolic non-batch size the inputs have, if they have only one."""
-    tokens = {dims[1] for dims in map(index.shape, entries) if dims is not None and len(dims) == 3} - {None}
+    tokens: set[Dim] = {dims[1] for dims in map(index.shape, entries) if dims is not None and len(dims) == 3} - {None}
     declared = {name: value_dims(inp)[1] or () for name, inp in index.graph_inputs.items()}
-    symbolic = {d for dims in declared.values() for d in dims[1:] if isinstance(d, str)}
+    symbolic: set[Dim] = {d for dims in declared.values() for d in dims[1:] if isinstance(d, str)}
     if not tokens & symbolic and not any(isinstance(t, int) for t in tokens) and len(symbolic) == 1:
         tokens = symbolic
     axes = {}

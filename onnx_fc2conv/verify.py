@@ -25,8 +25,8 @@ from .errors import CouldNotVerify, first_line
 from .graph import is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
-from .modelio import needs_external_data, read_model, save_model
 from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismatch
+from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 
@@ -61,7 +61,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     try:
         expected_session = _session(original, "cpu", original_folder)
     except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
-        raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: {first_line(exc)}") from None
+        raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: "
+                             f"{first_line(exc)}") from None
     try:
         expected = _run(expected_session, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of the original means no proof
@@ -115,7 +116,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     return result
 
 
-def _record_problem(record: ConversionRecord | None, original, converted, expected: dict, got: dict | None) -> str | None:
+def _record_problem(record: ConversionRecord | None, original, converted, expected: dict,
+                    got: dict | None) -> str | None:
     """Why the conversion record cannot be trusted to say which checks to run, or None: it names what
     the models lack, or its mode does not fit the outputs (a head's output is a map ``[N,F,h,w]`` of
     the original's ``[N,F]`` in the fully convolutional mode only, and every such map has its head)."""

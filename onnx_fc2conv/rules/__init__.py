@@ -4,8 +4,18 @@ Head rules turn the first FC layer after a flatten into a Conv whose kernel cove
 (or, when asked, a token or vector FC layer into a kernel-1 Conv); chain rules carry the map through
 what follows. ``--skip-rule NAME`` turns one off by name.
 """
-from . import (axis_fixups, dense_pool, fc_chain, flatten_gemm, matmul_add, nhwc_flatten, reshape_flatten,
-               squeeze_flatten, token_matmul, vector_fc)
+from . import (
+               axis_fixups,
+               dense_pool,
+               fc_chain,
+               flatten_gemm,
+               matmul_add,
+               nhwc_flatten,
+               reshape_flatten,
+               squeeze_flatten,
+               token_matmul,
+               vector_fc,
+)
 from .base import REASONS, Built, MapInfo, Match, Rule, RuleContext, Skip
 
 RULES: tuple[Rule, ...] = (

@@ -21,7 +21,6 @@ from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from .base import Built, Match, Skip
 
-
 CONV_BFLOAT16_SINCE = 22  # Conv-1 and Conv-11 take float16, float and double only
 
 
@@ -81,7 +80,7 @@ def read_gemm(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip:
                  alpha=float(attr(node, "alpha", 1.0)), bias=bias)
 
 
-def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | Skip | None:
+def read_matmul_add(index: GraphIndex, node: onnx.NodeProto) -> Dense | None:
     """MatMul(x, W[K, F]) with a constant W, and the Add of a constant [F] bias that follows it.
 
     Returns None when W is not a constant: a MatMul of two activations is not an FC layer.
@@ -117,7 +116,8 @@ def conv_from_dense(index: GraphIndex, dense: Dense, x: str, channels: int, kern
     ``flatten_perm``: the layer flattened ``Transpose(x, perm)`` rather than ``x`` (see nhwc_flatten).
     Every check is made here; the kernel is written only when the match is built."""
     if index.dtype(x) == onnx.TensorProto.BFLOAT16 and index.opset < CONV_BFLOAT16_SINCE:
-        return Skip("unsupported_dtype", f"Conv takes bfloat16 from opset {CONV_BFLOAT16_SINCE}; the model has opset {index.opset}")
+        return Skip("unsupported_dtype",
+                    f"Conv takes bfloat16 from opset {CONV_BFLOAT16_SINCE}; the model has opset {index.opset}")
     if channels * int(np.prod(kernel)) != dense.in_features:
         return Skip("weight_shape_mismatch",
                     f"the layer takes {dense.in_features} inputs but the map gives "
@@ -179,7 +179,7 @@ def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...],
     owned = index.owned_initializer(dense.weight)
     if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0 and flatten_perm is None:
         return dense.weight, [], {dense.weight: conv_shape}
-    w = kernel_layout(index.constant(dense.weight), dense.weight_is_k_by_f, conv_shape, flatten_perm)
+    w = kernel_layout(index.known_constant(dense.weight), dense.weight_is_k_by_f, conv_shape, flatten_perm)
     if dense.alpha != 1.0:
         w = (w * dense.alpha).astype(w.dtype)
     name = index.fresh_name(f"{dense.name}.weight")
@@ -215,21 +215,22 @@ def quantized_kernel(index: GraphIndex, dense: Dense, stages: list[onnx.NodeProt
     move a per-channel ``axis`` to 0, the conv's output channels. ``alpha`` goes into the DQ scale.
     The stages passed :func:`quantized_axis_skip`."""
     source = index.fresh_name(f"{dense.name}.weight_{'float' if len(stages) == 2 else 'quantized'}")
-    inits = [numpy_helper.from_array(arrange(index.constant(stages[0].input[0])), source)]
+    inits = [numpy_helper.from_array(arrange(index.known_constant(stages[0].input[0])), source)]
     nodes, current = [], source
     for stage in stages:
-        scale = index.constant(stage.input[1])
+        scale = index.known_constant(stage.input[1])
         if stage.op_type == "DequantizeLinear" and dense.alpha != 1.0:
-            scale = (scale * dense.alpha).astype(scale.dtype)
+            scale = np.asarray(scale * dense.alpha, dtype=scale.dtype)
         scale_name = index.fresh_name(f"{dense.name}.weight_scale")
         inits.append(numpy_helper.from_array(scale, scale_name))
         inputs = [current, scale_name]
         if len(stage.input) > 2 and stage.input[2]:
             zero_name = index.fresh_name(f"{dense.name}.weight_zero_point")
-            inits.append(numpy_helper.from_array(index.constant(stage.input[2]), zero_name))
+            inits.append(numpy_helper.from_array(index.known_constant(stage.input[2]), zero_name))
             inputs.append(zero_name)
         current = index.fresh_name(f"{dense.name}.weight_{stage.op_type}")
-        node = helper.make_node(stage.op_type, inputs, [current], name=index.fresh_name(f"{dense.name}_{stage.op_type}"))
+        node = helper.make_node(stage.op_type, inputs, [current],
+                                name=index.fresh_name(f"{dense.name}_{stage.op_type}"))
         node.attribute.extend(a for a in stage.attribute if a.name != "axis")
         if scale.size > 1:
             node.attribute.append(helper.make_attribute("axis", 0))

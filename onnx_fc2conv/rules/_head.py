@@ -7,6 +7,8 @@ it onto the map, in front of the Conv, and the original becomes dead.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
@@ -88,7 +90,7 @@ def transposes_the_map(index: GraphIndex, transpose: onnx.NodeProto, rank: int) 
 
 
 def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_perm: tuple[int, ...] | None = None,
-                          carried: list[onnx.NodeProto] = ()) -> Match | Skip:
+                          carried: Sequence[onnx.NodeProto] = ()) -> Match | Skip:
     """Write ``dense`` as a Conv whose kernel covers the whole map ``x`` ``[N, C, *S]``.
 
     ``carried``: element-wise ops between ``x`` and the flatten (see nhwc_flatten); those between the
@@ -99,12 +101,13 @@ def head_from_feature_map(index: GraphIndex, dense: Dense, x: str, *, flatten_pe
         return Skip("feature_map_shape_unknown", f"shape inference gives no shape for the flattened tensor {x!r}; "
                                                  "pass --input-shape to fix its size")
     if not 3 <= len(dims) <= 5:
-        return Skip("feature_map_rank", f"the flattened tensor {x!r} has shape {format_dims(dims)}, not [N,C,*S] of rank 3-5")
+        return Skip("feature_map_rank",
+                    f"the flattened tensor {x!r} has shape {format_dims(dims)}, not [N,C,*S] of rank 3-5")
     if flatten_perm is None:
         source = index.producer.get(elementwise_path(index, x)[0])
         if source is not None and is_onnx_op(source, "Transpose") and transposes_the_map(index, source, len(dims)):
-            return Skip("channels_last", f"{x!r} is Transpose {source.name!r} (perm {attr(source, 'perm')}) of the map; "
-                                         "its axis 1 is not the channel axis")
+            return Skip("channels_last", f"{x!r} is Transpose {source.name!r} (perm {attr(source, 'perm')}) "
+                                         "of the map; its axis 1 is not the channel axis")
     window = window_from_weight(dims[1:], dense.in_features)
     if isinstance(window, Skip):
         return Skip(window.reason, f"the flattened map {x!r} has shape {format_dims(dims)}; {window.message}")

@@ -88,8 +88,8 @@ def _channels_last(ctx: RuleContext, node: onnx.NodeProto, spatial_rank: int) ->
             helper.make_node("Transpose", [node.input[0]], [last], name=ctx.index.fresh_name(f"{node.name}_to_last"),
                              perm=to_last),
             new,
-            helper.make_node("Transpose", [normed], [node.output[0]], name=ctx.index.fresh_name(f"{node.name}_from_last"),
-                             perm=back),
+            helper.make_node("Transpose", [normed], [node.output[0]],
+                             name=ctx.index.fresh_name(f"{node.name}_from_last"), perm=back),
         ])
 
     return Match(removed=[node], maps={node.output[0]: spatial_rank}, build=build, kind="fixup",

@@ -6,8 +6,9 @@ pattern at all, and a ``Skip`` when the pattern is there but cannot be rewritten
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import onnx
 
@@ -18,12 +19,14 @@ from ..layouts import Layout
 # Reason codes: stable identifiers for scripts, with the sentence users read.
 REASONS: dict[str, str] = {
     "weight_not_constant": "the weight is computed at run time, so there is no fixed kernel to write",
-    "weight_overridable": "the weight or bias is also a graph input (a default the caller may replace); converting would drop that input",
+    "weight_overridable": ("the weight or bias is also a graph input (a default the caller may replace); "
+                           "converting would drop that input"),
     "trans_a": "Gemm has transA=1: it reads the activations transposed, which a convolution cannot",
     "bias_per_sample": "the bias has one row per sample ([N,F]); a convolution bias is one value per channel",
     "flatten_axis": "the Flatten does not keep the batch axis alone (axis != 1)",
     "feature_map_rank": "the flattened tensor is not a rank 3-5 feature map [N,C,*S]",
-    "feature_map_shape_unknown": "the flattened map's size is symbolic and the weight does not fix it; pass --input-shape",
+    "feature_map_shape_unknown": ("the flattened map's size is symbolic and the weight does not fix it; "
+                                  "pass --input-shape"),
     "reshape_not_flatten": "the Reshape does not flatten [N,C,*S] into [N,C*prod(S)]",
     "not_a_feature_map": "the layer reads a 2D tensor that is not a flattened feature map (see --vector-fc)",
     "token_matmul": "the MatMul runs on a [B,T,D] token tensor (see --token-layout)",
@@ -34,7 +37,8 @@ REASONS: dict[str, str] = {
     "unsupported_dtype": "the weight's element type has no Conv kernel at this opset",
     "excluded": "the node is excluded by --include/--exclude",
     "quantized_op": "a quantized FC operator (QGemm, QLinearMatMul, MatMulInteger); no rule rewrites it",
-    "quantized_weight_axis": "the weight is quantized per input feature or in blocks; a conv kernel keeps one scale per output channel",
+    "quantized_weight_axis": ("the weight is quantized per input feature or in blocks; "
+                              "a conv kernel keeps one scale per output channel"),
     "channels_last": "the flattened tensor is a transposed map (e.g. NHWC) whose axis order the rule cannot undo",
 }
 
@@ -89,7 +93,7 @@ class Match:
     entry: str | None = None
     layout: Layout | None = None
 
-    def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> "Match":
+    def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> Match:
         """This match built behind ``make()``'s nodes, which are made first (so their names come
         first too); ``make`` also says which tensors this match's own nodes read instead (old -> new)."""
         inner = self.build
@@ -122,7 +126,7 @@ class Rule:
     name: str
     stage: Stage
     summary: str
-    apply: Callable[["RuleContext", onnx.NodeProto], Outcome]
+    apply: Callable[[RuleContext, onnx.NodeProto], Outcome]
 
 
 @dataclass
@@ -131,7 +135,7 @@ class RuleContext:
     and the registry (``dense_pool`` runs the other head rules first)."""
 
     index: GraphIndex
-    maps: dict[str, "MapInfo"]
+    maps: dict[str, MapInfo]
     options: Any = None
     rules: tuple[Rule, ...] = ()
 

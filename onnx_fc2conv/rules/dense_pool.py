@@ -57,6 +57,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return None
     if not isinstance(outcome, Match):
         return None
+    if outcome.window is None or outcome.feature_map is None:
+        return None  # not a head over a map
     if outcome.window[1] is None:  # squeeze_flatten kept the model's own global reduce: widen that
         pool, kept = input_producer(ctx.index, node), True
     elif all(s == 1 for s in outcome.window[1:]):
@@ -84,7 +86,7 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
 
     dense_op = GLOBAL_POOLS[pool.op_type]
     return replace(outcome, build=build, removed=outcome.removed if kept else [*outcome.removed, pool],
-                   feature_map=pool.input[0], window=tuple(dims[1:]),
+                   feature_map=pool.input[0], window=tuple(d for d in dims[1:] if isinstance(d, int)),
                    detail=outcome.detail + f", {pool.op_type} -> {dense_op} {'x'.join(map(str, window))} stride 1")
 
 
@@ -141,8 +143,9 @@ def _is_position_wise(index: GraphIndex, node: onnx.NodeProto) -> bool:
                 all(k == 1 for k in kernel[0][2:]) and
                 all(s == 1 for s in attr(node, "strides", [1])) and not any(attr(node, "pads", [])) and
                 attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
-    others = [index.constant(i) for i in node.input[1:] if i]
-    if any(v is None for v in others):
+    values = [index.constant(i) for i in node.input[1:] if i]
+    others = [v for v in values if v is not None]
+    if len(others) < len(values):
         return False
     if is_onnx_op(node, "BatchNormalization"):
         return True

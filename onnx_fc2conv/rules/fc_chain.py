@@ -84,8 +84,9 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
 
 
 def _quantize_on_map(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Outcome:
-    params = [ctx.index.constant(i) for i in node.input[1:] if i]
-    if any(p is None for p in params) or attr(node, "block_size", 0):
+    values = [ctx.index.constant(i) for i in node.input[1:] if i]
+    params = [p for p in values if p is not None]
+    if len(params) < len(values) or attr(node, "block_size", 0):
         return None
     if not any(p.size > 1 for p in params):
         return _same_node(node, layout.spatial_rank)
@@ -133,7 +134,8 @@ def _contrib_gelu(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     def build() -> Built:
         bias_name = ctx.index.fresh_name(f"{node.input[1]}_per_channel")
         biased = ctx.index.fresh_name(f"{node.output[0]}_biased")
-        add = helper.make_node("Add", [node.input[0], bias_name], [biased], name=ctx.index.fresh_name(f"{node.name}_bias"))
+        add = helper.make_node("Add", [node.input[0], bias_name], [biased],
+                               name=ctx.index.fresh_name(f"{node.name}_bias"))
         gelu = node_copy(node)
         del gelu.input[1:]
         gelu.input[0] = biased

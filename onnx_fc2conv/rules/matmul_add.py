@@ -20,8 +20,8 @@ import onnx
 
 from ..graph import is_onnx_op
 from ._dense import read_matmul_add
-from .base import Outcome, Rule, RuleContext
 from ._head import head_from_feature_map, input_producer
+from .base import Outcome, Rule, RuleContext
 from .flatten_gemm import flatten_axis_skip
 
 

@@ -2,7 +2,8 @@
 
 Before::
 
-    X [N,C,H,W] -> Transpose(perm=[0,2,3,1]) -> [N,H,W,C] -> Flatten / Reshape([N,-1]) -> MatMul(W [H*W*C, F]) (+ Add(b)) -> Y [N,F]
+    X [N,C,H,W] -> Transpose(perm=[0,2,3,1]) -> [N,H,W,C] -> Flatten / Reshape([N,-1])
+                -> MatMul(W [H*W*C, F]) (+ Add(b)) -> Y [N,F]
 
 After::
 
@@ -15,7 +16,8 @@ in H,W,C order. With ``perm``, row axis ``j`` is axis ``perm[j]`` of X, so
 axis 1 is the channels, so on a larger input it slides over H and W. Any ``perm`` that keeps the
 batch first works the same way (rank 3-5), except ``[0, r-1, 1, ...]`` on a tensor that is not the
 output of a Conv or pool: that one turns an NHWC input into NCHW, so its output is already the map
-and ``flatten_gemm``/``reshape_flatten`` convert it. Element-wise ops between the Transpose and the flatten (Relu, activation Q/DQ) are carried onto X.
+and ``flatten_gemm``/``reshape_flatten`` convert it. Element-wise ops between the Transpose and
+the flatten (Relu, activation Q/DQ) are carried onto X.
 Quantized weights keep their integer values (reordered the same way) behind their DequantizeLinear.
 
 Skips: ``channels_last`` (the Transpose moves the batch axis), ``flatten_axis``,

@@ -30,6 +30,7 @@ from ..index import BATCH, GraphIndex, shape_entries
 from ._head import head_from_feature_map, input_producer, read_fc
 from .base import Outcome, Rule, RuleContext, Skip
 
+
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if not is_onnx_op(node, "Gemm", "MatMul"):
         return None

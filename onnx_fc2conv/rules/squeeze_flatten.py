@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr, is_onnx_op, set_attr
+from ..graph import Dim, attr, is_onnx_op, set_attr
 from ._dense import conv_from_dense
 from ._head import carry_onto_map, elementwise_path, head_from_feature_map, input_producer, read_fc
 from .base import Match, Outcome, Rule, RuleContext, Skip, node_copy
@@ -55,7 +55,7 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
             return Skip("feature_map_shape_unknown", f"Squeeze {squeeze.name!r} drops axes of {x!r} {list(dims)} "
                                                      "that are not known to be 1; pass --input-shape")
         return head_from_feature_map(ctx.index, dense, x)
-    return _global_reduce_head(ctx, dense, squeeze, len(dims) - 2)
+    return _global_reduce_head(ctx, dense, squeeze, dims)
 
 
 def on_spatial_axes(index, node: onnx.NodeProto, rank: int) -> bool:
@@ -68,8 +68,10 @@ def on_spatial_axes(index, node: onnx.NodeProto, rank: int) -> bool:
     return axes is not None and sorted(a % rank for a in axes) == list(range(2, rank))
 
 
-def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, spatial_rank: int) -> Match | Skip:
-    channels = ctx.index.shape(reduce.input[0])[1]
+def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, dims: tuple[Dim, ...]) -> Match | Skip:
+    """The 1x1 Conv after the global reduce of ``reduce.input[0]`` (shape ``dims``), kept with keepdims=1."""
+    spatial_rank = len(dims) - 2
+    channels = dims[1]
     if not isinstance(channels, int):
         channels = dense.in_features  # [N,C] with K == C
     pooled = reduce.output[0]  # renamed when built: the kept reduce writes the [N,C,1,...] map

@@ -34,7 +34,7 @@ from .base import Outcome, Rule, RuleContext, Skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
-    layout = TOKEN_LAYOUTS.get(getattr(ctx.options, "token_layout", None))
+    layout = TOKEN_LAYOUTS.get(ctx.options.token_layout or "")
     if layout is None or not is_onnx_op(node, "MatMul"):
         return None
     dims = ctx.index.shape(node.input[0])
