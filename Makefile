@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo fuzz bench clean
+.PHONY: test test-fast demo fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run make PYTHON=python3)"; exit 2; }
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The plan tier: matches, reason codes, kernels and inspect, without ONNX Runtime (tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m 'not e2e and not fuzz'
 
 demo: $(STAMP)
 	$(PY) demo/run_demo.py

@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import digits_demo as dd  # noqa: E402
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def trained():

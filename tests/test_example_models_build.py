@@ -99,6 +99,7 @@ def test_builders_cover_the_expected_models():
     assert NAMES == list(EXPECTED_IO)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 @pytest.mark.parametrize("name", NAMES)
 def test_model_checks_and_runs(built, name, opset):
@@ -138,6 +139,7 @@ def test_model_checks_and_runs(built, name, opset):
         assert 0.05 < float(y.std()) < 20.0, float(y.std())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", NAMES)
 def test_same_function_at_every_opset(built, name):
     """Each opset variant uses the same weights and computes the same function."""
@@ -158,6 +160,7 @@ def test_committed_files_match_a_fresh_build(tmp_path):
     assert sum((MODELS_DIR / p).stat().st_size for p in committed) < 2_000_000
 
 
+@pytest.mark.e2e
 def test_cli_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -186,6 +189,7 @@ def test_bad_opset_is_rejected():
 # --------------------------------------------------------------------------- seed models
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["seed_fc", "seed_mlp"])
 def test_seed_weights_and_values(name):
     model = bm.BUILDERS[name](13)
@@ -223,6 +227,7 @@ def _ops(model):
     return [n.op_type for n in model.graph.node]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 def test_torch_view_head_shape_subgraph(opset):
     model = bm.torch_view_head(opset)
@@ -303,6 +308,7 @@ def _bert_reference(model, x):
     return ln(lin(f, "ffn.output") + a, "ffn.layer_norm")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 def test_bert_layer_matches_numpy_reference(opset):
     model = bm.bert_layer(opset)
