@@ -1,7 +1,6 @@
 """The example models in models/ build, check, run, and are reproducible byte for byte."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from conftest import load_build_models
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 SCRIPT = MODELS_DIR / "build_models.py"
@@ -21,14 +22,7 @@ BATCH = 2
 SEQ = 5  # value for the symbolic token axis "T" of bert_layer
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("fc2conv_example_build_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bm = _load_builder()
+bm = load_build_models()  # the builders every test file shares (conftest.py)
 NAMES = list(bm.BUILDERS)
 
 # name -> (input name, input shape with symbols, output name, output shape with symbols)
