@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo fuzz bench clean
+.PHONY: test test-fast lint demo fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run make PYTHON=python3)"; exit 2; }
@@ -19,6 +19,10 @@ test: lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check onnx_fc2conv
 	$(VENV)/bin/mypy
+
+# The plan tier: matches, reason codes, kernels and inspect, without ONNX Runtime (tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m 'not e2e and not fuzz'
 
 demo: $(STAMP)
 	$(PY) demo/run_demo.py

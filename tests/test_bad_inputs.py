@@ -192,6 +192,7 @@ def test_external_data_outside_the_folder_is_refused_before_any_tensor_is_read(t
     assert reads == []
 
 
+@pytest.mark.e2e
 def test_external_data_inside_the_folder_loads_and_converts(tmp_path):
     model = graphs.conv_flatten_gemm()
     weight = next(t for t in model.graph.initializer if t.name == "fc.w")
@@ -203,6 +204,7 @@ def test_external_data_inside_the_folder_loads_and_converts(tmp_path):
     assert [n.status for n in result.report.nodes] == ["converted"] and result.report.verification
 
 
+@pytest.mark.e2e
 def test_custom_domain_ops_are_left_alone_and_the_rest_converts():
     # A com.microsoft op (ONNX Runtime knows it, onnx does not) on a side output of the head model.
     model = graphs.conv_flatten_gemm()

@@ -32,6 +32,7 @@ def _run(session, x) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+@pytest.mark.e2e
 def test_fc_weight_read_only_by_its_gemm_becomes_the_kernel_in_place():
     original = conv_flatten_gemm(channels=4, spatial=(3, 3), features=5)
     result = convert(original)
@@ -43,6 +44,7 @@ def test_fc_weight_read_only_by_its_gemm_becomes_the_kernel_in_place():
     assert result.report.verification.passed
 
 
+@pytest.mark.e2e
 def test_fc_weight_read_by_another_node_is_copied_not_reshaped():
     # y2 = Identity(fc.w) also reads the weight, so the kernel must be a new initializer.
     original = conv_flatten_gemm(after=[("Relu", {}, [])])
@@ -76,6 +78,7 @@ def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.e2e
 def test_input_with_external_data_gives_output_with_external_data(tmp_path):
     original = conv_flatten_gemm(channels=8, spatial=(4, 4), features=64)
     src = tmp_path / "in" / "model.onnx"
@@ -96,6 +99,7 @@ def test_input_with_external_data_gives_output_with_external_data(tmp_path):
     assert np.allclose(run_file(out, x).reshape(2, -1), run_file(src, x), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_external_data_flag_moves_inline_weights_out(tmp_path, lenet_path):
     out = tmp_path / "o.onnx"
     result = CliRunner().invoke(main, [str(lenet_path), str(out), "--external-data", "-q"])
@@ -105,6 +109,7 @@ def test_external_data_flag_moves_inline_weights_out(tmp_path, lenet_path):
     assert np.allclose(run_file(out, x).reshape(1, -1), run_file(lenet_path, x), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_weights_past_the_protobuf_limit_go_to_external_data_and_are_verified(tmp_path, monkeypatch):
     # The limit is lowered so a small model stands for a > 2 GB one: the verifier must then hand
     # ONNX Runtime a file, and the output must get external data without being asked to.
@@ -138,6 +143,7 @@ def test_failed_external_data_save_leaves_nothing(tmp_path, monkeypatch):
 
 # ---- progress -----------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_steps_of_a_large_model_are_shown_on_stderr_and_quiet_hides_them(tmp_path, lenet_path, monkeypatch):
     from onnx_fc2conv import pipeline
 
@@ -191,6 +197,7 @@ def test_large_model_announces_each_step_when_it_starts(monkeypatch):
 
 # ---- --fold-batch -------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", [11, 13, 17])
 def test_fold_batch_runs_the_head_as_one_image_and_stays_exact(opset):
     original = conv_flatten_gemm(opset=opset, after=[("Relu", {}, []), ("Gemm", {"transB": 1}, ["fc2.w"])],

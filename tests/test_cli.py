@@ -18,6 +18,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.e2e
 def test_convert_prints_a_compact_summary_and_writes_out(tmp_path):
     out = tmp_path / "out.onnx"
     before = hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest()
@@ -34,6 +35,7 @@ def test_convert_prints_a_compact_summary_and_writes_out(tmp_path):
     assert hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest() == before
 
 
+@pytest.mark.e2e
 def test_verbose_adds_one_line_per_fc_node_and_per_check(tmp_path):
     result = invoke(MODELS / "lenet5.onnx", tmp_path / "out.onnx", "-v")
     converted = [line.split()[1] for line in result.output.splitlines() if line.startswith("  converted  ")]
@@ -55,6 +57,7 @@ def test_nothing_convertible_exits_zero_and_says_so(tmp_path):
     assert "nothing convertible" in result.output
 
 
+@pytest.mark.e2e
 def test_report_json_lists_nodes_and_errors(tmp_path):
     result = invoke(MODELS / "vgg_small.onnx", tmp_path / "o.onnx", "--report-json", tmp_path / "r.json", "-q")
     assert result.exit_code == 0 and result.output == ""
@@ -80,6 +83,7 @@ def test_bad_input_shape_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "not a positive size" in result.output
 
 
+@pytest.mark.e2e
 def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     # A deliberately broken rewrite: every conv kernel written 1% too large.
     from onnx_fc2conv.rules import _dense
@@ -99,6 +103,7 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_python_dash_m_runs_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "onnx_fc2conv", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage: onnx-fc2conv" in proc.stdout

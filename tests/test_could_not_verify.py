@@ -34,6 +34,7 @@ def signal_to_image_model() -> onnx.ModelProto:
     return model(nodes, [vi("x", ["N", "L"])], [vi("y", None, 0)], inits)
 
 
+@pytest.mark.e2e
 def test_verify_raises_could_not_verify_with_the_runtime_message():
     m = signal_to_image_model()
     with pytest.raises(CouldNotVerify) as caught:
@@ -43,12 +44,14 @@ def test_verify_raises_could_not_verify_with_the_runtime_message():
     assert "\n" not in text and "Reshape" in text  # the runtime's first line names the failing node
 
 
+@pytest.mark.e2e
 def test_convert_raises_the_same_typed_error():
     with pytest.raises(CouldNotVerify, match=MESSAGE) as caught:
         convert(signal_to_image_model())
     assert isinstance(caught.value, Fc2ConvError) and caught.value.exit_code == 1
 
 
+@pytest.mark.e2e
 def test_onnxruntime_refusing_the_original_model_is_could_not_verify():
     m = signal_to_image_model()
     m.graph.node[1].op_type = "NoSuchOp"
@@ -56,6 +59,7 @@ def test_onnxruntime_refusing_the_original_model_is_could_not_verify():
         verify(m, m)
 
 
+@pytest.mark.e2e
 def test_cli_exits_1_with_the_message_and_writes_nothing(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(signal_to_image_model(), src)
@@ -74,6 +78,7 @@ def test_cli_no_verify_writes_the_model_anyway(tmp_path):
     assert result.exit_code == 0 and out.exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("how", ["input-shape", "input-data"])
 def test_the_named_flag_makes_it_verify_and_the_report_lists_the_inputs(tmp_path, how):
     src, out, data = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "x.npz"
@@ -101,6 +106,7 @@ def test_input_data_that_names_no_input_is_a_usage_error(tmp_path):
     assert "--input-data names 'y', which is not an input of the model (inputs: x)" in result.output
 
 
+@pytest.mark.e2e
 def test_larger_size_checks_reuse_the_non_spatial_inputs_from_the_file(monkeypatch):
     # x [N,2,6,6] * gain (a per-channel input from the file) -> Conv -> Flatten -> Gemm.
     rng = np.random.default_rng(5)
@@ -125,6 +131,7 @@ def test_larger_size_checks_reuse_the_non_spatial_inputs_from_the_file(monkeypat
     assert all(f["gain"] is gain or np.array_equal(f["gain"], gain) for f in fed if "gain" in f)
 
 
+@pytest.mark.e2e
 def test_the_runtime_does_not_print_its_own_copy_of_the_error(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(signal_to_image_model(), src)

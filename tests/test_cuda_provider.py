@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 
 from conftest import MODELS
 from onnx_fc2conv import convert
 from onnx_fc2conv.cli import main
+
+pytestmark = pytest.mark.e2e
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 SKIPPED = "skipped: CUDAExecutionProvider not available (install onnxruntime-gpu and run on a GPU)"

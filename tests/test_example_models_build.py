@@ -1,7 +1,6 @@
 """The example models in models/ build, check, run, and are reproducible byte for byte."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from conftest import load_build_models
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 SCRIPT = MODELS_DIR / "build_models.py"
@@ -21,14 +22,7 @@ BATCH = 2
 SEQ = 5  # value for the symbolic token axis "T" of bert_layer
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("fc2conv_example_build_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bm = _load_builder()
+bm = load_build_models()  # the builders every test file shares (conftest.py)
 NAMES = list(bm.BUILDERS)
 
 # name -> (input name, input shape with symbols, output name, output shape with symbols)
@@ -99,6 +93,7 @@ def test_builders_cover_the_expected_models():
     assert NAMES == list(EXPECTED_IO)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 @pytest.mark.parametrize("name", NAMES)
 def test_model_checks_and_runs(built, name, opset):
@@ -138,6 +133,7 @@ def test_model_checks_and_runs(built, name, opset):
         assert 0.05 < float(y.std()) < 20.0, float(y.std())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", NAMES)
 def test_same_function_at_every_opset(built, name):
     """Each opset variant uses the same weights and computes the same function."""
@@ -158,6 +154,7 @@ def test_committed_files_match_a_fresh_build(tmp_path):
     assert sum((MODELS_DIR / p).stat().st_size for p in committed) < 2_000_000
 
 
+@pytest.mark.e2e
 def test_cli_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -186,6 +183,7 @@ def test_bad_opset_is_rejected():
 # --------------------------------------------------------------------------- seed models
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["seed_fc", "seed_mlp"])
 def test_seed_weights_and_values(name):
     model = bm.BUILDERS[name](13)
@@ -223,6 +221,7 @@ def _ops(model):
     return [n.op_type for n in model.graph.node]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 def test_torch_view_head_shape_subgraph(opset):
     model = bm.torch_view_head(opset)
@@ -303,6 +302,7 @@ def _bert_reference(model, x):
     return ln(lin(f, "ffn.output") + a, "ffn.layer_norm")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", OPSETS)
 def test_bert_layer_matches_numpy_reference(opset):
     model = bm.bert_layer(opset)

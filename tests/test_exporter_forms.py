@@ -58,6 +58,7 @@ def statuses(result):
 
 # ---- nhwc_flatten ------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
 def test_nhwc_flatten_reorders_rows_from_hwc_to_chw_and_drops_the_transpose(flatten):
     rng = np.random.default_rng(1)
@@ -76,6 +77,7 @@ def test_nhwc_flatten_reorders_rows_from_hwc_to_chw_and_drops_the_transpose(flat
     assert_proved(result)
 
 
+@pytest.mark.e2e
 def test_nhwc_flatten_on_rank_3_maps_and_carries_a_relu_between_transpose_and_flatten():
     # Keras Conv1D: the conv output [N,C=3,L=6] is transposed to [N,L,C] ([0,2,1], the same perm as
     # NLC -> NCL, so the rule tells them apart by the Conv that made the map).
@@ -99,6 +101,7 @@ def test_with_nhwc_flatten_off_no_other_rule_reads_the_transposed_map_as_nchw():
     assert ops(result.model) == ops(original)
 
 
+@pytest.mark.e2e
 def test_channels_first_transpose_of_an_nhwc_input_is_an_ordinary_nchw_map():
     # Keras input [N,H,W,2] -> Transpose to NCHW -> Conv: the flatten reads a real NCHW map.
     rng = np.random.default_rng(3)
@@ -118,6 +121,7 @@ def _int8(rng, *shape):
     return rng.integers(-127, 128, size=shape).astype(np.int8)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layer", ["gemm_per_channel", "matmul_per_channel", "gemm_per_tensor"])
 def test_quantized_weight_stays_integer_behind_its_dequantize_with_the_axis_on_output_channels(layer):
     rng = np.random.default_rng(4)
@@ -145,6 +149,7 @@ def test_quantized_weight_stays_integer_behind_its_dequantize_with_the_axis_on_o
     assert_proved(result)
 
 
+@pytest.mark.e2e
 def test_float_weight_behind_a_quantize_dequantize_pair_keeps_the_pair():
     rng = np.random.default_rng(5)
     w = weights(rng, K, F)
@@ -170,6 +175,7 @@ def test_weight_quantized_per_input_feature_is_skipped_with_reason():
     assert statuses(result) == [("Gemm_y", "skipped", "flatten_gemm", "quantized_weight_axis")]
 
 
+@pytest.mark.e2e
 def test_activation_quantize_cast_dequantize_between_flatten_and_gemm_moves_onto_the_map():
     # PyTorch QAT export: Flatten -> Q -> Cast -> DQ -> Gemm(DQ weight) -> Q -> Cast -> DQ (per channel) -> y
     rng = np.random.default_rng(7)
@@ -206,6 +212,7 @@ def _weight_source(kind, w_fk):
     raise AssertionError(kind)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["constant_node", "reshape_of_4d", "transpose_of_kf", "squeeze_of_1fk"])
 def test_weight_from_any_constant_source_is_folded_into_the_kernel(kind):
     w = weights(np.random.default_rng(8), F, K)
@@ -218,6 +225,7 @@ def test_weight_from_any_constant_source_is_folded_into_the_kernel(kind):
     assert_proved(result)
 
 
+@pytest.mark.e2e
 def test_constant_of_shape_weight_caffe2_style():
     head = [node("Flatten", ["fmap"], "flat", axis=1),
             helper.make_node("ConstantOfShape", ["wshape"], ["w"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])),
@@ -228,6 +236,7 @@ def test_constant_of_shape_weight_caffe2_style():
     assert_proved(result)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("bias", ["none", "add_bias_first", "add_after_relu"])
 def test_matmul_with_no_bias_a_reversed_add_or_a_bias_in_a_later_node(bias):
     rng = np.random.default_rng(9)
@@ -249,6 +258,7 @@ def test_matmul_with_no_bias_a_reversed_add_or_a_bias_in_a_later_node(bias):
 
 # ---- flatten variants --------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("axis", [1, -3])
 def test_flatten_axis_that_keeps_the_batch_alone(axis):
     head = [node("Flatten", ["fmap"], "flat", axis=axis), node("Gemm", ["flat", "w"], "y", transB=1)]
@@ -257,6 +267,7 @@ def test_flatten_axis_that_keeps_the_batch_alone(axis):
     assert_proved(result)
 
 
+@pytest.mark.e2e
 def test_reshape_target_built_through_squeeze_and_unsqueeze():
     # [N, -1] where N = Squeeze(Gather(Shape(fmap), [0])) re-Unsqueezed: entries pass through both
     head = [node("Shape", ["fmap"], "shp"), node("Gather", ["shp", "zero"], "n1", axis=0),
@@ -270,6 +281,7 @@ def test_reshape_target_built_through_squeeze_and_unsqueeze():
     assert_proved(result)
 
 
+@pytest.mark.e2e
 def test_resize_to_a_fixed_size_gives_the_head_a_static_map():
     # PyTorch interpolate(size=(H, W)): Resize(sizes=Concat(Shape(x)[:2], [H, W])) -> Reshape([-1, K])
     head = [node("Shape", ["fmap"], "shp"), node("Slice", ["shp", "s0", "s2", "s0"], "nc"),
@@ -301,6 +313,7 @@ def _typed_head(elem, np_dtype, opset):
                       opset=opset, elem=elem, np_dtype=np_dtype)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name, elem, np_dtype, rtol", [
     ("fp16", TensorProto.FLOAT16, np.float16, 1e-2),
     ("fp32", TensorProto.FLOAT, np.float32, 1e-4),
@@ -334,6 +347,7 @@ def _old_gemm_head(opset):
     return head_model(head, [init("w", weights(rng, F, K)), init("b", weights(rng, F))], opset=opset)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21])
 def test_every_opset_from_7_to_21_converts_and_keeps_its_opset(opset):
     result = convert(_old_gemm_head(opset))
@@ -342,6 +356,7 @@ def test_every_opset_from_7_to_21_converts_and_keeps_its_opset(opset):
     assert_proved(result)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", [11, 13])
 def test_squeeze_axes_as_attribute_before_13_and_as_input_from_13(opset):
     w = weights(np.random.default_rng(15), F, K)
@@ -354,6 +369,7 @@ def test_squeeze_axes_as_attribute_before_13_and_as_input_from_13(opset):
 
 # ---- other domains -----------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_ops_from_other_domains_are_left_alone_and_the_fc_layers_around_them_convert():
     # fmap -> Flatten -> Gemm -> com.microsoft Gelu -> y: the Gemm converts, the Gelu (which ONNX
     # Runtime knows but the converter does not) gets its flat input back and stays as it was.
@@ -390,6 +406,7 @@ def _pooled_classifier(pool):
     return head_model(head, inits, opset=13)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("pool, dense", [("GlobalAveragePool", "AveragePool"), ("GlobalMaxPool", "MaxPool"),
                                          ("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
 def test_dense_pool_turns_a_pooled_classifier_into_a_class_map(pool, dense):
@@ -405,6 +422,7 @@ def test_dense_pool_turns_a_pooled_classifier_into_a_class_map(pool, dense):
     assert v.max_abs_error < 1e-5
 
 
+@pytest.mark.e2e
 def test_dense_pool_leaves_a_head_whose_pool_output_is_read_elsewhere():
     m = _pooled_classifier("GlobalAveragePool")
     m.graph.output.append(vi("pooled", ["N", C, 1, 1]))
@@ -431,6 +449,7 @@ def _reduced_head(op, opset=13, keepdims=0):
     return head_model(head, inits, opset=opset)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("op, opset", [("Squeeze", 11), ("Squeeze", 13), ("ReduceMean", 13), ("ReduceMean", 18),
                                        ("ReduceMax", 13)])
 def test_squeezed_and_keepdims_0_pooled_heads_become_1x1_convs(op, opset):
@@ -458,6 +477,7 @@ def test_squeeze_of_axes_not_known_to_be_1_is_skipped_with_reason():
     assert statuses(result) == [("MatMul_y", "skipped", "squeeze_flatten", "feature_map_shape_unknown")]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
 def test_dense_pool_widens_a_keepdims_0_reduce_head(op, dense):
     result = convert(_reduced_head(op), dense_pool=True)
@@ -475,6 +495,7 @@ def test_transpose_that_moves_the_batch_is_skipped_as_channels_last():
     assert statuses(result) == [("Gemm_y", "skipped", "nhwc_flatten", "channels_last")]
 
 
+@pytest.mark.e2e
 def test_cli_dense_pool_flag_writes_a_class_map_model(tmp_path):
     from click.testing import CliRunner
     from onnx_fc2conv.cli import main

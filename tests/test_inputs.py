@@ -159,6 +159,7 @@ def test_load_input_data_reads_npz_and_rejects_other_files(tmp_path):
         load_input_data(tmp_path / "missing.npz")
 
 
+@pytest.mark.e2e
 def test_verify_and_inspect_check_the_options_too(tmp_path, build_models):
     from onnx_fc2conv import inspect, verify
 

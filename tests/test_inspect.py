@@ -140,6 +140,7 @@ def test_cli_inspect_bad_input_exits_2_with_one_line(tmp_path):
     assert result.output.strip() == f"onnx-fc2conv: error: {tmp_path / 'missing.onnx'}: no such file"
 
 
+@pytest.mark.e2e
 def test_python_m_runs_both_subcommands(tmp_path):
     run = [sys.executable, "-m", "onnx_fc2conv"]
     shown = subprocess.run([*run, "inspect", str(MODELS / "gap_head.onnx")], capture_output=True, text=True, cwd=ROOT)

@@ -49,6 +49,7 @@ def test_window_from_weight(dims, k, window):
     assert got == window if isinstance(window, tuple) else got.reason == window
 
 
+@pytest.mark.e2e
 def test_an_average_pool_head_on_a_free_size_input_takes_its_1x1_map_from_the_weight():
     # ResNet-style: AveragePool with a fixed kernel over a map of free size; at the size the model was
     # made for it leaves 1x1, and K == C says so even though shape inference cannot.
@@ -62,6 +63,7 @@ def test_an_average_pool_head_on_a_free_size_input_takes_its_1x1_map_from_the_we
                                                                   "sliding window 12x17"}
 
 
+@pytest.mark.e2e
 def test_one_free_width_is_taken_from_the_weight():
     # A text-line model: fixed height 3, free width; the Conv leaves a 1 x (w-2) map, K = 2*1*5.
     original = conv_head(["N", 4, 3, "w"], conv=[0, 0, 0, 0], features_in=10)
@@ -70,6 +72,7 @@ def test_one_free_width_is_taken_from_the_weight():
     assert verify(original, result.model, input_shapes={"x": (None, 4, 3, 7)}).passed
 
 
+@pytest.mark.e2e
 def test_a_free_height_and_width_need_input_shape_and_then_convert():
     original = conv_head(["N", 4, "h", "w"], conv=[0, 0, 0, 0], features_in=12)
     skipped = convert(original).report.nodes[0]
@@ -80,6 +83,7 @@ def test_a_free_height_and_width_need_input_shape_and_then_convert():
     assert result.report.verification.inputs[0].shape == [2, 4, 4, 5]
 
 
+@pytest.mark.e2e
 def test_cli_input_shape_tells_the_rewrite_the_map_size(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(conv_head(["N", 4, "h", "w"], conv=[0, 0, 0, 0], features_in=12), src)

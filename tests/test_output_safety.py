@@ -48,6 +48,7 @@ def test_out_equal_to_in_by_another_spelling_is_refused(lenet, monkeypatch):
         convert(lenet, lenet.parent / "alias.onnx")
 
 
+@pytest.mark.e2e
 def test_inplace_replaces_in_with_the_converted_model(lenet):
     result = CliRunner().invoke(main, [str(lenet), str(lenet), "--inplace", "-q"])
     assert result.exit_code == 0, result.output
@@ -85,6 +86,7 @@ def test_unwritable_output_folder_is_a_clear_error(lenet, tmp_path):
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("failing", ["chmod", "replace"])
 def test_a_failure_while_writing_leaves_neither_out_nor_a_temp_file(lenet, monkeypatch, failing):
     # Both steps run after the temp file is written in OUT's folder.
@@ -103,6 +105,7 @@ def _disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
+@pytest.mark.e2e
 def test_out_gets_ordinary_file_permissions(lenet):
     out = lenet.parent / "out.onnx"
     convert(lenet, out)
@@ -111,7 +114,8 @@ def test_out_gets_ordinary_file_permissions(lenet):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg_small", "torch_view_head", "matmul_add_head", "gap_head", "seed_mlp"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.e2e) for n in (
+    "lenet5", "vgg_small", "torch_view_head", "matmul_add_head", "gap_head")] + ["seed_mlp"])  # nothing to prove
 def test_converting_a_converted_model_converts_nothing_and_says_so(tmp_path, name):
     first, second = tmp_path / "once.onnx", tmp_path / "twice.onnx"
     convert(MODELS / f"{name}.onnx", first)
@@ -123,6 +127,7 @@ def test_converting_a_converted_model_converts_nothing_and_says_so(tmp_path, nam
     assert sha256(second) == sha256(first)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["vgg_small", "if_branches"])
 def test_the_same_input_gives_byte_identical_output_across_processes(tmp_path, name):
     # Different hash seeds change set and dict-of-set orders between processes: the output must not.
@@ -149,6 +154,7 @@ def test_a_model_with_nothing_to_convert_is_written_byte_for_byte(tmp_path):
     assert out.read_bytes() == (MODELS / "seed_mlp.onnx").read_bytes()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("out_name", ["out.onnx", "out.onnx.data"])
 def test_out_that_would_replace_the_inputs_external_data_is_refused(tmp_path, out_name):
     # IN keeps its Gemm weight in "out.onnx.data": OUT out.onnx would write its weights there, and
@@ -185,20 +191,18 @@ def test_report_json_in_a_missing_folder_fails_before_out_is_written(lenet):
     assert not out.exists()
 
 
-def test_shape_inference_leaves_no_files_in_the_callers_folder(tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_shape_inference_leaves_no_files_in_the_callers_folder(real_models):
     # ONNX Runtime's symbolic shape inference writes sym_shape_infer_temp.onnx into the current folder
     # when it cannot type every tensor; the Caffe2 AlexNet (IR 3, ConstantOfShape weights) is such a model.
-    from conftest import SHARED_MODELS
-
-    model = SHARED_MODELS / "onnx_light_alexnet_caffe2_op9.onnx"
-    if not model.exists():
-        pytest.skip("real-model corpus not present")
-    monkeypatch.chdir(tmp_path)
-    result = convert(model, token_layout="conv1d", vector_fc=True)
+    # real_models converts it with an empty scratch folder as the current folder and lists what is left.
+    name, options = "onnx_light_alexnet_caffe2_op9.onnx", dict(token_layout="conv1d", vector_fc=True)
+    result = real_models.convert(name, **options)
     assert len(result.report.converted) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert real_models.files_left(name, **options) == []
 
 
+@pytest.mark.e2e
 def test_a_failed_rename_of_out_keeps_the_previous_out_and_its_data_file(lenet, monkeypatch):
     # OUT.data is renamed into place before OUT; if OUT's own rename then fails, the previous OUT
     # must still find the data file it refers to.

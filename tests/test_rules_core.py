@@ -22,6 +22,7 @@ def assert_verified(result, windows=True):
         assert any(c.check.startswith("sliding window") and c.compared >= 4 for c in v.checks)
 
 
+@pytest.mark.e2e
 def test_seed_example_conv_carries_exactly_the_gemm_weights(build_models):
     result = convert(build_models.seed_fc())
     m = result.model
@@ -34,6 +35,7 @@ def test_seed_example_conv_carries_exactly_the_gemm_weights(build_models):
     assert_verified(result)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("bias", ["vector", "row", "scalar", "none"])
 def test_flatten_gemm_handles_transb_and_every_bias_form(trans_b, bias):
@@ -46,6 +48,7 @@ def test_flatten_gemm_handles_transb_and_every_bias_form(trans_b, bias):
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_flatten_gemm_folds_alpha_into_weight_and_beta_into_bias():
     original = conv_flatten_gemm(alpha=0.5, beta=3.0)
     result = convert(original)
@@ -56,6 +59,7 @@ def test_flatten_gemm_folds_alpha_into_weight_and_beta_into_bias():
     assert_verified(result)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("spatial", [(4,), (3, 3), (2, 3, 2)])
 def test_flatten_gemm_on_rank_3_4_5_feature_maps(spatial):
     result = convert(conv_flatten_gemm(spatial=spatial))
@@ -64,6 +68,7 @@ def test_flatten_gemm_on_rank_3_4_5_feature_maps(spatial):
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_identity_and_dropout_between_flatten_and_gemm_are_looked_through():
     between = [("Identity", {}, []), ("Dropout", {}, [])]
     result = convert(conv_flatten_gemm(between=between))
@@ -111,6 +116,7 @@ def _reshape_head(shape_values):
     return model(nodes, [vi("x", ["N", 4, 2, 3])], [vi("y", ["N", 6])], inits)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("shape", [[0, -1], [-1, 24]])
 def test_reshape_flatten_with_constant_shape_and_matmul_add_in_either_order(shape):
     result = convert(_reshape_head(shape))
@@ -130,6 +136,7 @@ def test_reshape_that_is_not_a_flatten_is_skipped_with_reason():
     assert result.report.converted == []
 
 
+@pytest.mark.e2e
 def test_pytorch_view_shape_subgraph_is_recognised_and_removed(build_models):
     result = convert(build_models.torch_view_head())
     assert not {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape"} & set(ops(result.model))
@@ -137,6 +144,7 @@ def test_pytorch_view_shape_subgraph_is_recognised_and_removed(build_models):
     assert_verified(result)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("op, attrs, extra", [
     ("Relu", {}, []), ("LeakyRelu", {"alpha": 0.2}, []), ("Elu", {}, []), ("Selu", {}, []), ("Sigmoid", {}, []),
     ("HardSigmoid", {}, []), ("HardSwish", {}, []), ("Tanh", {}, []), ("Softplus", {}, []), ("Erf", {}, []),
@@ -160,6 +168,7 @@ def test_fc_chain_passes_through_pointwise_ops_and_reshapes_their_constants(op, 
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_shared_weight_is_copied_not_mutated():
     m = conv_flatten_gemm(after=[("Relu", {}, [])])
     # a second head reads the same weight: both become Convs, each with its own kernel tensor
@@ -173,6 +182,7 @@ def test_shared_weight_is_copied_not_mutated():
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_map_meeting_an_unsupported_consumer_gets_a_flatten_back_and_is_reported_blocked():
     m = conv_flatten_gemm(after=[("Concat", {"axis": 1}, ["side"])], extra_inputs=[vi("side", ["N", 2])])
     result = convert(m)
@@ -183,6 +193,7 @@ def test_map_meeting_an_unsupported_consumer_gets_a_flatten_back_and_is_reported
     assert_verified(result, windows=False)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset, transposes", [(11, 2), (13, 0)])
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 def test_softmax_normalises_over_channels_only_at_every_opset(op, opset, transposes):
@@ -191,6 +202,7 @@ def test_softmax_normalises_over_channels_only_at_every_opset(op, opset, transpo
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_argmax_and_reduce_over_the_class_axis_get_axis_one():
     m = conv_flatten_gemm(after=[("ReduceMax", {"axes": [1], "keepdims": 1}, [])], opset=13)
     result = convert(m)
@@ -202,6 +214,7 @@ def test_argmax_and_reduce_over_the_class_axis_get_axis_one():
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_reduce_with_axes_input_at_opset_18():
     m = conv_flatten_gemm(after=[("ReduceMean", {"keepdims": 1}, ["axes"])], opset=18,
                           extra_inits=[init("axes", np.array([-1], np.int64))])
@@ -209,6 +222,7 @@ def test_reduce_with_axes_input_at_opset_18():
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_keep_output_shape_gives_identical_io_shapes(build_models):
     original = build_models.vgg_small()
     result = convert(original, keep_output_shape=True)
@@ -218,6 +232,7 @@ def test_keep_output_shape_gives_identical_io_shapes(build_models):
     assert_verified(result, windows=False)
 
 
+@pytest.mark.e2e
 def test_output_names_never_change_and_head_outputs_become_maps(build_models):
     result = convert(build_models.lenet5())
     out = result.model.graph.output[0]

@@ -1,18 +1,18 @@
 """The verifier runs every real model of ../shared/models: with no flags, or with the inputs the
 manifest's ``runs_in_ort`` column names. ``verify(model, model)`` proves the verifier can run the
 model on its inputs whatever the rewrite rules convert today; models that convert today also verify
-end to end."""
+end to end. The conversions are the ones test_real_models.py checks, read from the same
+session-wide results (the ``real_models`` fixture in conftest.py)."""
 from __future__ import annotations
 
 import csv
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED_MODELS
-from onnx_fc2conv import CouldNotVerify, convert, verify
+from onnx_fc2conv import CouldNotVerify, verify
 from onnx_fc2conv.cli import main
 
 MANIFEST = SHARED_MODELS / "MANIFEST.tsv"
@@ -61,22 +61,16 @@ CONVERTS_TODAY = {
 }
 
 
-def _load(name: str) -> onnx.ModelProto:
-    path = SHARED_MODELS / name
-    if not path.is_file():
-        pytest.skip(f"{name} not present")
-    return onnx.load(str(path))
-
-
 def test_every_manifest_note_about_inputs_is_covered():
     notes = {name for name, row in ROWS.items() if row["runs_in_ort"] != "yes"}
     assert notes == set(FLAGS) | NOT_RUNNABLE | NO_FLAGS_NEEDED_DESPITE_NOTE
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", [m for m in MODELS if m not in NOT_RUNNABLE])
-def test_verifier_runs_the_model_on_its_inputs(name):
-    original = _load(name)
-    result = verify(original, original, **FLAGS.get(name, {}))
+def test_verifier_runs_the_model_on_its_inputs(real_models, name):
+    original = real_models.load(name)
+    result = real_models.verify_itself(name, **FLAGS.get(name, {}))
     assert result.passed, result.render_text(verbose=True)
     assert all(c.passed and c.max_abs_error == 0 for c in result.checks if c.compared)
     declared = {i.name: i.type.tensor_type.shape.dim for i in original.graph.input}
@@ -86,42 +80,45 @@ def test_verifier_runs_the_model_on_its_inputs(name):
         assert all(d.dim_value <= 0 or d.dim_value == size for d, size in zip(declared[summary.name], summary.shape))
 
 
-def test_a_model_onnxruntime_cannot_load_is_could_not_verify():
-    original = _load("onnx_pytorch03_linear_op6.onnx")
+@pytest.mark.e2e
+def test_a_model_onnxruntime_cannot_load_is_could_not_verify(real_models):
+    original = real_models.load("onnx_pytorch03_linear_op6.onnx")
     with pytest.raises(CouldNotVerify, match="could not verify: onnxruntime cannot load the original model: .*Gemm"):
         verify(original, original)
 
 
 @pytest.mark.parametrize("name, flags, message", [
     ("silero_vad_ifless_pytorch_op18.onnx", {}, "input 'sr' (int64, shape []) decides a If"),
-    ("polygraphy_attention_head_op22.onnx", {}, "the original model fails on synthesised inputs: "),
+    pytest.param("polygraphy_attention_head_op22.onnx", {}, "the original model fails on synthesised inputs: ",
+                 marks=pytest.mark.e2e),  # it takes a run to find out; silero's If is refused before one
 ])
-def test_without_its_flags_the_model_is_could_not_verify(name, flags, message):
-    original = _load(name)
+def test_without_its_flags_the_model_is_could_not_verify(real_models, name, flags, message):
+    original = real_models.load(name)
     with pytest.raises(CouldNotVerify) as caught:
         verify(original, original, **flags)
     assert message in str(caught.value)
 
 
-def test_synthesised_decoder_inputs_are_ids_in_vocabulary_mask_of_ones_and_empty_past():
-    original = _load("ortgenai_tiny_gpt2_fp32_op11.onnx")
-    result = verify(original, original)
+@pytest.mark.e2e
+def test_synthesised_decoder_inputs_are_ids_in_vocabulary_mask_of_ones_and_empty_past(real_models):
+    result = real_models.verify_itself("ortgenai_tiny_gpt2_fp32_op11.onnx")
     by_name = {i.name: i for i in result.inputs}
     assert by_name["input_ids"].source.startswith("index range [0, 1000)") and by_name["input_ids"].max < 1000
     assert by_name["attention_mask"].source == "ones (mask)"
     assert by_name["past_0"].shape[3] == 0 and by_name["past_0"].shape[1] == by_name["input_ids"].shape[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(CONVERTS_TODAY))
-def test_models_that_convert_today_verify_end_to_end(name):
-    _load(name)
-    result = convert(SHARED_MODELS / name, **FLAGS.get(name, {}))
+def test_models_that_convert_today_verify_end_to_end(real_models, name):
+    result = real_models.convert(name, **FLAGS.get(name, {}))
     assert len(result.report.converted) >= CONVERTS_TODAY[name]
     assert result.report.verification.passed, result.report.render_text(verbose=True)
 
 
-def test_cli_verifies_a_dynamic_size_model_with_the_shape_its_manifest_names(tmp_path):
-    _load("rapidocr_textline_cls_paddle_op11.onnx")
+@pytest.mark.e2e
+def test_cli_verifies_a_dynamic_size_model_with_the_shape_its_manifest_names(real_models, tmp_path):
+    real_models.path("rapidocr_textline_cls_paddle_op11.onnx")
     out = tmp_path / "cls.onnx"
     result = CliRunner().invoke(main, [str(SHARED_MODELS / "rapidocr_textline_cls_paddle_op11.onnx"), str(out),
                                        "--input-shape", "x:1x3x48x192", "-v"])
@@ -142,10 +139,10 @@ CONVERT_WITH_TOKEN_OPTIONS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(CONVERT_WITH_TOKEN_OPTIONS))
-def test_token_and_vector_conversions_verify_on_synthesised_inputs(name):
-    _load(name)
-    result = convert(SHARED_MODELS / name, token_layout="conv1d", vector_fc=True, **FLAGS.get(name, {}))
+def test_token_and_vector_conversions_verify_on_synthesised_inputs(real_models, name):
+    result = real_models.convert(name, token_layout="conv1d", vector_fc=True, **FLAGS.get(name, {}))
     assert len(result.report.converted) >= CONVERT_WITH_TOKEN_OPTIONS[name]
     v = result.report.verification
     assert v.passed, v.render_text(verbose=True)

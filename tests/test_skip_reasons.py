@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from onnx_fc2conv import convert
@@ -46,6 +47,7 @@ def test_flatten_of_a_rank_6_tensor_is_skipped():
     _unchanged(original, result)
 
 
+@pytest.mark.e2e
 def test_adding_the_maps_of_two_heads_is_blocked_as_mixed_maps():
     # Two heads on maps of different sizes: their sum has no single window, so both are flattened back.
     rng = np.random.default_rng(2)

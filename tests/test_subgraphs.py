@@ -78,6 +78,7 @@ def _body_ops(model):
     return [[n.op_type for n in g.node] for g in _bodies(model)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cond", [True, False])
 def test_fc_layers_in_both_if_branches_become_convs_and_verify(cond):
     model = if_model()
@@ -96,6 +97,7 @@ def test_fc_layers_in_both_if_branches_become_convs_and_verify(cond):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_fc_layer_in_a_loop_body_reads_outer_weights_and_verifies():
     result = convert(loop_model())
     # The Add mixes the map with the flat loop-carried value: a Flatten is put back before it.
@@ -105,6 +107,7 @@ def test_fc_layer_in_a_loop_body_reads_outer_weights_and_verifies():
     assert result.report.verification and result.report.verification.max_abs_error < 1e-5
 
 
+@pytest.mark.e2e
 def test_fc_layer_in_a_scan_body_on_a_scanned_feature_map_verifies():
     result = convert(scan_model())
     assert [(n.node, n.status) for n in result.report.nodes] == [("scan/body/step_gemm", "converted")]
@@ -123,6 +126,7 @@ def test_converting_a_model_with_converted_bodies_again_changes_nothing(tmp_path
 SILERO = SHARED_MODELS / "silero_vad_ifless_pytorch_op18.onnx"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not SILERO.exists(), reason="the shared real-model folder is absent")
 @pytest.mark.parametrize("sr, samples", [(16000, 512), (8000, 256)])  # the If picks a branch by sample rate
 def test_silero_vad_gemms_inside_its_if_convert_with_vector_fc_and_verify(sr, samples):

@@ -48,6 +48,7 @@ def ffn_run(report):
 
 # ---- the seed MLP ------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_seed_mlp_becomes_one_conv_with_the_rows_of_w_as_kernels(build_models):
     original = build_models.seed_mlp()
     result = convert(original, vector_fc=True)
@@ -96,6 +97,7 @@ def mlp(first="gemm", between="BatchNormalization"):
     return model(nodes, [vi("x", ["N", 6])], [vi("y", ["N", 3])], inits)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("first", ["gemm", "matmul_add"])
 def test_mlp_chain_is_one_run_with_one_reshape_in_and_one_out(first):
     original = mlp(first)
@@ -113,6 +115,7 @@ def test_mlp_chain_is_one_run_with_one_reshape_in_and_one_out(first):
 
 # ---- the BERT encoder layer --------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opset", [13, 17])
 @pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
 def test_bert_layer_converts_in_both_layouts_and_verifies_at_three_lengths(build_models, layout, opset):
@@ -137,6 +140,7 @@ def test_bert_layer_converts_in_both_layouts_and_verifies_at_three_lengths(build
     assert [o.type for o in result.model.graph.output] == [o.type for o in original.graph.output]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout, map_dims", [("conv1d", ("B", 32, "T")), ("conv2d", ("B", 32, 1, "T"))])
 def test_token_maps_are_channels_first_with_tokens_on_the_last_axis(build_models, layout, map_dims):
     result = convert(build_models.bert_layer(), token_layout=layout)
@@ -150,6 +154,7 @@ def test_token_maps_are_channels_first_with_tokens_on_the_last_axis(build_models
     assert readers_of_hidden == ["Transpose" if layout == "conv1d" else "Reshape", "Add"]  # one entry, the residual
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
 def test_converted_bert_layer_equals_the_original_at_any_sequence_length(build_models, layout):
     original = build_models.bert_layer()
@@ -175,6 +180,7 @@ def test_unknown_token_layout_is_a_clear_error(build_models):
 
 # ---- include / exclude -------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_include_converts_only_the_ffn_as_one_run_with_two_transposes(build_models):
     result = convert(build_models.bert_layer(), token_layout="conv1d", include=["ffn.*"])
     report = result.report
@@ -185,6 +191,7 @@ def test_include_converts_only_the_ffn_as_one_run_with_two_transposes(build_mode
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_exclude_keeps_that_layer_and_ends_the_run_before_it(build_models):
     result = convert(build_models.bert_layer(), token_layout="conv1d", exclude=["ffn.output*", "attention.*"])
     report = result.report
@@ -196,6 +203,7 @@ def test_exclude_keeps_that_layer_and_ends_the_run_before_it(build_models):
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_exclude_on_a_head_chain_puts_the_flatten_back_before_that_layer(build_models):
     result = convert(build_models.lenet5(), exclude=["output*"])
     assert [n.node for n in result.report.converted] == ["c5/Gemm", "f6/Gemm"]
@@ -241,6 +249,7 @@ def token_model(after_first=(), extra_inits=(), tokens=5, opset=13):
     return model(nodes, [vi("x", ["N", tokens, 6])], [vi("y", None)], inits, opset=opset)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
 def test_bias_scale_and_position_table_follow_the_tokens(layout):
     rng = np.random.default_rng(2)
@@ -258,6 +267,7 @@ def test_bias_scale_and_position_table_follow_the_tokens(layout):
     assert v.skipped == ["sequence lengths: the token axis is not a symbolic input dimension"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("boundary, extra_inits", [
     (("BatchNormalization", ["s", "b", "m", "v"], {}),  # normalises axis 1, the token axis
      [init("s", np.full(5, 2, np.float32)), init("b", np.ones(5, np.float32)), init("m", np.zeros(5, np.float32)),
@@ -274,6 +284,7 @@ def test_ops_over_the_original_axes_end_the_run(boundary, extra_inits):
     assert result.report.verification.passed
 
 
+@pytest.mark.e2e
 def test_token_matmul_with_a_dequantized_int8_weight_converts_and_keeps_the_weight_int8():
     rng = np.random.default_rng(4)
     q = rng.integers(-127, 128, size=(6, 4)).astype(np.int8)
@@ -289,6 +300,7 @@ def test_token_matmul_with_a_dequantized_int8_weight_converts_and_keeps_the_weig
     assert_verified(result)
 
 
+@pytest.mark.e2e
 def test_flatten_that_mixes_batch_and_channels_is_still_a_vector_fc():
     """flatten_gemm refuses a Flatten(axis=2) head; the Gemm on its [N*C, H*W] output is a plain MLP layer."""
     rng = np.random.default_rng(6)
@@ -308,6 +320,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.e2e
 def test_cli_token_layout_prints_the_runs_and_their_transposes(tmp_path):
     out = tmp_path / "bert.onnx"
     result = invoke(MODELS / "bert_layer.onnx", out, "--token-layout", "conv2d", "--include", "ffn*")
@@ -318,6 +331,7 @@ def test_cli_token_layout_prints_the_runs_and_their_transposes(tmp_path):
     assert Counter(ops(onnx.load(out)))["Conv"] == 2
 
 
+@pytest.mark.e2e
 def test_cli_vector_fc_and_exclude(tmp_path):
     result = invoke(MODELS / "seed_mlp.onnx", tmp_path / "o.onnx", "--vector-fc")
     assert result.exit_code == 0 and "converted 1 of 1 FC nodes" in result.output

@@ -10,6 +10,8 @@ import pytest
 from onnx_fc2conv import convert
 from conftest import SHARED_MODELS
 
+pytestmark = pytest.mark.e2e
+
 
 def shared(name: str):
     path = SHARED_MODELS / name

@@ -12,6 +12,7 @@ def _head_conv(model):
     return next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "c5/Gemm")
 
 
+@pytest.mark.e2e
 def test_verify_passes_a_correct_rewrite_with_both_checks(build_models):
     original = build_models.lenet5()
     converted = convert(original, verify=False).model
@@ -22,6 +23,7 @@ def test_verify_passes_a_correct_rewrite_with_both_checks(build_models):
     assert result.inputs[0].shape == [2, 1, 32, 32]  # batch 2, not 1
 
 
+@pytest.mark.e2e
 def test_verify_catches_one_wrong_weight(build_models):
     original = build_models.lenet5()
     converted = convert(original, verify=False).model
@@ -35,6 +37,7 @@ def test_verify_catches_one_wrong_weight(build_models):
     assert failed and failed[0].check == "original size" and failed[0].max_abs_error > 1e-4
 
 
+@pytest.mark.e2e
 def test_verify_catches_a_rewrite_that_is_right_only_at_the_original_size(build_models):
     # Stride 2 on the head Conv changes nothing at the original size (one window), but the map on a
     # larger input no longer matches one output per window: only the sliding-window check sees it.
@@ -50,6 +53,7 @@ def test_verify_catches_a_rewrite_that_is_right_only_at_the_original_size(build_
     assert any(not c.passed for c in result.checks if c.check.startswith("sliding window"))
 
 
+@pytest.mark.e2e
 def test_verify_reports_cuda_as_skipped_when_not_available(build_models):
     import onnxruntime as ort
 
@@ -67,6 +71,7 @@ def test_larger_sizes_are_larger_and_one_is_not_square():
     assert larger_sizes([1, 1]) == [[2, 2], [2, 3]]
 
 
+@pytest.mark.e2e
 def test_error_tolerance_report_gives_the_smallest_passing_atol(build_models):
     original = build_models.vgg_small()
     result = verify(original, convert(original, verify=False).model, rtol=0.0, atol=1e-12)
