@@ -147,6 +147,7 @@ CASES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("op", sorted(CASES))
 def test_a_custom_domain_op_is_not_taken_for_the_onnx_op(op):
     make, options, converted, kept = CASES[op]

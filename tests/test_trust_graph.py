@@ -41,6 +41,7 @@ def test_before_opset_7_a_dropout_is_a_pass_through_only_with_is_test(is_test, k
     assert ops(result.model) == (["Conv", "Relu", "Flatten", "Dropout", "Gemm"] if kept else ["Conv", "Relu", "Conv"])
 
 
+@pytest.mark.e2e
 def test_an_inference_mode_dropout_is_still_looked_through():
     result = convert(dropout_model(False))
     assert ops(result.model) == ["Conv", "Relu", "Conv"]
@@ -71,6 +72,7 @@ def test_an_overridable_weight_is_not_converted_and_the_inputs_stay(name, what):
                             "the layer stays as it is to keep that input")
 
 
+@pytest.mark.e2e
 def test_an_overridable_weight_still_overrides_after_conversion():
     """The caller's weight is used (the model is unchanged): zeros give the bias alone."""
     result = convert(overridable("fc.w"))
@@ -83,6 +85,7 @@ def test_an_overridable_weight_still_overrides_after_conversion():
     np.testing.assert_array_equal(y[0], bias)
 
 
+@pytest.mark.e2e
 def test_before_ir_4_every_initializer_is_listed_and_still_converts():
     m = conv_flatten_gemm(opset=7)
     m.ir_version = 3
@@ -148,6 +151,7 @@ def shared_flatten(second):
 SHARED = {"gemm": dict(exclude=["fc2"]), "runtime_weight": {}, "if": {}, "second_flatten": dict(exclude=["fc2"])}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("second", sorted(SHARED))
 def test_a_flatten_shared_with_a_layer_left_as_gemm_keeps_the_input_size(second):
     original = shared_flatten(second)
@@ -168,6 +172,7 @@ def test_a_flatten_shared_with_a_layer_left_as_gemm_keeps_the_input_size(second)
     assert [i.type for i in result.model.graph.input] == [i.type for i in original.graph.input]
 
 
+@pytest.mark.e2e
 def test_a_shared_flatten_written_without_the_proof_still_runs():
     result = convert(shared_flatten("gemm"), exclude=["fc2"], verify=False)
     x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
@@ -196,6 +201,7 @@ def sparse(name):
     return m, dense
 
 
+@pytest.mark.e2e
 def test_a_sparse_fc_weight_converts_to_a_dense_kernel():
     original, dense = sparse("fc.w")
     result = convert(original)
@@ -209,6 +215,7 @@ def test_a_sparse_fc_weight_converts_to_a_dense_kernel():
     assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
 
 
+@pytest.mark.e2e
 def test_a_sparse_backbone_weight_stays_sparse_and_the_head_converts():
     original, _ = sparse("conv.w")
     result = convert(original)

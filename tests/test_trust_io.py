@@ -119,6 +119,7 @@ def test_report_json_on_an_external_data_file_of_in_is_refused(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.e2e
 def test_report_json_is_written_atomically(tmp_path, lenet, monkeypatch):
     report = tmp_path / "r.json"
     report.write_text("the previous report\n")
@@ -236,6 +237,7 @@ def test_out_data_that_is_a_directory_is_refused_before_any_work(tmp_path, lenet
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5.onnx", "out.onnx.data"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("where", ["onnx_fc2conv.pipeline.read_model", "onnx_fc2conv.verify.make_inputs",
                                    "onnx_fc2conv.modelio._with_external_data", "onnx_fc2conv.inspection.inspect"])
 def test_ctrl_c_at_any_point_is_interrupted_and_exit_130(tmp_path, lenet, monkeypatch, where):
@@ -270,6 +272,7 @@ main(sys.argv[2:], prog_name="onnx-fc2conv")
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signame, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
 def test_a_signal_during_the_write_removes_the_temp_files(tmp_path, lenet, signame, code, word):
     proc = subprocess.run([sys.executable, "-c", SIGNAL_DURING_WRITE, signame, str(lenet), str(tmp_path / "out.onnx"),
@@ -355,6 +358,7 @@ def test_an_unknown_external_data_key_is_one_clear_line(tmp_path, recwarn):
     assert [str(w.message) for w in recwarn] == []
 
 
+@pytest.mark.e2e
 def test_external_data_without_a_length_must_fill_the_tensor(tmp_path):
     weight = next(t for t in graphs.conv_flatten_gemm().graph.initializer if t.name == "fc.w").raw_data
     source = with_external_weight(tmp_path, "w.bin", [("location", "w.bin")], payload=weight + bytes(64))

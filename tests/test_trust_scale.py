@@ -68,6 +68,7 @@ def test_a_4_gb_constant_of_shape_weight_is_not_folded_and_says_why():
     assert result.report.converted == [] and result.report.nodes[0].reason == "weight_not_constant"
 
 
+@pytest.mark.e2e
 def test_a_small_constant_of_shape_weight_still_converts():
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [4, 3])
     nodes = [helper.make_node("ConstantOfShape", ["shape"], ["w"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
@@ -97,6 +98,7 @@ def test_nchwc_is_turned_off_only_where_a_padded_kernel_passes_2_gib(dims, off):
     assert needs_nchwc_off(_conv_with_kernel(dims)) is off
 
 
+@pytest.mark.e2e
 def test_the_nchwc_setting_names_a_transform_onnx_runtime_has(tmp_path):
     # ONNX Runtime ignores an unknown optimizer name without a word, so prove this one takes effect.
     import onnxruntime as ort

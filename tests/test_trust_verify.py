@@ -45,6 +45,7 @@ def record_check(result):
 
 # ---- class 4: the record is missing or does not fit ------------------------------------------------
 
+@pytest.mark.e2e
 def test_a_map_model_without_its_record_fails_and_names_the_checks_not_run(build_models):
     original, converted = stride_2_head(build_models)
     del converted.metadata_props[:]
@@ -58,6 +59,7 @@ def test_a_map_model_without_its_record_fails_and_names_the_checks_not_run(build
     assert text.startswith("VERIFICATION FAILED") and f"  skipped: sliding window and sequence lengths: not run: {why}" in text
 
 
+@pytest.mark.e2e
 def test_a_model_without_a_record_and_without_maps_is_checked_at_its_size_and_says_so(build_models):
     original = build_models.lenet5()
     result = verify(original, original)
@@ -65,6 +67,7 @@ def test_a_model_without_a_record_and_without_maps_is_checked_at_its_size_and_sa
     assert result.skipped == [f"sliding window and sequence lengths: not run: {NO_RECORD}"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("edit, why", [
     (lambda d: d["heads"][0].update(feature_map="nope"),
      "its head 'c5/Gemm' reads the feature map 'nope', which the original model does not have"),
@@ -82,6 +85,7 @@ def test_a_record_naming_what_the_models_lack_fails(build_models, edit, why):
     assert result.skipped == [f"sliding window and sequence lengths: not run: the conversion record does not fit the models: {why}"]
 
 
+@pytest.mark.e2e
 def test_a_record_whose_mode_does_not_fit_the_outputs_fails(build_models):
     original, converted = stride_2_head(build_models)
     set_record(converted, lambda d: d.update(mode="keep_output_shape"))
@@ -91,6 +95,7 @@ def test_a_record_whose_mode_does_not_fit_the_outputs_fails(build_models):
                                     "but the conversion record's mode is keep_output_shape")
 
 
+@pytest.mark.e2e
 def test_a_record_without_the_head_of_a_map_output_fails(build_models):
     original, converted = stride_2_head(build_models)
     set_record(converted, lambda d: d["heads"][0].update(outputs=[]))
@@ -100,6 +105,7 @@ def test_a_record_without_the_head_of_a_map_output_fails(build_models):
                                     "but no head of the conversion record writes it")
 
 
+@pytest.mark.e2e
 def test_a_right_conversion_passes_with_its_record(build_models):
     original = build_models.lenet5()
     result = verify(original, convert(original, verify=False).model)
@@ -117,6 +123,7 @@ NOT_JSON = ("the model's 'onnx_fc2conv' metadata is not a conversion record "
             "(JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); was it edited?")
 
 
+@pytest.mark.e2e
 def test_metadata_that_is_not_json_is_one_line_from_verify_and_convert(tmp_path, build_models):
     original = build_models.lenet5()
     with pytest.raises(InvalidModelError) as raised:
@@ -141,12 +148,14 @@ def nan_weight_model():
     return m
 
 
+@pytest.mark.e2e
 def test_nan_in_both_models_at_the_same_place_agrees():
     result = convert(nan_weight_model())
     v = result.report.verification
     assert v and [c.passed for c in v.checks] == [True, True, True] and v.max_abs_error < 1e-5
 
 
+@pytest.mark.e2e
 def test_nan_input_gives_nan_in_both_models_and_agrees():
     original = conv_flatten_gemm()
     converted = convert(original, verify=False).model
@@ -166,6 +175,7 @@ def test_the_same_inf_agrees_and_the_opposite_inf_does_not():
     assert not opposite.passed and opposite.note == "1 value NaN or inf in one model only (first at [0]: inf, the original gives -inf)"
 
 
+@pytest.mark.e2e
 def test_nan_in_one_model_only_fails_and_says_so():
     original = conv_flatten_gemm()
     converted = convert(original, verify=False).model
