@@ -348,6 +348,9 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
     # Run Q/DQ models as written: ORT's QDQ fusions replace DQ(W) -> MatMul by kernels that also
     # quantize the activations, which moves a float output by far more than any tolerance.
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    # The proof runs many short sessions one after another: worker threads that spin between runs
+    # only take the cores from the next session's setup.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if needs_nchwc_off(model):
         opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
     if folder is not None:
