@@ -17,7 +17,7 @@ test: lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check onnx_fc2conv
+	$(VENV)/bin/ruff check onnx_fc2conv tests benchmarks demo models
 	$(VENV)/bin/mypy
 
 # The plan tier: matches, reason codes, kernels and inspect, without ONNX Runtime (tests/conftest.py).

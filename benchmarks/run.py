@@ -243,7 +243,7 @@ def p3(work: Path, reps: int) -> tuple[list[Row], dict]:
             times = {key: [] for key in sessions}
             for _ in range(n):  # interleaved, so a busy moment hits every variant
                 for key, s in sessions.items():
-                    times[key].append(timed(lambda s=s: s.run(None, {"input": x}), 1))
+                    times[key].append(timed(lambda s=s, x=x: s.run(None, {"input": x}), 1))
             figures[batch] = {key: statistics.median(t) for key, t in times.items()}
             ratios[batch] = {key: paired_ratio(t, times["original"]) for key, t in times.items()}
         raw[name] = {"seconds": figures, "folded_verification_passed": bool(check),

@@ -382,7 +382,7 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     im = ax1.imshow(np.ma.masked_less(best, 0.02), cmap="plasma", vmin=0, vmax=1, extent=extent,
                     interpolation="nearest")
     ax1.add_patch(Rectangle((extent[0], extent[3]), w, h, fill=False, ec="0.5", lw=0.8, ls=":"))
-    for cls, r, c, prob in detections:
+    for cls, r, c, _ in detections:
         ax1.annotate(str(cls), (c + WIN / 2 - 0.5, r + WIN / 2 - 0.5), xytext=(7, -7), textcoords="offset points",
                      color="black", fontsize=10, weight="bold")
     ax1.set_xlim(-0.5, W - 0.5)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -54,9 +54,9 @@ class _Graph:
         self.name = name
         self.opset = opset
         self.rng = np.random.default_rng(seed)
-        self.nodes: List[onnx.NodeProto] = []
-        self.inits: List[onnx.TensorProto] = []
-        self._count: Dict[str, int] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._count: dict[str, int] = {}
 
     # ---- tensors
     def uniform(self, shape: Sequence[int], bound: float) -> np.ndarray:
@@ -74,7 +74,7 @@ class _Graph:
         return self.init(name, np.array(values, dtype=np.int64))
 
     # ---- nodes
-    def node(self, op: str, inputs: Sequence[str], prefix: str, out: Optional[str] = None,
+    def node(self, op: str, inputs: Sequence[str], prefix: str, out: str | None = None,
              **attrs) -> str:
         """Append one node named ``<prefix>/<op>``; its output is ``out`` (a graph output
         name) or ``<prefix>/<op>_output_0``."""
@@ -96,7 +96,7 @@ class _Graph:
         )
 
     def gemm(self, x: str, prefix: str, n_in: int, n_out: int, *, weight=None, bias=None,
-             out: Optional[str] = None) -> str:
+             out: str | None = None) -> str:
         """PyTorch-style Linear: Gemm(x, W[out, in], b[out], transB=1)."""
         if weight is None:
             weight = self.uniform((n_out, n_in), math.sqrt(6.0 / n_in))
@@ -313,7 +313,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     d_model, n_heads, d_head, d_ff = 32, 4, 8, 64
     eps = 1e-5
 
-    def layer_norm(x: str, prefix: str, out: Optional[str] = None) -> str:
+    def layer_norm(x: str, prefix: str, out: str | None = None) -> str:
         gamma = g.init(f"{prefix}.weight", (1.0 + g.uniform((d_model,), 0.1)).astype(np.float32))
         beta = g.init(f"{prefix}.bias", g.uniform((d_model,), 0.1))
         if opset >= 17:
@@ -381,7 +381,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
-BUILDERS: Dict[str, Callable[[int], onnx.ModelProto]] = {
+BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
     "lenet5": lenet5,
@@ -393,11 +393,11 @@ BUILDERS: Dict[str, Callable[[int], onnx.ModelProto]] = {
 }
 
 
-def build_all(out_dir=HERE, opset: int = DEFAULT_OPSET, check: bool = True) -> Dict[str, Path]:
+def build_all(out_dir=HERE, opset: int = DEFAULT_OPSET, check: bool = True) -> dict[str, Path]:
     """Write every model to ``out_dir/<name>.onnx``; return ``{name: path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths: Dict[str, Path] = {}
+    paths: dict[str, Path] = {}
     for name, builder in BUILDERS.items():
         model = builder(opset)
         if check:
@@ -408,7 +408,7 @@ def build_all(out_dir=HERE, opset: int = DEFAULT_OPSET, check: bool = True) -> D
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX default-domain opset (default {DEFAULT_OPSET})")
@@ -416,7 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="output folder (default: the folder holding this script)")
     args = parser.parse_args(argv)
     paths = build_all(args.out, args.opset)
-    for name, path in paths.items():
+    for path in paths.values():
         print(f"{path}  {path.stat().st_size:>8d} bytes  opset {args.opset}")
     return 0
 

@@ -37,6 +37,24 @@ def load_build_models():
     return module
 
 
+@pytest.fixture
+def replace_fails(monkeypatch):
+    """``replace_fails(when, errno, message)``: from then on ``os.replace`` raises ``OSError(errno,
+    message)`` for each ``(src, dst)`` that ``when`` accepts (a full disk, a busy file) and renames
+    as usual otherwise."""
+    real = os.replace
+
+    def arrange(when, errno: int = 28, message: str = "No space left on device") -> None:
+        def replace(src, dst):
+            if when(os.fspath(src), os.fspath(dst)):
+                raise OSError(errno, message)
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    return arrange
+
+
 @pytest.fixture(scope="session")
 def build_models():
     return load_build_models()

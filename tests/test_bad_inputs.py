@@ -7,15 +7,15 @@ import gzip
 import os
 from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import MODELS
 from onnx import helper
 from onnx.external_data_helper import set_external_data
 
-import graphs
-from conftest import MODELS
 from onnx_fc2conv import Fc2ConvError, InvalidModelError, UnsafeModelError, convert
 from onnx_fc2conv.cli import main
 

@@ -6,10 +6,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import helper
-
 from conftest import MODELS
 from graphs import conv_flatten_gemm, init, initializer
+from onnx import helper
+
 from onnx_fc2conv import convert
 from onnx_fc2conv.cli import main
 from onnx_fc2conv.errors import OutputError
@@ -123,19 +123,10 @@ def test_weights_past_the_protobuf_limit_go_to_external_data_and_are_verified(tm
     assert _leftovers(tmp_path) == []
 
 
-def test_failed_external_data_save_leaves_nothing(tmp_path, monkeypatch):
-    import os
-
+def test_failed_external_data_save_leaves_nothing(tmp_path, replace_fails):
     from onnx_fc2conv import modelio
 
-    real_replace = os.replace
-
-    def fail_on_model(src, dst):
-        if str(dst).endswith(".onnx"):
-            raise OSError(28, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(modelio.os, "replace", fail_on_model)
+    replace_fails(lambda src, dst: dst.endswith(".onnx"))
     with pytest.raises(OutputError, match="No space left on device"):
         modelio.save_model(conv_flatten_gemm(), tmp_path / "o.onnx", external_data=True)
     assert list(tmp_path.iterdir()) == []

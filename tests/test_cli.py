@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import MODELS
 
 from onnx_fc2conv.cli import main
-from conftest import MODELS
 
 
 def invoke(*args):

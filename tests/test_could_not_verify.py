@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import helper
-
 from conftest import ROOT
 from graphs import init, model, vi, weights
+from onnx import helper
+
 from onnx_fc2conv import CouldNotVerify, Fc2ConvError, convert, verify
 from onnx_fc2conv.cli import main
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
 from conftest import MODELS
+
 from onnx_fc2conv import convert
 from onnx_fc2conv.cli import main
 

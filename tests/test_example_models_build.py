@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
-
 from conftest import load_build_models
+from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
@@ -148,7 +147,7 @@ def test_committed_files_match_a_fresh_build(tmp_path):
     fresh = bm.build_all(tmp_path, opset=13)
     committed = sorted(p.name for p in MODELS_DIR.glob("*.onnx"))
     assert committed == sorted(p.name for p in fresh.values())
-    for name, path in fresh.items():
+    for path in fresh.values():
         assert (MODELS_DIR / path.name).read_bytes() == path.read_bytes(), (
             f"models/{path.name} is stale: rerun python models/build_models.py")
     assert sum((MODELS_DIR / p).stat().st_size for p in committed) < 2_000_000

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import init, initializer, model, ops, vi, weights
 from onnx import TensorProto, helper
 
 from onnx_fc2conv import convert
-from graphs import init, initializer, model, ops, vi, weights
 
 C, H, W, F = 4, 3, 2, 5  # the feature map [N,C,H,W] (H != W, so a swapped axis cannot pass) and the features
 K = C * H * W
@@ -498,6 +498,7 @@ def test_transpose_that_moves_the_batch_is_skipped_as_channels_last():
 @pytest.mark.e2e
 def test_cli_dense_pool_flag_writes_a_class_map_model(tmp_path):
     from click.testing import CliRunner
+
     from onnx_fc2conv.cli import main
 
     src, out = tmp_path / "pooled.onnx", tmp_path / "map.onnx"
@@ -510,6 +511,7 @@ def test_cli_dense_pool_flag_writes_a_class_map_model(tmp_path):
 
 def test_inspect_dense_pool_shows_the_widened_pool(tmp_path):
     from click.testing import CliRunner
+
     from onnx_fc2conv.cli import main
 
     src = tmp_path / "pooled.onnx"

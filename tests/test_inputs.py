@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphs import init, model, vi
 from onnx import TensorProto, helper
 
-from graphs import init, model, vi
 from onnx_fc2conv import CouldNotVerify, UsageError
 from onnx_fc2conv.inputs import DEFAULT_BATCH, DEFAULT_SIZE, load_input_data, make_inputs
 

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import helper
-
 from conftest import MODELS, ROOT, SHARED_MODELS
 from graphs import conv_flatten_gemm, init, model, vi, weights
+from onnx import helper
+
 from onnx_fc2conv import REASONS, RULE_NAMES, convert, inspect
 from onnx_fc2conv.cli import main
 

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import init, model, vi, weights
 from onnx import helper
 
-from graphs import init, model, vi, weights
 from onnx_fc2conv import convert, verify
 from onnx_fc2conv.cli import main
 from onnx_fc2conv.rules._head import window_from_weight

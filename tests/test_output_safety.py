@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 
+import graphs
 import onnx
 import pytest
 from click.testing import CliRunner
-
-import graphs
 from conftest import MODELS, ROOT
+
 from onnx_fc2conv import OutputError, convert
 from onnx_fc2conv.cli import main
 
@@ -203,20 +203,13 @@ def test_shape_inference_leaves_no_files_in_the_callers_folder(real_models):
 
 
 @pytest.mark.e2e
-def test_a_failed_rename_of_out_keeps_the_previous_out_and_its_data_file(lenet, monkeypatch):
+def test_a_failed_rename_of_out_keeps_the_previous_out_and_its_data_file(lenet, replace_fails):
     # OUT.data is renamed into place before OUT; if OUT's own rename then fails, the previous OUT
     # must still find the data file it refers to.
     out = lenet.parent / "out.onnx"
     convert(lenet, out, external_data=True)
     old_out, old_data = out.read_bytes(), (lenet.parent / "out.onnx.data").read_bytes()
-    real_replace = os.replace
-
-    def fail_on_out(src, dst):
-        if os.fspath(dst) == os.fspath(out):
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", fail_on_out)
+    replace_fails(lambda src, dst: dst == str(out))
     with pytest.raises(OutputError, match="No space left on device"):
         convert(lenet, out, external_data=True, keep_output_shape=True)
     assert out.read_bytes() == old_out

@@ -5,13 +5,13 @@ ONNX Runtime.
 """
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
 import pytest
+from conftest import MODELS
 from onnx import numpy_helper
 
-import graphs
-from conftest import MODELS
 from onnx_fc2conv import Fc2ConvError, Options, convert, inspect
 from onnx_fc2conv.index import GraphIndex
 from onnx_fc2conv.planner import plan_graph

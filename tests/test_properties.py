@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import graphs
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-import graphs
 from onnx_fc2conv import REASONS, convert, verify
 from onnx_fc2conv.metadata import read_record
 

@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from onnx_fc2conv import REASONS, RULE_NAMES
 
 README = (ROOT / "README.md").read_text()

@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-
 from conftest import ROOT
-from onnx_fc2conv import convert
 from test_shared_models_verify import FLAGS, MANIFEST, NOT_RUNNABLE, ROWS
+
+from onnx_fc2conv import convert
 
 pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="real-model corpus not present")
 

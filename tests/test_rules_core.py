@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import conv_flatten_gemm, init, initializer, model, ops, run, vi, weights
 from onnx import helper
 
 from onnx_fc2conv import convert
-from graphs import conv_flatten_gemm, init, initializer, model, ops, run, vi, weights
 
 
 def conv_nodes(m):

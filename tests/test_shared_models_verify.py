@@ -10,8 +10,8 @@ import csv
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED_MODELS
+
 from onnx_fc2conv import CouldNotVerify, verify
 from onnx_fc2conv.cli import main
 

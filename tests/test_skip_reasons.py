@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphs import init, model, ops, vi, weights
 from onnx import helper
 
 from onnx_fc2conv import convert
-from graphs import init, model, ops, vi, weights
 
 
 def _unchanged(original, result):

@@ -2,13 +2,13 @@
 outer scope, and keep their output shapes, so the enclosing node is unchanged."""
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
 import pytest
+from conftest import SHARED_MODELS
 from onnx import TensorProto, helper
 
-import graphs
-from conftest import SHARED_MODELS
 from onnx_fc2conv import convert, verify
 
 N, C, S, F = 2, 3, (3, 3), 4

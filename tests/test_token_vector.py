@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import MODELS
+from graphs import init, initializer, model, ops, run, vi, weights
 from onnx import helper
 
 from onnx_fc2conv import convert
@@ -16,8 +18,6 @@ from onnx_fc2conv.cli import main
 from onnx_fc2conv.errors import Fc2ConvError
 from onnx_fc2conv.graph import value_dims
 from onnx_fc2conv.layouts import TOKEN_LAYOUTS, VECTOR, flat
-from conftest import MODELS
-from graphs import init, initializer, model, ops, run, vi, weights
 
 SEED_W = np.array([[0, 1, 1], [2, 3, 5]], np.float32)
 FFN = ["ffn.intermediate.matmul/MatMul", "ffn.output.matmul/MatMul"]
@@ -231,7 +231,7 @@ def test_a_constant_broadcasts_against_the_map_as_it_did_against_the_tensor(layo
     np.testing.assert_allclose(layout.constant(x) + mapped, layout.constant(x + c))
 
 
-@pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda l: l.name)
+@pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda layout: layout.name)
 def test_a_per_sample_constant_cannot_follow_the_map(layout):
     assert layout.constant(np.ones((2, 5, 6)[3 - layout.original_rank:])) is None
 

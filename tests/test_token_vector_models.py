@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import SHARED_MODELS
 
 from onnx_fc2conv import convert
-from conftest import SHARED_MODELS
 
 pytestmark = pytest.mark.e2e
 

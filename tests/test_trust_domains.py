@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import init, vi, weights
 from onnx import helper
 
 from onnx_fc2conv import convert
-from graphs import init, vi, weights
 
 CUSTOM = "custom"
 RNG = np.random.default_rng(0)

@@ -7,12 +7,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import conv_flatten_gemm, init, model, ops, run, vi
 from onnx import TensorProto, helper
 
 from onnx_fc2conv import InvalidModelError, convert
 from onnx_fc2conv.cli import main
-from graphs import conv_flatten_gemm, init, model, ops, run, vi
-
 
 # ---- class 11: a training-mode Dropout is no pass-through ---------------------------------------
 

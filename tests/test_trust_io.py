@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import zipfile
 from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import MODELS, ROOT
 from onnx import helper, numpy_helper
 
-import graphs
-from conftest import MODELS, ROOT
 from onnx_fc2conv import InvalidModelError, OutputError, UsageError, convert, modelio, verify
 from onnx_fc2conv.cli import main
 from onnx_fc2conv.inputs import load_input_data, make_inputs
@@ -37,7 +35,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def invoke(*args) -> "CliRunner.Result":
+def invoke(*args) -> CliRunner.Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
@@ -120,17 +118,10 @@ def test_report_json_on_an_external_data_file_of_in_is_refused(tmp_path):
 
 
 @pytest.mark.e2e
-def test_report_json_is_written_atomically(tmp_path, lenet, monkeypatch):
+def test_report_json_is_written_atomically(tmp_path, lenet, replace_fails):
     report = tmp_path / "r.json"
     report.write_text("the previous report\n")
-    real_replace = os.replace
-
-    def fail_on_report(src, dst):
-        if os.fspath(dst) == os.fspath(report):
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", fail_on_report)
+    replace_fails(lambda src, dst: dst == str(report))
     result = invoke(lenet, tmp_path / "out.onnx", "-q", "--report-json", report)
     one_line_error(result, f"{report}: cannot write the report (No space left on device)")
     assert report.read_text() == "the previous report\n"
@@ -154,18 +145,11 @@ def saved_weight(out: Path) -> float:
     return float(values[0])
 
 
-def test_a_failed_move_of_the_old_data_file_keeps_the_previous_pair(tmp_path, monkeypatch):
+def test_a_failed_move_of_the_old_data_file_keeps_the_previous_pair(tmp_path, replace_fails):
     out, data = tmp_path / "out.onnx", tmp_path / "out.onnx.data"
     modelio.save_model(weight_model(1.0), out, external_data=True)
     before = snapshot(tmp_path)
-    real_replace = os.replace
-
-    def fail_moving_old_data(src, dst):
-        if os.fspath(src) == os.fspath(data):
-            raise OSError(16, "Device or resource busy")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", fail_moving_old_data)
+    replace_fails(lambda src, dst: src == str(data), 16, "Device or resource busy")
     with pytest.raises(OutputError, match=r"cannot write \(Device or resource busy\)"):
         modelio.save_model(weight_model(2.0), out, external_data=True)
     assert snapshot(tmp_path) == before
@@ -178,7 +162,7 @@ def test_concurrent_saves_to_one_out_leave_one_matching_pair(tmp_path):
     for _ in range(200):
         barrier, errors = threading.Barrier(2), []
 
-        def save(model):
+        def save(model, barrier=barrier, errors=errors):  # this round's, bound now
             barrier.wait()
             try:
                 modelio.save_model(model, out, external_data=True)

@@ -2,12 +2,12 @@
 over 2 GiB still gets an ONNX Runtime session (issue 17, classes 6, 12 and 13)."""
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import graphs
 from onnx_fc2conv import convert, inspect
 from onnx_fc2conv.graph import cleanup, toposort
 from onnx_fc2conv.verify import needs_nchwc_off

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from graphs import conv_flatten_gemm
 from onnx import helper, numpy_helper
 
 from onnx_fc2conv import InvalidModelError, convert, verify
 from onnx_fc2conv.cli import main
 from onnx_fc2conv.metadata import METADATA_KEY
-from graphs import conv_flatten_gemm
 
 NO_RECORD = "the converted model carries no conversion record ('onnx_fc2conv' metadata)"
 
