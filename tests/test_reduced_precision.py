@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_properties import Head, Layer, build
 
 from onnx_fc2conv import VerificationFailed, convert
 from onnx_fc2conv.rules import _dense
-from test_properties import Head, Layer, build
 
 # Found by `make fuzz` (10,000 cases): three fp16 Gemms with alpha 2 grow the outputs to 7.6, and one
 # window position of 0.43 differs by 0.0078, one unit in the last place at 4-8 (two at 4).
