@@ -86,23 +86,16 @@ def test_a_record_naming_what_the_models_lack_fails(build_models, edit, why):
 
 
 @pytest.mark.e2e
-def test_a_record_whose_mode_does_not_fit_the_outputs_fails(build_models):
+@pytest.mark.parametrize("edit, problem", [
+    (lambda d: d.update(mode="keep_output_shape"), "the conversion record's mode is keep_output_shape"),
+    (lambda d: d["heads"][0].update(outputs=[]), "no head of the conversion record writes it"),
+], ids=["mode_does_not_fit", "no_head_writes_the_map"])
+def test_a_record_that_does_not_fit_the_map_outputs_fails(build_models, edit, problem):
     original, converted = stride_2_head(build_models)
-    set_record(converted, lambda d: d.update(mode="keep_output_shape"))
+    set_record(converted, edit)
     result = verify(original, converted)
     assert not result
-    assert record_check(result) == ("output 'logits' is a map [2, 10, 1, 1] where the original's is [2, 10], "
-                                    "but the conversion record's mode is keep_output_shape")
-
-
-@pytest.mark.e2e
-def test_a_record_without_the_head_of_a_map_output_fails(build_models):
-    original, converted = stride_2_head(build_models)
-    set_record(converted, lambda d: d["heads"][0].update(outputs=[]))
-    result = verify(original, converted)
-    assert not result
-    assert record_check(result) == ("output 'logits' is a map [2, 10, 1, 1] where the original's is [2, 10], "
-                                    "but no head of the conversion record writes it")
+    assert record_check(result) == f"output 'logits' is a map [2, 10, 1, 1] where the original's is [2, 10], but {problem}"
 
 
 @pytest.mark.e2e
