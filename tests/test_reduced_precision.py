@@ -1,4 +1,4 @@
-"""fp16/bf16 proofs: the default atol follows the output's scale (a few units in its last place), so
+"""fp16 proofs: the default atol follows the output's scale (a few units in its last place), so
 rounding differences between a Gemm and a Conv pass and a wrong kernel still fails."""
 from __future__ import annotations
 
