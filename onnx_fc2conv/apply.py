@@ -6,6 +6,8 @@ record that the pipeline stores in the model for the verifier.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import onnx
 from onnx import helper
 
@@ -46,11 +48,13 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
     ctx, heads = plan.ctx, plan.heads
     report.nodes.extend(plan.node_reports())
     bridge = apply_plan(graph, plan, report)
-    bodies_changed = rewrite_bodies(index, options, report)
-    if bridge is None and not bodies_changed:
+    in_bodies = rewrite_bodies(index, options, report)
+    if bridge is None and not in_bodies.changed:
         return None  # nothing converted: the model stays exactly as it came, byte for byte
     bridge = bridge or LayoutBridge(index)
-    fixed_size = fixed_size_notes(graph, plan)
+    fixed_size = fixed_size_notes(graph, plan) + [
+        f"the input size stays fixed: head {head!r} is inside an If/Loop/Scan body, which gives its map back "
+        "flat, so a larger input would change the body's output" for head in in_bodies.sized_heads]
     report.notes.extend(fixed_size)
     blocked = bridge.flattens_added > 0 or bool(fixed_size)
     token_entries = [name for name, layout in bridge.entered if layout in TOKEN_LAYOUTS]
@@ -181,18 +185,32 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
     return bridge
 
 
-def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport, scope: str = "") -> bool:
+@dataclass
+class BodiesRewrite:
+    """What converting inside the If/Loop/Scan bodies did: whether any body changed, and the heads
+    converted there whose window has a size (scoped ``node/attribute/head``). Such a head's map is
+    flattened back at the body output, so it holds at the original input size only."""
+
+    changed: bool = False
+    sized_heads: list[str] = field(default_factory=list)
+
+
+def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport, scope: str = "") -> BodiesRewrite:
     """Convert the FC layers inside the If/Loop/Scan bodies of ``outer``'s graph (and theirs).
 
     A body is matched as a model of its own whose index reads outer-scope weights through
     ``outer``; a map that reaches a body output gets its layout back, so the body keeps its output
-    shapes and the enclosing node is unchanged. Returns whether any body changed."""
-    changed = False
+    shapes and the enclosing node is unchanged."""
+    done = BodiesRewrite()
     for where, body in bodies(outer.graph, scope):
         work, index, plan = body_plan(body, outer, options)
         report.nodes.extend(_scoped(plan.node_reports(), where))
         bridge = apply_plan(work.graph, plan, report)
-        if not (rewrite_bodies(index, options, report, where) or bridge is not None):
+        inner = rewrite_bodies(index, options, report, where)
+        done.sized_heads += inner.sized_heads
+        if bridge is not None:
+            done.sized_heads += [where + head.node for head in plan.heads if None not in head.window]
+        if not (inner.changed or bridge is not None):
             continue
         graph = work.graph
         if bridge is not None:
@@ -204,8 +222,8 @@ def rewrite_bodies(outer: GraphIndex, options: Options, report: ConversionReport
         del body.initializer[:]
         body.initializer.extend(graph.initializer)  # the body's own, less the unused, plus the new kernels
         del body.value_info[:]  # shapes inside the body changed; ONNX Runtime infers them again
-        changed = True
-    return changed
+        done.changed = True
+    return done
 
 
 def _restore_layout(ctx: RuleContext, node: onnx.NodeProto, bridge: LayoutBridge, extra_nodes: list,

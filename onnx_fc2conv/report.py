@@ -167,6 +167,13 @@ class ConversionReport:
     def fc_nodes(self) -> int:
         return sum(1 for n in self.nodes if is_fc_row(n.status, n.op))
 
+    def _why_sizes_kept(self) -> str:
+        if any(n.status == "blocked" for n in self.nodes):
+            return "see blocked nodes"
+        if self.notes:
+            return "see the notes"
+        return "no input's spatial size reaches the converted maps"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -191,8 +198,9 @@ class ConversionReport:
         for name, dims in self.symbolic_inputs.items():
             lines.append(f"  input {name} now takes {format_dims(dims)} (spatial size >= the original)")
         heads_converted = len(self.converted) > sum(len(r.converted) for r in self.runs)
-        if heads_converted and self.mode == "fully_convolutional" and not self.fully_convolutional:
-            lines.append("  not fully convolutional: input sizes kept (see blocked nodes)")
+        if heads_converted and self.mode == "fully_convolutional" and not (self.fully_convolutional and
+                                                                           self.symbolic_inputs):
+            lines.append(f"  not fully convolutional: input sizes kept ({self._why_sizes_kept()})")
         if verbose or len(self.runs) <= 3:
             lines.extend("  " + r.line() for r in self.runs)
         elif self.runs:  # compact: one line for all runs

@@ -1,9 +1,11 @@
-"""fp16 proofs: the default atol follows the output's scale (a few units in its last place), so
-rounding differences between a Gemm and a Conv pass and a wrong kernel still fails."""
+"""fp16 and bf16 proofs: each comparison allows a few units in the last place of its largest value,
+so rounding differences between a Gemm and a Conv pass and a wrong kernel still fails."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from test_properties import Head, Layer, build
 
 from onnx_fc2conv import VerificationFailed, convert
@@ -23,8 +25,10 @@ GROWING_FP16_HEAD = Head(
 def test_an_fp16_head_whose_outputs_grow_is_proved_within_units_in_the_last_place():
     verification = convert(build(GROWING_FP16_HEAD)).report.verification
     assert verification.passed and verification.max_abs_error == pytest.approx(0.0078125)
-    assert verification.atol == pytest.approx(4 * 2.0 ** (2 - 10))  # 4 ulps at 7.6 (exponent 2)
+    assert (verification.rtol, verification.atol) == (1e-2, 2.5e-3)  # fp16's defaults, as reported
     assert [c.check for c in verification.checks] == ["original size", "sliding window 6", "sliding window 5"]
+    # each comparison allows 4 ulps of its largest value: at 4-8 an fp16 ulp is 2**-8
+    assert any(c.note.startswith("atol 0.0156 here: 4 units in the last place of") for c in verification.checks)
 
 
 @pytest.mark.e2e
@@ -33,4 +37,43 @@ def test_an_fp16_kernel_one_percent_off_still_fails(monkeypatch):
     monkeypatch.setattr(_dense, "kernel_layout", lambda *args: (real(*args) * 1.01).astype(np.float16))
     with pytest.raises(VerificationFailed) as failed:
         convert(build(GROWING_FP16_HEAD))
-    assert failed.value.result.report.verification.max_abs_error > 4 * 2.0 ** (2 - 10)
+    assert failed.value.result.report.verification.max_abs_error > 4 * 2.0 ** -8
+
+
+def _bf16_head(seed: int = 0) -> onnx.ModelProto:
+    """x [N,1,3,3] -> Conv 3x3 pad 1 -> Flatten -> Gemm 18->4 -> Relu -> Gemm 4->3, all bfloat16, with
+    unit-variance weights, so the outputs reach tens (opset 22: Conv takes bfloat16 from there)."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name, *shape):
+        values = rng.standard_normal(shape).astype(np.float32)
+        return helper.make_tensor(name, TensorProto.BFLOAT16, shape, values.flatten().tolist())
+
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["fm"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["fm"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w1", "b1"], ["g1"], name="fc1"),  # [K,F]: its kernel is a copy
+             helper.make_node("Relu", ["g1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    inits = [weight("cw", 2, 1, 3, 3), weight("w1", 18, 4), weight("b1", 4), weight("w2", 3, 4), weight("b2", 3)]
+    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 1, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+
+
+@pytest.mark.e2e
+def test_a_bf16_head_is_proved_within_units_in_the_last_place_of_its_outputs():
+    verification = convert(_bf16_head()).report.verification
+    assert verification.passed and (verification.rtol, verification.atol) == (1e-2, 2e-2)
+    assert max(c.needed_atol for c in verification.checks) > 2e-2  # bf16's table atol alone would fail it
+    assert all("units in the last place of" in c.note and "in bfloat16" in c.note for c in verification.checks)
+
+
+@pytest.mark.e2e
+def test_a_bf16_kernel_ten_percent_off_still_fails(monkeypatch):
+    import ml_dtypes
+
+    real = _dense.kernel_layout
+    monkeypatch.setattr(_dense, "kernel_layout",
+                        lambda *args: (real(*args).astype(np.float32) * 1.1).astype(ml_dtypes.bfloat16))
+    with pytest.raises(VerificationFailed):
+        convert(_bf16_head())
