@@ -222,3 +222,36 @@ def test_a_sparse_backbone_weight_stays_sparse_and_the_head_converts():
     assert [t.values.name for t in result.model.graph.sparse_initializer] == ["conv.w"]
     v = result.report.verification
     assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
+
+
+def head_inside_if_on_the_outer_map():
+    """conv_flatten_gemm, plus an If whose branches flatten the outer feature map themselves and run
+    a Gemm on it (a head inside a body): the body output is a flat [N,3] only at the original size."""
+    rng = np.random.default_rng(4)
+    base = conv_flatten_gemm()
+    nodes = list(base.graph.node)
+    feature_map = next(n.input[0] for n in nodes if "flat0" in n.output)
+
+    def branch(tag):
+        return helper.make_graph([helper.make_node("Flatten", [feature_map], [f"f_{tag}"], name=f"flatten_{tag}"),
+                                  helper.make_node("Gemm", [f"f_{tag}", "w_if"], [f"y_{tag}"], name=f"fc_{tag}",
+                                                   transB=1)], tag, [], [vi(f"y_{tag}", ["N", 3])])
+
+    nodes.append(helper.make_node("If", ["cond"], ["y2"], name="branch", then_branch=branch("then"),
+                                  else_branch=branch("else")))
+    inits = list(base.graph.initializer) + [init("w_if", rng.standard_normal((3, 36)).astype(np.float32))]
+    inputs = [*base.graph.input, vi("cond", [], TensorProto.BOOL)]
+    return model(nodes, inputs, [vi("y", None, 0), vi("y2", None, 0)], inits)
+
+
+@pytest.mark.e2e
+def test_a_head_inside_an_if_body_keeps_the_input_size():
+    original = head_inside_if_on_the_outer_map()
+    report = convert(original).report
+    assert sorted(n.node for n in report.converted) == ["branch/else_branch/fc_else", "branch/then_branch/fc_then", "fc"]
+    assert not report.fully_convolutional and report.symbolic_inputs == {}
+    assert report.notes == [f"the input size stays fixed: head {name!r} is inside an If/Loop/Scan body, which gives "
+                            "its map back flat, so a larger input would change the body's output"
+                            for name in ("branch/else_branch/fc_else", "branch/then_branch/fc_then")]
+    assert "not fully convolutional: input sizes kept (see the notes)" in report.render_text()
+    assert [c.check for c in report.verification.checks] == ["original size", "original size"]
