@@ -18,6 +18,7 @@ from .errors import InvalidModelError
 from .graph import is_onnx_op, op_label, opset_version, toposort
 from .index import GraphIndex
 from .inputs import check_input_options
+from .metadata import read_record
 from .modelcheck import check_input_model
 from .modelio import PathLike, read_model
 from .options import Options
@@ -88,6 +89,7 @@ def inspect(model: PathLike | onnx.ModelProto, *, options: Options | None = None
     result = Inspection(model_label(model), opset_version(work))
     try:
         check_input_model(work)
+        read_record(work)  # convert reads an earlier conversion's record, and refuses one that was edited
     except InvalidModelError as exc:  # still worth explaining: the rows say what a fixed model would get
         result.notes.append(f"convert refuses this model: {exc}")
     check_input_options(work, opts.input_shapes, None)  # a misspelt --input-shape is an error, not ignored

@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from .errors import Fc2ConvError
+from .errors import Fc2ConvError, UsageError
 from .graph import Dim
 from .layouts import TOKEN_LAYOUTS
 from .report import Mode
@@ -37,7 +37,12 @@ class Options:
 
     def __post_init__(self) -> None:
         for name in ("skip_rules", "include", "exclude"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            object.__setattr__(self, name, _names(name, getattr(self, name)))
+        for name in ("keep_output_shape", "dense_pool", "vector_fc"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"option {name} takes True or False, not {getattr(self, name)!r}")
+        if not isinstance(self.input_shapes or {}, dict):
+            raise UsageError(f"option input_shapes takes a dict of input name -> dims, not {self.input_shapes!r}")
         object.__setattr__(self, "input_shapes", dict(self.input_shapes or {}))
         unknown = sorted(set(self.skip_rules) - set(RULE_NAMES))
         if unknown:
@@ -66,3 +71,11 @@ class Options:
         if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def _names(option: str, value) -> tuple[str, ...]:
+    """A tuple of names or globs; one string is one name (``exclude="fc1"``), not its letters."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(n, str) for n in names):
+        raise UsageError(f"option {option} takes names or globs (strings), not {value!r}")
+    return names

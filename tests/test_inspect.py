@@ -14,7 +14,7 @@ from conftest import MODELS, ROOT, SHARED_MODELS
 from graphs import conv_flatten_gemm, init, model, vi, weights
 from onnx import helper
 
-from onnx_fc2conv import REASONS, RULE_NAMES, convert, inspect
+from onnx_fc2conv import REASONS, RULE_NAMES, InvalidModelError, convert, inspect
 from onnx_fc2conv.cli import main
 
 EXAMPLE_MODELS = sorted(MODELS.glob("*.onnx"))
@@ -165,3 +165,13 @@ def test_help_names_both_commands_and_the_default():
     assert "onnx-fc2conv IN OUT [options]" in result.output
     commands = result.output.split("Commands:")[1].split()
     assert commands[0] == "convert" and "inspect" in commands
+
+
+def test_inspect_says_convert_refuses_a_model_whose_conversion_record_was_edited():
+    model = onnx.load(MODELS / "lenet5.onnx")
+    model.metadata_props.add(key="onnx_fc2conv", value="not json")
+    result = inspect(model)
+    assert len(result.notes) == 1 and result.notes[0].startswith(
+        "convert refuses this model: the model's 'onnx_fc2conv' metadata is not a conversion record (JSONDecodeError")
+    with pytest.raises(InvalidModelError, match="metadata is not a conversion record"):
+        convert(model, verify=False)

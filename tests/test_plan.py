@@ -5,6 +5,8 @@ ONNX Runtime.
 """
 from __future__ import annotations
 
+import re
+
 import graphs
 import numpy as np
 import onnx
@@ -12,7 +14,7 @@ import pytest
 from conftest import MODELS
 from onnx import numpy_helper
 
-from onnx_fc2conv import Fc2ConvError, Options, convert, inspect
+from onnx_fc2conv import Fc2ConvError, Options, UsageError, convert, inspect
 from onnx_fc2conv.index import GraphIndex
 from onnx_fc2conv.planner import plan_graph
 from onnx_fc2conv.rules import Match, Skip, _dense
@@ -105,3 +107,20 @@ def test_options_and_keywords_combine_with_keywords_winning():
     result = convert(MODELS / "seed_fc.onnx", options=Options(keep_output_shape=False), keep_output_shape=True,
                      verify=False)
     assert result.report.mode == "keep_output_shape"
+
+
+def test_a_string_for_include_or_exclude_is_one_glob_not_its_letters():
+    assert Options(include="fc1", exclude="f*").include == ("fc1",)
+    assert Options(exclude="fc1").exclude == ("fc1",)
+    result = convert(graphs.conv_flatten_gemm(), exclude="fc", verify=False)
+    assert [(n.node, n.reason) for n in result.report.nodes] == [("fc", "excluded")]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(keep_output_shape="no"), "option keep_output_shape takes True or False, not 'no'"),
+    (dict(include=[1]), "option include takes names or globs (strings), not [1]"),
+    (dict(input_shapes=[("x", (1, 2))]), "option input_shapes takes a dict of input name -> dims"),
+])
+def test_an_option_of_the_wrong_type_is_one_line(options, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Options(**options)
