@@ -22,6 +22,7 @@ from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
 from .safety import check_output_path, check_tolerances, external_data_path
+from .verify import verify as run_verification
 
 
 @dataclass
@@ -89,8 +90,6 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
 
     result = ConversionResult(work, report)
     if verify and report.converted:
-        from .verify import verify as run_verification
-
         with progress.step("verify", "verifying with ONNX Runtime"):
             report.verification = run_verification(model, work, providers=providers, rtol=rtol, atol=atol,
                                                    input_shapes=options.input_shapes, input_data=input_data,
