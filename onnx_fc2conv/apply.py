@@ -52,9 +52,7 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
     if bridge is None and not in_bodies.changed:
         return None  # nothing converted: the model stays exactly as it came, byte for byte
     bridge = bridge or LayoutBridge(index)
-    fixed_size = fixed_size_notes(graph, plan) + [
-        f"the input size stays fixed: head {head!r} is inside an If/Loop/Scan body, which gives its map back "
-        "flat, so a larger input would change the body's output" for head in in_bodies.sized_heads]
+    fixed_size = fixed_size_notes(graph, plan, in_bodies.sized_heads)
     report.notes.extend(fixed_size)
     blocked = bridge.flattens_added > 0 or bool(fixed_size)
     token_entries = [name for name, layout in bridge.entered if layout in TOKEN_LAYOUTS]
@@ -87,10 +85,12 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
                             token_axes=token_input_axes)
 
 
-def fixed_size_notes(graph: onnx.GraphProto, plan: Plan) -> list[str]:
+def fixed_size_notes(graph: onnx.GraphProto, plan: Plan, body_heads: list[str]) -> list[str]:
     """One line per converted head whose flattened map something still reads after the rewrite (an
     FC layer left as it is: excluded, skipped, inside an If body; or a graph output): that tensor has
-    the original size built in, so, as for a blocked node, the input size must stay fixed."""
+    the original size built in, so, as for a blocked node, the input size must stay fixed. Likewise
+    an FC layer left as it is that reads a head's map, and each head converted inside a body
+    (``body_heads``), whose map is flattened back at the body output."""
     live, live_nodes = upstream(producers(graph), [o.name for o in graph.output])
     reader = {name: node for node in live_nodes for name in node_inputs(node)}
     notes = []
@@ -104,7 +104,9 @@ def fixed_size_notes(graph: onnx.GraphProto, plan: Plan) -> list[str]:
             who = f"node {node.name or node.output[0]!r}, which is not converted" if node else "a graph output"
             notes.append(f"the input size stays fixed: {still_read[0]!r}, the flattened map of head "
                          f"{decision.node.name or decision.node.output[0]!r}, is still read by {who}")
-    return notes or _unconverted_fc_on_a_map(graph, plan, live)
+    notes = notes or _unconverted_fc_on_a_map(graph, plan, live)
+    return notes + [f"the input size stays fixed: head {head!r} is inside an If/Loop/Scan body, which gives "
+                    "its map back flat, so a larger input would change the body's output" for head in body_heads]
 
 
 def _unconverted_fc_on_a_map(graph: onnx.GraphProto, plan: Plan, live: set[str]) -> list[str]:
