@@ -295,7 +295,7 @@ def p4(work: Path, reps: int) -> tuple[list[Row], dict]:
     return rows, raw
 
 
-def p5(work: Path) -> tuple[list[Row], dict]:
+def p5(work: Path) -> tuple[list[Row], dict]:  # about 1 min, 11 GB peak RSS, 5 GB of disk
     src = build_in_child("huge_fc", work / "huge.onnx")
     out, report = work / "huge_conv.onnx", work / "huge_report.json"
     seconds, rss = run_child([sys.executable, "-m", "onnx_fc2conv", str(src), str(out), "--report-json", str(report)])
@@ -311,6 +311,21 @@ def p5(work: Path) -> tuple[list[Row], dict]:
 
 
 # ---- output --------------------------------------------------------------------------------------------
+
+def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
+    """This run's rows and figures, plus those of the parts it did not run from the last results
+    (``--only``), so the table and results.json always hold every part; ``when`` then says which
+    part was measured when."""
+    previous_file = PLOTS / "results.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
+    kept = [Row(**r) for r in previous.get("rows", []) if r["part"] not in parts]
+    if not kept:
+        return rows, raw, when
+    kept_parts = sorted({r.part for r in kept})
+    raw = {**{p: previous[p] for p in kept_parts if p in previous}, **raw}
+    when = f"{', '.join(sorted(parts))} {when}; {', '.join(kept_parts)} {previous.get('when', 'earlier')}"
+    return sorted(kept + rows, key=lambda r: r.part), {**raw, "when": when}, when
+
 
 def table(rows: list[Row]) -> str:
     lines = ["| part | what | measured | ratio | target | met |", "|---|---|---|---:|---|---|"]
@@ -402,6 +417,7 @@ def main() -> int:
     print(load)
     print(table(rows))
     PLOTS.mkdir(exist_ok=True)
+    rows, raw, when = keep_parts_not_run(rows, raw, parts, when)
     (PLOTS / "results.json").write_text(json.dumps({**raw, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     for path in plot(rows):
         print(f"wrote {path.relative_to(ROOT)}")
