@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +45,33 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
     return name, tuple(parsed)
 
 
+def parse_input_shapes(texts: Iterable[str]) -> dict[str, tuple]:
+    """Every ``--input-shape``, by input name. One name with two different shapes is refused: the
+    last would silently win."""
+    shapes: dict[str, tuple] = {}
+    for text in texts:
+        name, dims = parse_input_shape(text)
+        if shapes.get(name, dims) != dims:
+            raise UsageError(f"--input-shape: {name!r} is given twice "
+                             f"({_dims_text(shapes[name])} and {_dims_text(dims)})")
+        shapes[name] = dims
+    return shapes
+
+
+def _dims_text(dims: tuple) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
+class FilePath(click.Path):
+    """A path that is not empty: pathlib reads "" as ".", the current folder, and the error would
+    then name a folder the user never gave."""
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail("the path is empty; give a file path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -58,15 +85,23 @@ class ConvertByDefault(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
-        """Run the command; Ctrl-C or SIGTERM at any point of it is one line (click would say
-        "Aborted!" and exit 1), after the clean-ups of what was being written have run."""
+        """Run the command; a usage error of the command is one line and exit 2, as are the tool's own
+        errors; Ctrl-C or SIGTERM at any point of it is one line (click would say "Aborted!" and exit 1),
+        after the clean-ups of what was being written have run."""
         try:
             with _sigterm_as_interrupt():
                 return super().invoke(ctx)
+        except click.UsageError as exc:  # a command's bad option or argument; click would print four lines
+            _fail(f"{exc.format_message().removesuffix('.')} (see {_command_path(exc.ctx)} --help)", exc.exit_code)
         except Terminated:
             _say_and_exit("terminated", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _say_and_exit("interrupted", 128 + signal.SIGINT)
+
+
+def _command_path(ctx: click.Context | None) -> str:
+    """The program's own name and the subcommand, whatever name the program was run by."""
+    return "onnx-fc2conv" if ctx is None or ctx.parent is None else f"onnx-fc2conv {ctx.info_name}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -127,8 +162,8 @@ def rule_options(command):
 
 
 @main.command("convert", context_settings=CONTEXT, short_help="Convert IN, prove it, write OUT (the default).")
-@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
-@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("in_path", metavar="IN", type=FilePath(dir_okay=True, path_type=Path))
+@click.argument("out_path", metavar="OUT", type=FilePath(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
               help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
 @click.option("--inplace", is_flag=True, help="Allow OUT to be IN: replace it (atomically, after verification).")
@@ -144,10 +179,10 @@ def rule_options(command):
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
 @click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
 @rule_options
-@click.option("--input-data", "input_data", metavar="FILE.npz", type=click.Path(path_type=Path),
+@click.option("--input-data", "input_data", metavar="FILE.npz", type=FilePath(path_type=Path),
               help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "
                    "name are synthesised.")
-@click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
+@click.option("--report-json", type=FilePath(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
 def convert_command(in_path, out_path, inplace, external_data, fold_batch, no_verify, providers, rtol, atol,
@@ -188,7 +223,7 @@ def convert_command(in_path, out_path, inplace, external_data, fold_batch, no_ve
 
 
 @main.command("inspect", context_settings=CONTEXT, short_help="Show what would convert, and why not; write nothing.")
-@click.argument("in_path", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("in_path", metavar="IN", type=FilePath(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @rule_options
 def inspect_command(in_path, as_json, **rule_flags):
@@ -206,8 +241,7 @@ def inspect_command(in_path, as_json, **rule_flags):
 
 def _options(rule_flags: dict) -> Options:
     """The rule options from their flags, which click names after the :class:`Options` fields."""
-    shapes = dict(parse_input_shape(s) for s in rule_flags.pop("input_shapes"))
-    return Options(input_shapes=shapes, **rule_flags)
+    return Options(input_shapes=parse_input_shapes(rule_flags.pop("input_shapes")), **rule_flags)
 
 
 def _write_json(path: Path | None, report) -> None:

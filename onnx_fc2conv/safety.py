@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -180,18 +181,49 @@ def check_tolerances(rtol: float | None, atol: float | None) -> None:
 
 
 def check_output_path(source, output: Path, inplace: bool) -> None:
-    """Before any work: OUT's folder exists, OUT and OUT's data file are not folders, OUT is not IN
-    unless ``inplace``, and neither OUT nor its data file is IN or one of IN's external-data files."""
-    data = external_data_path(output)
-    if output.is_dir():
-        raise OutputError(f"{output}: is a directory; give the path of the .onnx file to write")
+    """Before any work: OUT's folder exists, OUT and OUT's data file are neither folders nor other
+    non-files (devices, FIFOs, sockets), OUT is not IN unless ``inplace``, neither OUT nor its data
+    file is IN or one of IN's external-data files, and neither is a symbolic link."""
+    _check_writable_as_file(output, "give the path of the .onnx file to write", "give a file path")
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
-    if data.is_dir():
-        raise OutputError(f"{data}: is a directory; OUT's weights would be written there")
-    if isinstance(source, onnx.ModelProto):
-        return
-    source = Path(source)
+    data = external_data_path(output)
+    _check_writable_as_file(data, "OUT's weights would be written there", "OUT's weights would be written there")
+    if not isinstance(source, onnx.ModelProto):
+        _check_output_spares_input(Path(source), output, data, inplace)
+    # After the OUT == IN check, so that OUT linked to IN says so. Writing replaces the link itself
+    # with a regular file and leaves its target as it was: never what the user meant.
+    if output.is_symlink():
+        target = output.resolve()
+        raise OutputError(f"{output}: is a symbolic link to {target}; give {target} itself (or another path)")
+    if data.is_symlink():
+        raise OutputError(f"{data}: is a symbolic link to {data.resolve()}; OUT's weights would replace the link, "
+                          "not the file: choose another OUT")
+
+
+def _check_writable_as_file(path: Path, if_folder: str, if_other: str) -> None:
+    """``path`` is absent or a regular file (through a link): a write renames a new file over it, which
+    would replace a device or FIFO by a plain file."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; {if_folder}")
+    kind = _special_file_kind(path)
+    if kind is not None:
+        raise OutputError(f"{path}: is not a regular file ({kind}); {if_other}")
+
+
+def _special_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder; else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # absent (or a dangling link): nothing would be replaced
+        return None
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for is_kind, kind in kinds if is_kind(mode)), None)
+
+
+def _check_output_spares_input(source: Path, output: Path, data: Path, inplace: bool) -> None:
+    """Neither OUT nor its data file is IN (OUT may be, with ``inplace``) or one of IN's data files."""
     if _same_file(source, output):
         if inplace:
             return  # IN and its data file are replaced as a pair, after verification
@@ -207,6 +239,8 @@ def check_report_path(report: Path, source, output: Path, input_data) -> None:
     the run reads or writes (IN, its external data, OUT, OUT's data file, the --input-data file)."""
     if not report.parent.is_dir():
         raise OutputError(f"{report}: the folder {report.parent} does not exist")
+    if report.is_dir():
+        raise OutputError(f"--report-json {report}: is a directory")
     if isinstance(source, (str, os.PathLike)):
         _refuse_report_on(report, Path(source), "the input model")
     _refuse_report_on(report, output, "OUT")
