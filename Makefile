@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,demo,plot,bench,lint]'
 	touch $(STAMP)
 
+# One pytest worker per core of the project's 2-core machines; a file's tests stay on one worker, so
+# the per-session caches of converted models (tests/conftest.py) are shared where they are used.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check onnx_fc2conv tests benchmarks demo models
