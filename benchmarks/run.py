@@ -29,6 +29,7 @@ P5  one FC weight over 2 GiB (540000 x 1024 float32): ``onnx-fc2conv IN OUT`` co
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import json
 import os
@@ -314,17 +315,20 @@ def p5(work: Path) -> tuple[list[Row], dict]:  # about 1 min, 11 GB peak RSS, 5 
 
 def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
     """This run's rows and figures, plus those of the parts it did not run from the last results
-    (``--only``), so the table and results.json always hold every part; ``when`` then says which
-    part was measured when."""
+    (``--only``), so the table and results.json always hold every part; the returned ``when`` says
+    which parts were measured when (kept per part in results.json under "measured")."""
     previous_file = PLOTS / "results.json"
     previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
     kept = [Row(**r) for r in previous.get("rows", []) if r["part"] not in parts]
-    if not kept:
-        return rows, raw, when
     kept_parts = sorted({r.part for r in kept})
-    raw = {**{p: previous[p] for p in kept_parts if p in previous}, **raw}
-    when = f"{', '.join(sorted(parts))} {when}; {', '.join(kept_parts)} {previous.get('when', 'earlier')}"
-    return sorted(kept + rows, key=lambda r: r.part), {**raw, "when": when}, when
+    measured = {**{p: previous.get("measured", {}).get(p, previous.get("when", "earlier")) for p in kept_parts},
+                **{p: when for p in sorted(parts)}}
+    by_time: dict[str, list[str]] = {}
+    for part, at in measured.items():
+        by_time.setdefault(at, []).append(part)
+    when = "; ".join(f"{', '.join(sorted(ps))} {at}" for at, ps in sorted(by_time.items(), reverse=True))
+    raw = {**{p: previous[p] for p in kept_parts if p in previous}, **raw, "when": when, "measured": measured}
+    return sorted(kept + rows, key=lambda r: r.part), raw, when
 
 
 def table(rows: list[Row]) -> str:
@@ -397,6 +401,9 @@ def main() -> int:
     if free < need:
         print(f"benchmarks: need {need >> 30} GB free in {out}, have {free / (1 << 30):.1f} GB", file=sys.stderr)
         return 2
+    # Child processes import the package as an installed one does: from bytecode, which pip writes at
+    # install time (an editable install, or PYTHONDONTWRITEBYTECODE=1, would compile it in every child).
+    compileall.compile_dir(str(ROOT / "onnx_fc2conv"), quiet=1)
     where, when = machine(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"machine: {where}", flush=True)
     load_start = os.getloadavg()[1]
