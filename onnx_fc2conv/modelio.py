@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
-from onnx.external_data_helper import _get_all_tensors, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
 from .errors import InvalidModelError, OutputError, first_line
 from .safety import check_external_data, external_data_path
@@ -40,6 +40,12 @@ def read_model(source: PathLike | onnx.ModelProto, *,
     reader that only needs the graph, or that lets ONNX Runtime read the data from the model's folder.
     """
     if isinstance(source, onnx.ModelProto):
+        referenced = next((t for t in _get_all_tensors(source) if uses_external_data(t)), None)
+        if referenced is not None:  # its files would be looked up in whatever the current folder is
+            location = ExternalDataInfo(referenced).location
+            raise InvalidModelError(f"the model's tensor {referenced.name!r} keeps its data in the external file "
+                                    f"{location!r}, which a ModelProto cannot locate: pass the model's path, "
+                                    "or load it with its data (onnx.load(path))")
         model = onnx.ModelProto()
         model.CopyFrom(source)
         return model, False

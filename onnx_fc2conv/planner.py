@@ -16,7 +16,7 @@ from .index import GraphIndex, body_model
 from .layouts import Layout, flat
 from .metadata import HeadRecord
 from .options import Options
-from .report import NodeReport, NodeStatus
+from .report import NodeReport, NodeStatus, format_dims
 from .rules import RULES, MapInfo, Match, RuleContext, Skip
 from .rules._dense import not_constant_skip
 
@@ -189,11 +189,15 @@ def is_quantized_fc(node: onnx.NodeProto) -> bool:
 
 def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     dims = index.shape(node.input[0])
-    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) >= 3:
+    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) == 3:
         return Skip("token_matmul")
+    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) > 3:
+        return Skip("token_matmul", f"the MatMul runs on a rank-{len(dims)} tensor {format_dims(dims)}; the token "
+                                    "layouts take [B,T,D]")
     weight = index.producer.get(node.input[1])
-    if node.input[1] in index.overridable:
-        return not_constant_skip(index, node.input[1])
+    skip = not_constant_skip(index, node.input[1])
+    if skip.reason != "weight_not_constant":  # overridable, or quantized in blocks
+        return skip
     if weight is not None and not index.is_constant(node.input[1]):
         return Skip("weight_not_constant", index.unfolded.get(node.input[1]) or
                     f"the weight comes from {op_label(weight)} {weight.name!r}, which is not folded to a constant")

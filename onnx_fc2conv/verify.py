@@ -38,6 +38,8 @@ TOLERANCES = {
     np.dtype(np.float16): (1e-2, 2.5e-3),
 }
 BF16_TOLERANCE = (1e-2, 2e-2)
+# A check whose converted model gave no values: its error is unbounded, not 0.
+NOT_COMPARED = dict(max_abs_error=math.inf, max_rel_error=math.inf, needed_atol=math.inf)
 # float16 and bfloat16 layers round each output to the precision of its scale, so a small value
 # computed from large ones differs between a Gemm and a Conv by a few units in the last place (ulps)
 # of the large ones (an fp16 head whose outputs reach 7.6 differs by 0.0078 at 0.43, found by `make
@@ -90,7 +92,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
             session = _session(converted, provider, converted_folder)
         except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
-                                             note=f"the converted model does not load: {first_line(exc)}"))
+                                             note=f"the converted model does not load: {first_line(exc)}",
+                                             **NOT_COMPARED))
             continue
         if session is None:
             result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
@@ -248,7 +251,7 @@ def _converted_outputs(check, sessions, feeds, result):
             got = _run(session, feeds)
         except Exception as exc:  # noqa: BLE001 - a converted model that cannot run is a failed proof
             result.checks.append(CheckResult(check, provider, "*", False, compared=1,
-                                             note=f"the converted model fails: {first_line(exc)}"))
+                                             note=f"the converted model fails: {first_line(exc)}", **NOT_COMPARED))
             continue
         yield provider, got
 

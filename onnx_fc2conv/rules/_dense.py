@@ -53,6 +53,10 @@ def not_constant_skip(index: GraphIndex, name: str, what: str = "weight", messag
     if name in index.overridable:
         return Skip("weight_overridable", f"the {what} {name!r} is also a graph input, so a caller may replace it; "
                                           "the layer stays as it is to keep that input")
+    blocked = next((s for s in quantized_weight(index, name) or () if attr(s, "block_size", 0)), None)
+    if blocked is not None:  # made of constants, but not folded: blocks have no per-channel kernel scale
+        return Skip("quantized_weight_axis", f"{blocked.op_type} {blocked.name!r} quantizes the {what} in blocks "
+                                             f"of {attr(blocked, 'block_size')}")
     return Skip("weight_not_constant", message)
 
 
