@@ -29,7 +29,7 @@ from .metadata import ConversionRecord
 from .modelcheck import infer_shapes
 from .options import Options
 from .planner import FC_OPS, Plan, bodies, body_plan, layout_of, plan_graph
-from .report import ConversionReport, NodeReport, OutputChange
+from .report import ConversionReport, NodeReport, OutputChange, dims_list
 from .rules import Match, RuleContext
 from .rules._head import elementwise_path
 from .runs import LayoutBridge
@@ -74,9 +74,9 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
     before = {o.name: value_dims(o)[1] for o in graph.output}
     changed = {} if options.keep_output_shape else {o: ctx.maps[o].spatial_rank for o in map_outputs}
     reinfer_shapes(model, changed)
-    report.outputs = [OutputChange(o.name, _dims_list(before[o.name]), _dims_list(value_dims(o)[1]))
+    report.outputs = [OutputChange(o.name, dims_list(before[o.name]), dims_list(value_dims(o)[1]))
                       for o in graph.output]
-    report.symbolic_inputs = {i.name: _dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
+    report.symbolic_inputs = {i.name: dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
     if not heads and token_input_axes is None:
         return None
     for i, head in enumerate(heads):
@@ -290,6 +290,3 @@ def _scoped(lines: list[NodeReport], scope: str) -> list[NodeReport]:
         line.node = scope + line.node
     return lines
 
-
-def _dims_list(dims) -> list | None:
-    return None if dims is None else list(dims)

@@ -24,7 +24,7 @@ from .modelio import PathLike, read_model
 from .options import Options
 from .pipeline import model_label
 from .planner import QUANTIZED_FC_OPS, Decision, body_plans, plan_graph
-from .report import format_dims, is_fc_row
+from .report import dims_list, format_dims, is_fc_row
 from .rules import Match
 
 # What a node's input is called when it comes from one of these: the tensor they flatten is shown.
@@ -112,8 +112,8 @@ def _describe(index: GraphIndex, decision: Decision) -> NodeInspection:
         status, reason, detail = "converts", None, decision.outcome.detail
     else:
         status, reason, detail = decision.status or "skipped", decision.outcome.reason, decision.outcome.message
-    return NodeInspection(node.name or node.output[0], op_label(node), _dims(index.shape(node.input[0])),
-                          _dims(weight_shape), _fed_by(index, node.input[0]), status, decision.rule, reason, detail)
+    return NodeInspection(node.name or node.output[0], op_label(node), dims_list(index.shape(node.input[0])),
+                          dims_list(weight_shape), _fed_by(index, node.input[0]), status, decision.rule, reason, detail)
 
 
 def _fed_by(index: GraphIndex, name: str) -> str:
@@ -135,6 +135,3 @@ def _verdict(node: NodeInspection) -> str:
         return f"converts by {node.rule}: {node.detail}"
     return f"{node.status} [{node.reason}]: {node.detail}"
 
-
-def _dims(dims) -> list | None:
-    return None if dims is None else list(dims)

@@ -224,6 +224,11 @@ def is_fc_row(status: str, op: str) -> bool:
     return status != "blocked" or op in ("Gemm", "MatMul")
 
 
+def dims_list(dims) -> list | None:
+    """Dims as a list for a report field (None: no shape known)."""
+    return None if dims is None else list(dims)
+
+
 def format_dims(dims) -> str:
     if dims is None:
         return "[?]"
