@@ -28,7 +28,7 @@ from .layouts import TOKEN_LAYOUTS
 from .metadata import ConversionRecord
 from .modelcheck import infer_shapes
 from .options import Options
-from .planner import FC_OPS, Plan, bodies, body_plan, layout_of, plan_graph
+from .planner import FC_OPS, Decision, Plan, bodies, body_plan, layout_of, plan_graph
 from .report import ConversionReport, NodeReport, OutputChange, dims_list
 from .rules import Match, RuleContext
 from .rules._head import elementwise_path
@@ -91,38 +91,43 @@ def fixed_size_notes(graph: onnx.GraphProto, plan: Plan, body_heads: list[str]) 
     the original size built in, so, as for a blocked node, the input size must stay fixed. Likewise
     an FC layer left as it is that reads a head's map, and each head converted inside a body
     (``body_heads``), whose map is flattened back at the body output."""
-    live, live_nodes = upstream(producers(graph), [o.name for o in graph.output])
+    producer = producers(graph)  # of the rewritten graph, whose nodes are copies of the planned ones
+    live, live_nodes = upstream(producer, [o.name for o in graph.output])
     reader = {name: node for node in live_nodes for name in node_inputs(node)}
+    heads = _sized_heads(plan)
     notes = []
-    for decision in plan.decisions:
-        outcome = decision.outcome
-        if not isinstance(outcome, Match) or outcome.window is None or None in outcome.window:
-            continue  # no head, or one that reduces the whole map: its [N,C] has no size built in
+    for decision in heads:
         still_read = [n for n in _flattened(plan.ctx.index, decision.node) if n in live]
         if still_read:
             node = reader.get(still_read[0])
             who = f"node {node.name or node.output[0]!r}, which is not converted" if node else "a graph output"
             notes.append(f"the input size stays fixed: {still_read[0]!r}, the flattened map of head "
                          f"{decision.node.name or decision.node.output[0]!r}, is still read by {who}")
-    notes = notes or _unconverted_fc_on_a_map(graph, plan, live)
+    notes = notes or _unconverted_fc_on_a_map(plan, heads, producer, live)
     return notes + [f"the input size stays fixed: head {head!r} is inside an If/Loop/Scan body, which gives "
                     "its map back flat, so a larger input would change the body's output" for head in body_heads]
 
 
-def _unconverted_fc_on_a_map(graph: onnx.GraphProto, plan: Plan, live: set[str]) -> list[str]:
-    """The note for the first FC layer left as it is whose input is computed from a head's feature map
-    (through a Flatten of its own, say): a larger map would give it more inputs than its weight has.
-    Conservative: a global pool on the way would make the size harmless, and still fixes it here."""
-    heads = {d.outcome.feature_map: d.node for d in plan.decisions
-             if isinstance(d.outcome, Match) and d.outcome.feature_map is not None and d.outcome.window is not None
-             and None not in d.outcome.window}
-    producer = producers(graph)  # of the rewritten graph, whose nodes are copies of the planned ones
+def _sized_heads(plan: Plan) -> list[Decision]:
+    """The converted heads whose window has a size: a head that reduces the whole map (a global
+    reduce kept by squeeze_flatten) leaves an [N,C] with no size built in."""
+    return [d for d in plan.decisions if isinstance(d.outcome, Match) and d.outcome.feature_map is not None
+            and d.outcome.window is not None and None not in d.outcome.window]
+
+
+def _unconverted_fc_on_a_map(plan: Plan, heads: list[Decision], producer: dict[str, onnx.NodeProto],
+                             live: set[str]) -> list[str]:
+    """The note for the first FC layer left as it is whose input is computed from the feature map of
+    one of ``heads`` (through a Flatten of its own, say): a larger map would give it more inputs than
+    its weight has. Conservative: a global pool on the way would make the size harmless, and still
+    fixes it here."""
+    maps = {d.outcome.feature_map: d.node for d in heads if isinstance(d.outcome, Match)}
     for decision in plan.decisions:
         unconverted_fc = decision.status == "skipped" and is_onnx_op(decision.node, *FC_OPS)
         if not unconverted_fc or decision.node.output[0] not in live:
             continue
         reached, _ = upstream(producer, decision.node.input[:1])
-        head = next((node for feature_map, node in heads.items() if feature_map in reached), None)
+        head = next((node for feature_map, node in maps.items() if feature_map in reached), None)
         if head is not None:
             return [f"the input size stays fixed: node {decision.node.name or decision.node.output[0]!r}, which is "
                     f"not converted, reads a tensor computed from the feature map of head "
