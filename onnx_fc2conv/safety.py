@@ -241,14 +241,14 @@ def check_report_path(report: Path, source, output: Path, input_data) -> None:
         raise OutputError(f"{report}: the folder {report.parent} does not exist")
     if report.is_dir():
         raise OutputError(f"--report-json {report}: is a directory")
-    if isinstance(source, (str, os.PathLike)):
-        _refuse_report_on(report, Path(source), "the input model")
+    source_path = Path(source) if isinstance(source, (str, os.PathLike)) else None  # None: a ModelProto
+    if source_path is not None:
+        _refuse_report_on(report, source_path, "the input model")
     _refuse_report_on(report, output, "OUT")
     _refuse_report_on(report, external_data_path(output), "OUT's data file")
     if isinstance(input_data, (str, os.PathLike)):
         _refuse_report_on(report, Path(input_data), "the --input-data file")
-    if isinstance(source, (str, os.PathLike)) and report.is_file() and \
-            _file_identity(report) in _input_data_files(Path(source)):
+    if source_path is not None and report.is_file() and _file_identity(report) in _input_data_files(source_path):
         raise OutputError(f"--report-json {report}: is a data file of the input model; choose another path")
 
 
@@ -265,8 +265,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_dev, stat.st_ino
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
 def external_data_path(output: Path) -> Path:

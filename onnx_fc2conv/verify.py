@@ -386,7 +386,7 @@ def needs_nchwc_off(model: onnx.ModelProto) -> bool:
     transform off (``NchwcTransformer``) changes speed only; the README says how users set it."""
     kernels = {t.name: t for t in model.graph.initializer if len(t.dims) >= 3}
     for node in model.graph.node:
-        kernel = kernels.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        kernel = kernels.get(node.input[1]) if is_onnx_op(node, "Conv") and len(node.input) > 1 else None
         if kernel is None or kernel.data_type not in FLOAT_TYPES:
             continue
         padded_out = -(-kernel.dims[0] // NCHWC_BLOCK) * NCHWC_BLOCK
