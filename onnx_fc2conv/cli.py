@@ -22,6 +22,7 @@ from .options import Options
 from .pipeline import convert
 from .rules import RULE_NAMES
 from .safety import check_report_path, check_tolerances
+from .verify import RUNTIMES
 from .version import __version__
 
 INT64_MAX = (1 << 63) - 1
@@ -174,8 +175,9 @@ def rule_options(command):
               help="Fold the batch into a spatial axis around the converted convs, so ONNX Runtime runs "
                    "each as one GEMM at batch > 1 (its Conv runs one GEMM per image).")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
-@click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
-              show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
+@click.option("--provider", "providers", multiple=True, type=click.Choice(RUNTIMES), default=("cpu",),
+              show_default=True, help="Runtime(s) to verify on, each also compared with CPU: ONNX Runtime's CPU "
+                                      "(always runs) or CUDA provider, OpenVINO's CPU plugin (at f32).")
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
 @click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
 @rule_options

@@ -3,7 +3,9 @@
 Two checks:
 
 * **Original size.** The same seeded inputs (batch 2 where the batch is free) go into both models on
-  every requested execution provider; every output must match within ``rtol``/``atol``.
+  every requested runtime; every output must match within ``rtol``/``atol``. Each runtime besides
+  ONNX Runtime's CPU provider (CUDA, OpenVINO) is also compared with the CPU outputs of the
+  converted model ("cuda vs cpu", "openvino vs cpu"), and takes part in the checks below.
 * **Sliding window** (fully convolutional models). The original model is cut at the tensor its head
   flattens (the feature map). On a larger input, the backbone gives a larger map; every sampled
   output position of the converted model (the corners, the centre and random ones) must equal the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,7 +33,13 @@ from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
+RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
+UNAVAILABLE = {"cuda": "CUDAExecutionProvider not available (install onnxruntime-gpu and run on a GPU)",
+               "openvino": "openvino not installed (pip install 'onnx-fc2conv[openvino]')"}
+# OpenVINO's CPU plugin runs float32 models in bfloat16 on CPUs that have it, unless told: that moves
+# outputs by 4e-3 to 1.7e-2 (measured on the original models too), which reads as a conversion error.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 # ONNX Runtime's own test tolerances (onnxruntime/test/providers/checkers.cc), by element type.
 TOLERANCES = {
     np.dtype(np.float64): (1e-7, 1e-9),
@@ -63,6 +72,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     """
     check_tolerances(rtol, atol)
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
+    converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
     index = GraphIndex(original, data_folder=original_folder)  # one index of the original serves every check
@@ -89,24 +99,28 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     sessions = {}
     for provider in providers:
         try:
-            session = _session(converted, provider, converted_folder)
+            session = _session(converted, provider, converted_folder, converted_path)
         except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
                                              note=f"the converted model does not load: {first_line(exc)}",
                                              **NOT_COMPARED))
             continue
         if session is None:
-            result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
+            result.skipped.append(UNAVAILABLE[provider])
             continue
         sessions[provider] = session
+        if isinstance(session, OpenVinoSession):
+            result.notes.append(f"OpenVINO ran on its CPU plugin at {session.precision} (INFERENCE_PRECISION_HINT): "
+                                "its default on CPUs with bfloat16 is bf16, 4e-3..1.7e-2 off the float32 outputs")
     outputs = dict(_converted_outputs("original size", sessions, feeds, result))
     for provider, got in outputs.items():
         for name, want in expected.items():
             result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol))
-    if "cpu" in outputs and "cuda" in outputs:
-        cpu, cuda = outputs["cpu"], outputs["cuda"]
-        for name in cpu:
-            result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
+    for provider, got in outputs.items():
+        if provider != "cpu" and "cpu" in outputs:
+            check = f"{provider} vs cpu"
+            for name, want in outputs["cpu"].items():
+                result.checks.append(_compare(check, provider, name, got[name], want, out_rtol, out_atol))
 
     record = read_record(converted)
     problem = _record_problem(record, original, converted, expected, outputs.get("cpu"))
@@ -339,9 +353,13 @@ def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
     return read_model(model, load_external_data=False)[0], Path(model).parent
 
 
-def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
-    """A session for ``model``; ``folder`` is where its external-data references point. A model
-    whose weights pass protobuf's 2 GB limit is handed over as a file with external data."""
+def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, path: Path | None = None):
+    """A session for ``model`` on ``provider`` (one of RUNTIMES), None where that runtime is not
+    available; ``folder`` is where its external-data references point, ``path`` its file where it was
+    given as one. A model whose weights pass protobuf's 2 GB limit is handed over as a file with
+    external data."""
+    if provider == "openvino":
+        return OpenVinoSession.compile(model, path)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
@@ -422,6 +440,61 @@ class ReferenceSession:
 
     def run(self, names, feeds):
         return self._evaluator.run(names, feeds)
+
+
+class OpenVinoSession:
+    """A model compiled by OpenVINO's CPU plugin (at OPENVINO_CONFIG's precision) behind ONNX
+    Runtime's session calls, so the checks run it as they run a session: feeds by name in, outputs by
+    name out."""
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._inputs = [_Named(i.get_any_name()) for i in compiled.inputs]
+        self._outputs = [_Named(o.get_any_name()) for o in compiled.outputs]
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+
+    @classmethod
+    def compile(cls, model: onnx.ModelProto, path: Path | None = None) -> OpenVinoSession | None:
+        """``model`` compiled, None where openvino is not installed. A model given by ``path`` is read
+        from there (OpenVINO reads its external data beside it), one in memory from its bytes, or from
+        a temporary file where it passes protobuf's 2 GB limit. Raises RuntimeError with OpenVINO's
+        message, put on one line, where OpenVINO cannot read or compile it."""
+        try:
+            import openvino
+        except ImportError:
+            return None
+        if path is None and needs_external_data(model):
+            with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                save_model(model, path, external_data=True)
+                return cls.compile(model, path)
+        core = openvino.Core()
+        try:
+            read = core.read_model(str(path) if path is not None else model.SerializeToString())
+            return cls(core.compile_model(read, "CPU", OPENVINO_CONFIG))
+        except RuntimeError as exc:
+            raise RuntimeError(openvino_error(exc)) from None
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feeds):
+        try:
+            results = self._compiled(feeds)
+        except RuntimeError as exc:
+            raise RuntimeError(openvino_error(exc)) from None
+        return [results[name] for name in names]
+
+
+def openvino_error(exc: BaseException) -> str:
+    """OpenVINO's message on one line: its lines without the source locations it stacks above them
+    ("Exception from src/...:105:", "Check 'false' failed at src/...:151:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not re.fullmatch(r"(Exception from|Check '.*' failed at) \S+:\d+:", line)]
+    return " ".join(said) or first_line(exc)
 
 
 class _Named:
