@@ -445,12 +445,16 @@ class ReferenceSession:
 class OpenVinoSession:
     """A model compiled by OpenVINO's CPU plugin (at OPENVINO_CONFIG's precision) behind ONNX
     Runtime's session calls, so the checks run it as they run a session: feeds by name in, outputs by
-    name out."""
+    name out. A port is named by the model's own input or output name: OpenVINO gives a tensor every
+    name its folded Identity ops had (tinybert's ``output_0`` is also ``173`` and ``174``)."""
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, model: onnx.ModelProto):
         self._compiled = compiled
-        self._inputs = [_Named(i.get_any_name()) for i in compiled.inputs]
-        self._outputs = [_Named(o.get_any_name()) for o in compiled.outputs]
+        declared = {v.name for v in (*model.graph.input, *model.graph.output)}
+        name = lambda port: next((n for n in sorted(port.names) if n in declared), port.get_any_name())  # noqa: E731
+        self._inputs = [_Named(name(port)) for port in compiled.inputs]
+        self._ports = {name(port): port for port in compiled.outputs}
+        self._outputs = [_Named(n) for n in self._ports]
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
     @classmethod
@@ -471,7 +475,7 @@ class OpenVinoSession:
         core = openvino.Core()
         try:
             read = core.read_model(str(path) if path is not None else model.SerializeToString())
-            return cls(core.compile_model(read, "CPU", OPENVINO_CONFIG))
+            return cls(core.compile_model(read, "CPU", OPENVINO_CONFIG), model)
         except RuntimeError as exc:
             raise RuntimeError(openvino_error(exc)) from None
 
@@ -486,7 +490,7 @@ class OpenVinoSession:
             results = self._compiled(feeds)
         except RuntimeError as exc:
             raise RuntimeError(openvino_error(exc)) from None
-        return [results[name] for name in names]
+        return [results[self._ports[name]] for name in names]
 
 
 def openvino_error(exc: BaseException) -> str:

@@ -147,6 +147,15 @@ class RealModels:
             raise error
         return result
 
+    def converted(self, name: str, **options):
+        """The conversion ``convert(name, **options)`` makes: the proved one where this session made
+        it, else one made without the proof (the same model; proving it is the job of the tests that
+        ask for :meth:`convert`). Read it, never change it."""
+        proved = self._key(name, options)
+        if proved in self._converted and self._converted[proved][1] is None:
+            return self.convert(name, **options)
+        return self.convert(name, **{**options, "verify": False})
+
     def files_left(self, name: str, **options) -> list[str]:
         """The files that ``convert(name, **options)`` left in its current folder."""
         key = self._key(name, options)
