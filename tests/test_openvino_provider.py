@@ -119,3 +119,15 @@ def test_a_converted_model_with_external_data_is_read_by_openvino_from_its_path(
     result = verify(MODELS / "lenet5.onnx", out, providers=("openvino",))
     assert result.passed and {c.check for c in result.checks if c.provider == "openvino" and c.compared > 0} == {
         "original size", "openvino vs cpu", "sliding window 64x64", "sliding window 48x65"}
+
+
+def test_an_output_behind_an_identity_is_found_by_its_own_name(openvino_installed, build_models):
+    # OpenVINO folds the Identity and gives the output port both names; its get_any_name() is the first
+    # in sorted order, "head_out", not "logits": the checks ask for the model's own output name.
+    original = build_models.lenet5()
+    assert original.graph.node[-1].output[0] == original.graph.output[0].name == "logits"
+    original.graph.node[-1].output[0] = "head_out"
+    original.graph.node.append(helper.make_node("Identity", ["head_out"], ["logits"], name="out"))
+    result = verify(original, convert(original, verify=False).model, providers=("openvino",))
+    assert result.passed, result.render_text(verbose=True)
+    assert {c.output for c in result.checks if c.provider == "openvino"} == {original.graph.output[0].name}
