@@ -145,6 +145,26 @@ def test_bert_layer_converts_in_both_layouts_and_verifies_at_three_lengths(build
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_torch_encoder_layer_converts_and_verifies_at_two_more_sequence_lengths(layout):
+    """torch's nn.TransformerEncoderLayer from the dynamo exporter, [1,T,64]: the attention input
+    projection reads [T,1,64] (tokens first), the FFN [1,T,64]; the output projection is a Gemm after a
+    Transpose that moves the batch axis."""
+    original = onnx.load(str(MODELS / "torch_encoder_layer.onnx"))
+    result = convert(original, token_layout=layout)
+    report = result.report
+    assert [(n.node, n.rule) for n in report.converted] == [
+        ("node_MatMul_2", "token_matmul"), ("node_MatMul_86", "token_matmul"), ("node_MatMul_88", "fc_chain")]
+    assert [n.reason for n in report.nodes if n.status == "skipped"] == ["channels_last"]
+    assert_verified(result)
+    added = (1, 1) if layout == "conv2d" else (0, 0)
+    assert [(r.transposes_added, r.unsqueezes_added, r.squeezes_added) for r in report.runs] == [(2, *added)] * 2
+    assert Counter(ops(result.model)) - Counter(ops(original)) == Counter(
+        Conv=3, Transpose=4, Unsqueeze=2 * added[0], Squeeze=2 * added[1])
+    assert [value_dims(i)[1] for i in result.model.graph.input] == [(1, "T", 64)]
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout, map_dims", [("conv1d", ("B", 32, "T")), ("conv2d", ("B", 32, 1, "T"))])
 def test_token_maps_are_channels_first_with_tokens_on_the_last_axis(build_models, layout, map_dims):
     result = convert(build_models.bert_layer(), token_layout=layout)
@@ -238,6 +258,51 @@ def test_a_constant_broadcasts_against_the_map_as_it_did_against_the_tensor(layo
 @pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda layout: layout.name)
 def test_a_per_sample_constant_cannot_follow_the_map(layout):
     assert layout.constant(np.ones((2, 5, 6)[3 - layout.original_rank:])) is None
+
+
+# name -> (entry ops, restore ops, map dims of x [B,T,6] or [N,6])
+LAYOUT_NODES = {
+    "conv1d": (["Transpose"], ["Transpose"], ["B", 6, "T"]),
+    "conv2d": (["Transpose", "Unsqueeze"], ["Squeeze", "Transpose"], ["B", 6, 1, "T"]),
+    "vector": (["Unsqueeze"], ["Squeeze"], ["N", 6, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda layout: layout.name)
+def test_layouts_are_written_in_plain_ops_no_reshape_and_no_rank_above_the_maps(layout, opset):
+    """Downstream compilers pattern-match these nodes: a size-1 axis is an Unsqueeze/Squeeze (axes an
+    attribute before opset 13, an input from 13), never a Reshape, and nothing is of a higher rank than
+    the map (OpenVINO threw on conv2d's old Reshape + Transpose with a dynamic T). The graph's map is
+    what ``Layout.constant`` computes for one sample."""
+    from onnx.reference import ReferenceEvaluator
+
+    from onnx_fc2conv.index import GraphIndex
+
+    dims = ["B", "T", 6] if layout.original_rank == 3 else ["N", 6]
+    base = model([helper.make_node("Identity", ["x"], ["y"])], [vi("x", dims)], [vi("y", dims)], opset=opset)
+    index = GraphIndex(base)
+    entry, entry_inits, mapped = layout.enter(index, "x")
+    restore, restore_inits, restored = layout.restore(index, mapped)
+    graph = helper.make_graph([*entry, *restore, helper.make_node("Identity", [restored], ["y"])], "layout",
+                              [vi("x", dims)], [vi("y", dims), vi(mapped, None)], [*entry_inits, *restore_inits])
+    m = helper.make_model(graph, opset_imports=base.opset_import, ir_version=base.ir_version)
+    entry_ops, restore_ops, map_dims = LAYOUT_NODES[layout.name]
+    assert ([n.op_type for n in entry], [n.op_type for n in restore]) == (entry_ops, restore_ops)
+    for n in entry + restore:
+        if n.op_type in ("Unsqueeze", "Squeeze"):
+            axes = [a.ints for a in n.attribute if a.name == "axes"]
+            assert (len(n.input), axes) == ((1, [[2] if layout.original_rank == 3 else [2, 3]]) if opset < 13 else
+                                            (2, []))
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    ranks = {v.name: value_dims(v)[1] for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    assert ranks[mapped] == tuple(map_dims) and ranks["y"] == tuple(dims)
+    assert max(len(d) for d in ranks.values()) == len(map_dims)
+    x = np.random.default_rng(0).standard_normal((1, 5, 6) if layout.original_rank == 3 else (1, 6)).astype(np.float32)
+    y, map_value = ReferenceEvaluator(m).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(map_value, layout.constant(x))
 
 
 def token_model(after_first=(), extra_inits=(), tokens=5, opset=13):
