@@ -95,11 +95,20 @@ def _steps(index: GraphIndex, name: str, steps: tuple[Step, ...], base: str):
             nodes.append(helper.make_node("Transpose", [current], [out], name=node_name, perm=list(arg)))
         elif kind == "flatten":
             nodes.append(helper.make_node("Flatten", [current], [out], name=node_name, axis=1))
-        elif index.opset < 13:  # Unsqueeze/Squeeze take their axes as an attribute before opset 13
-            nodes.append(helper.make_node(kind.capitalize(), [current], [out], name=node_name, axes=list(arg)))
         else:
-            axes = index.fresh_name(f"{base}_axes")
-            inits.append(numpy_helper.from_array(np.array(arg, dtype=np.int64), axes))
-            nodes.append(helper.make_node(kind.capitalize(), [current, axes], [out], name=node_name))
+            node, axes_inits = unit_axes_node(index, kind.capitalize(), current, out, arg, node_name)
+            nodes.append(node)
+            inits.extend(axes_inits)
         current = out
     return nodes, inits, current
+
+
+def unit_axes_node(index: GraphIndex, op: str, x: str, out: str, axes, name: str
+                   ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """An Unsqueeze or Squeeze of size-1 ``axes`` at the model's opset, and its axes constant: the
+    axes are an attribute before opset 13 and an input from 13."""
+    if index.opset < 13:
+        return helper.make_node(op, [x], [out], name=name, axes=list(axes)), []
+    axes_name = index.fresh_name(f"{name}_axes")
+    return (helper.make_node(op, [x, axes_name], [out], name=name),
+            [numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name)])
