@@ -129,12 +129,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.group(cls=ConvertByDefault, context_settings=CONTEXT, subcommand_metavar="[COMMAND] IN [OUT] ...")
 @click.version_option(__version__, prog_name="onnx-fc2conv")
 def main():
-    r"""Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
+    """Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
 
     \b
       onnx-fc2conv IN OUT [options]       convert (same as: onnx-fc2conv convert IN OUT)
       onnx-fc2conv inspect IN [--json]    what would be converted, and why not; writes nothing
-    """
+    """  # noqa: D301 (click keeps a paragraph that starts with a backspace character as written)
 
 
 def rule_options(command):
