@@ -66,6 +66,9 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
            input_shapes: dict | None = None, input_data=None, seed: int = 0) -> VerificationResult:
     """Compare ``converted`` against ``original`` (paths or ModelProtos). Truthy when it passes.
 
+    ``providers`` (of RUNTIMES) adds runtimes for the converted model to ONNX Runtime's CPU provider,
+    the reference: ``"cuda"`` (ONNX Runtime's CUDA provider), ``"openvino"`` (OpenVINO's CPU plugin at
+    f32); one that is not available is a line in ``skipped``.
     ``input_shapes`` (name -> dims, ``None`` for a free dim) and ``input_data`` (name -> array, or an
     ``.npz`` path) fix the inputs; the rest are synthesised (see :mod:`onnx_fc2conv.inputs`).
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
