@@ -11,6 +11,7 @@ import pytest
 from conftest import MODELS
 
 from onnx_fc2conv import convert
+from onnx_fc2conv.verify import OPENVINO_CONFIG
 
 ov = pytest.importorskip("openvino")
 
@@ -22,8 +23,7 @@ SEQUENCE_LENGTHS = (7, 40)
 def openvino_cpu_f32(model: onnx.ModelProto):
     """The model compiled by OpenVINO's CPU plugin in f32 (it defaults to bf16 where the CPU has it)."""
     core = ov.Core()
-    return core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
-                              {"INFERENCE_PRECISION_HINT": "f32"})
+    return core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", OPENVINO_CONFIG)
 
 
 @pytest.mark.parametrize("layout", [None, "conv1d", "conv2d"])
