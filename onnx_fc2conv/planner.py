@@ -68,8 +68,10 @@ class Plan:
 def plan_graph(index: GraphIndex, options: Options) -> Plan:
     """Walk the graph once in topological order, trying head rules on FC nodes and chain rules on
     nodes that read a converted map. Nothing in the graph is changed."""
-    if options.token_layout or options.vector_fc:
-        index.infer_unknown_shapes()  # transformer exports lose ranks at computed Reshapes and contrib ops
+    # Transformer exports lose ranks at computed Reshapes and contrib ops. Inferred in every mode, so
+    # that a reason does not depend on options that only decide what converts (a node of unknown
+    # rank is a `not_a_feature_map` without --vector-fc, the same node a `token_matmul` with it).
+    index.infer_unknown_shapes()
     ctx = RuleContext(index, maps={}, options=options, rules=RULES)
     plan = Plan(ctx, [], [])
     removed: set[int] = set()

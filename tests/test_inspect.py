@@ -175,3 +175,36 @@ def test_inspect_says_convert_refuses_a_model_whose_conversion_record_was_edited
         "convert refuses this model: the model's 'onnx_fc2conv' metadata is not a conversion record (JSONDecodeError")
     with pytest.raises(InvalidModelError, match="metadata is not a conversion record"):
         convert(model, verify=False)
+
+
+def test_a_bert_layer_fused_by_onnx_runtime_reads_as_tokens_without_options():
+    """ONNX's shape inference knows no com.microsoft op; ONNX Runtime's symbolic inference types what
+    Attention, SkipLayerNormalization and BiasGelu write, in every mode, so the first answer is right."""
+    rows = inspect(MODELS / "bert_layer_fused.onnx").nodes
+    assert [(r.node, r.input_shape, r.fed_by, r.status, r.reason) for r in rows] == [
+        ("attention.output.matmul/MatMul", ["B", "T", 32], "com.microsoft::Attention", "skipped", "token_matmul"),
+        ("ffn.intermediate.matmul/MatMul", ["B", "T", 32], "com.microsoft::SkipLayerNormalization", "skipped",
+         "token_matmul"),
+        ("ffn.output.matmul/MatMul", ["B", "T", 64], "com.microsoft::BiasGelu", "skipped", "token_matmul"),
+    ]
+    assert all("(see --token-layout)" in r.detail for r in rows)
+
+
+TRANSFORMER_SHARED_MODELS = ["ortgenai_tiny_gpt2_fp32_op11.onnx", "ortgenai_tiny_qwen35_fp16_op21.onnx",
+                             "tribuo_tinybert_pytorch_op11.onnx"]
+
+
+@pytest.mark.parametrize("path", [*EXAMPLE_MODELS, *(SHARED_MODELS / n for n in TRANSFORMER_SHARED_MODELS)],
+                         ids=lambda p: p.stem)
+def test_inspect_shapes_and_reasons_do_not_depend_on_options_that_decide_what_converts(path):
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    plain = inspect(path).nodes
+    for options in ({"vector_fc": True}, {"token_layout": "conv1d"}):
+        rows = inspect(path, **options).nodes
+        assert [(r.node, r.input_shape, r.weight_shape, r.fed_by) for r in rows] == \
+               [(r.node, r.input_shape, r.weight_shape, r.fed_by) for r in plain], options
+        # a node either option leaves skipped has the reason it had without it
+        assert [(r.node, r.reason) for r in rows if r.status == "skipped"] == \
+               [(p.node, p.reason) for p, r in zip(plain, rows) if r.status == "skipped"], options
+    assert all(r.input_shape is not None for r in plain if r.op == "MatMul")
