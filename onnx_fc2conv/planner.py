@@ -203,4 +203,7 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     if weight is not None and not index.is_constant(node.input[1]):
         return Skip("weight_not_constant", index.unfolded.get(node.input[1]) or
                     f"the weight comes from {op_label(weight)} {weight.name!r}, which is not folded to a constant")
+    if dims is None:  # not known to be 2D: say what is known
+        return Skip("not_a_feature_map", f"neither ONNX's nor ONNX Runtime's shape inference gives a shape for the "
+                                         f"layer's input {node.input[0]!r}, so it is no known feature map or tokens")
     return Skip("not_a_feature_map")
