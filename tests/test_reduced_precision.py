@@ -117,6 +117,22 @@ def test_an_fp16_weight_cast_up_to_fp32_makes_the_output_fp16_precise():
     assert computation_precision(index) == ("float16", "output 'y' is computed in float16: weight 'w16'")
 
 
+
+def test_the_least_precise_of_several_outputs_decides_and_bfloat16_is_less_precise_than_float16():
+    def weight(name, elem):
+        return helper.make_tensor(name, elem, [3, 2], [0.5] * 6)
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", [name], [f"{name}_f32"], to=TensorProto.FLOAT) for name in ("w16", "wb16")]
+        + [helper.make_node("MatMul", ["x", "w16_f32"], ["y16"]), helper.make_node("MatMul", ["x", "wb16_f32"], ["yb16"]),
+           helper.make_node("Relu", ["x"], ["y32"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 2 if name != "y32" else 3])
+         for name in ("y32", "y16", "yb16")],
+        [weight("w16", TensorProto.FLOAT16), weight("wb16", TensorProto.BFLOAT16)])
+    index = GraphIndex(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]))
+    assert computation_precision(index) == ("bfloat16", "output 'yb16' is computed in bfloat16: weight 'wb16'")
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("name", sorted(KEEP_IO_FP16))
@@ -132,6 +148,8 @@ def test_an_fp16_model_with_fp32_io_is_proved_with_fp16_tolerances_at_every_seed
     assert verification.render_text().splitlines()[1] == line
     assert (verification.precision, verification.precision_source) == ("float16", line.split("(", 1)[1].split(")")[0])
     assert json.loads(json.dumps(asdict(verification)))["precision"] == "float16"
+    # the ulp floor is fp16's too: fp32 outputs computed in fp16 are only as fine as fp16
+    assert all(c.note.endswith(" in float16") for c in verification.checks)
 
 
 @pytest.mark.e2e
