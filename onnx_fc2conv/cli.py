@@ -176,8 +176,8 @@ def rule_options(command):
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
-@click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
-@click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
+@click.option("--rtol", type=float, help="Relative tolerance (default by the precision used: fp32 1e-4, fp16 1e-2).")
+@click.option("--atol", type=float, help="Absolute tolerance (default by the precision used: fp32 1e-5, fp16 2.5e-3).")
 @rule_options
 @click.option("--input-data", "input_data", metavar="FILE.npz", type=FilePath(path_type=Path),
               help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "
