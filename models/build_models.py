@@ -57,6 +57,7 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._count: dict[str, int] = {}
+        self.domains: dict[str, int] = {}  # opsets of other domains the nodes use (com.microsoft)
 
     # ---- tensors
     def uniform(self, shape: Sequence[int], bound: float) -> np.ndarray:
@@ -139,7 +140,7 @@ class _Graph:
         opset_id = helper.make_opsetid("", self.opset)
         model = helper.make_model(
             graph,
-            opset_imports=[opset_id],
+            opset_imports=[opset_id, *(helper.make_opsetid(d, v) for d, v in self.domains.items())],
             producer_name=PRODUCER_NAME,
             producer_version=PRODUCER_VERSION,
             ir_version=helper.find_min_ir_version_for([opset_id]),
@@ -381,6 +382,97 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
+def bert_layer_fused(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """:func:`bert_layer` as ONNX Runtime's transformer optimizer writes it (``optimize_model(...,
+    model_type="bert", num_heads=4, hidden_size=32)`` of the opset-17 layer, onnxruntime 1.32): the
+    attention fused into one com.microsoft ``Attention`` with the Q/K/V weights concatenated to
+    ``[32,96]``, each residual Add + LayerNormalization (with the bias of the MatMul before it) into
+    ``SkipLayerNormalization``, the FFN bias + erf-GELU into ``BiasGelu``. ONNX's shape inference
+    knows none of these ops; the three MatMuls left read their outputs."""
+    opset = _check_opset(opset)
+    w = {t.name: numpy_helper.to_array(t) for t in bert_layer(opset).graph.initializer}
+    g = _Graph("bert_layer_fused", seed=32, opset=opset)
+    g.domains = {"com.microsoft": 1}
+    qkv = [f"attention.{p}" for p in ("query", "key", "value")]
+    qkv_w = g.init("Attention_0_qkv_weight", np.concatenate([w[f"{p}.weight"] for p in qkv], axis=1))
+    qkv_b = g.init("Attention_0_qkv_bias", np.concatenate([w[f"{p}.bias"] for p in qkv]))
+    for name in ("attention.output.weight", "attention.output.bias", "attention.layer_norm.weight",
+                 "attention.layer_norm.bias", "ffn.intermediate.weight", "ffn.intermediate.bias",
+                 "ffn.output.weight", "ffn.output.bias", "ffn.layer_norm.weight", "ffn.layer_norm.bias"):
+        g.init(name, w[name])
+    ms = dict(domain="com.microsoft")
+    g.nodes += [
+        helper.make_node("Attention", ["hidden", qkv_w, qkv_b, ""], ["attention.context.merge_heads/Reshape_output_0"],
+                         name="Attention_0", num_heads=4, **ms),
+        helper.make_node("MatMul", ["attention.context.merge_heads/Reshape_output_0", "attention.output.weight"],
+                         ["attention.output.matmul/MatMul_output_0"], name="attention.output.matmul/MatMul"),
+        helper.make_node("SkipLayerNormalization", ["attention.output.matmul/MatMul_output_0", "hidden",
+                                                    "attention.layer_norm.weight", "attention.layer_norm.bias",
+                                                    "attention.output.bias"],
+                         ["attention.layer_norm/LayerNormalization_output_0"], name="SkipLayerNorm_AddBias_0",
+                         epsilon=1e-5, **ms),
+        helper.make_node("MatMul", ["attention.layer_norm/LayerNormalization_output_0", "ffn.intermediate.weight"],
+                         ["ffn.intermediate.matmul/MatMul_output_0"], name="ffn.intermediate.matmul/MatMul"),
+        helper.make_node("BiasGelu", ["ffn.intermediate.matmul/MatMul_output_0", "ffn.intermediate.bias"],
+                         ["ffn.gelu.mul_half/Mul_output_0"], name="Gelu_AddBias_0", **ms),
+        helper.make_node("MatMul", ["ffn.gelu.mul_half/Mul_output_0", "ffn.output.weight"],
+                         ["ffn.output.matmul/MatMul_output_0"], name="ffn.output.matmul/MatMul"),
+        helper.make_node("SkipLayerNormalization", ["ffn.output.matmul/MatMul_output_0",
+                                                    "attention.layer_norm/LayerNormalization_output_0",
+                                                    "ffn.layer_norm.weight", "ffn.layer_norm.bias", "ffn.output.bias"],
+                         ["out"], name="SkipLayerNorm_AddBias_1", epsilon=1e-5, **ms),
+    ]
+    return g.model(
+        [_vi("hidden", ["B", "T", 32])], [_vi("out", ["B", "T", 32])],
+        "The small BERT layer after ONNX Runtime's transformer optimizer: com.microsoft Attention, "
+        "SkipLayerNormalization and BiasGelu around the output, FFN-in and FFN-out MatMuls.",
+    )
+
+
+def keep_io_fp16(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``model`` in float16 with float32 inputs and outputs, spelled as onnxconverter-common's
+    ``float16.convert_float_to_float16(model, keep_io_types=True)`` writes it (1.16, compared node by
+    node): every float initializer in fp16; each float input read through one ``Cast(to=FLOAT16)``
+    per reader, named ``<input>_cast_to_<reader>``; each output written by ``Cast(to=FLOAT)`` from its
+    producer's renamed output ``<producer>_cast_to_<output>``; the inferred fp16 types as value_info."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    g.name = name
+    for i, init in enumerate(g.initializer):
+        if init.data_type == FLOAT:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    nodes: list[onnx.NodeProto] = []
+    inputs = {vi.name for vi in g.input if vi.type.tensor_type.elem_type == FLOAT}
+    outputs = {vi.name for vi in g.output if vi.type.tensor_type.elem_type == FLOAT}
+    for node in g.node:
+        for slot, x in enumerate(node.input):
+            if x in inputs:
+                cast = f"{x}_cast_to_{node.name}"
+                nodes.append(helper.make_node("Cast", [x], [cast], name=cast, to=TensorProto.FLOAT16))
+                node.input[slot] = cast
+        nodes.append(node)
+        for slot, y in enumerate(node.output):
+            if y in outputs:
+                cast = f"{node.name}_cast_to_{y}"
+                node.output[slot] = cast
+                nodes.append(helper.make_node("Cast", [cast], [y], name=cast, to=FLOAT))
+    del g.node[:]
+    g.node.extend(nodes)
+    out.doc_string = g.doc_string = f"{model.doc_string} In float16, with float32 inputs and outputs (keep_io_types)."
+    return onnx.shape_inference.infer_shapes(out)
+
+
+def lenet5_fp16(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """LeNet-5 in fp16 behind fp32 inputs and outputs, as fp16 converters write it (keep_io_types)."""
+    return keep_io_fp16(lenet5(opset), "lenet5_fp16")
+
+
+def bert_layer_fp16(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The BERT layer in fp16 behind fp32 inputs and outputs (DistilBERT through an fp16 converter)."""
+    return keep_io_fp16(bert_layer(opset), "bert_layer_fp16")
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -390,6 +482,9 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "torch_view_head": torch_view_head,
     "matmul_add_head": matmul_add_head,
     "bert_layer": bert_layer,
+    "lenet5_fp16": lenet5_fp16,
+    "bert_layer_fp16": bert_layer_fp16,
+    "bert_layer_fused": bert_layer_fused,
 }
 
 

@@ -178,8 +178,8 @@ def rule_options(command):
 @click.option("--provider", "providers", multiple=True, type=click.Choice(RUNTIMES), default=("cpu",),
               show_default=True, help="Runtime(s) to verify on, each also compared with CPU: ONNX Runtime's CPU "
                                       "(always runs) or CUDA provider, OpenVINO's CPU plugin (at f32).")
-@click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
-@click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
+@click.option("--rtol", type=float, help="Relative tolerance (default by the precision used: fp32 1e-4, fp16 1e-2).")
+@click.option("--atol", type=float, help="Absolute tolerance (default by the precision used: fp32 1e-5, fp16 2.5e-3).")
 @rule_options
 @click.option("--input-data", "input_data", metavar="FILE.npz", type=FilePath(path_type=Path),
               help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "

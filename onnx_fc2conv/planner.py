@@ -68,8 +68,10 @@ class Plan:
 def plan_graph(index: GraphIndex, options: Options) -> Plan:
     """Walk the graph once in topological order, trying head rules on FC nodes and chain rules on
     nodes that read a converted map. Nothing in the graph is changed."""
-    if options.token_layout or options.vector_fc:
-        index.infer_unknown_shapes()  # transformer exports lose ranks at computed Reshapes and contrib ops
+    # Transformer exports lose ranks at computed Reshapes and contrib ops. Inferred in every mode, so
+    # that a reason does not depend on options that only decide what converts (a node of unknown
+    # rank is a `not_a_feature_map` without --vector-fc, the same node a `token_matmul` with it).
+    index.infer_unknown_shapes()
     ctx = RuleContext(index, maps={}, options=options, rules=RULES)
     plan = Plan(ctx, [], [])
     removed: set[int] = set()
@@ -201,4 +203,7 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     if weight is not None and not index.is_constant(node.input[1]):
         return Skip("weight_not_constant", index.unfolded.get(node.input[1]) or
                     f"the weight comes from {op_label(weight)} {weight.name!r}, which is not folded to a constant")
+    if dims is None:  # not known to be 2D: say what is known
+        return Skip("not_a_feature_map", f"neither ONNX's nor ONNX Runtime's shape inference gives a shape for the "
+                                         f"layer's input {node.input[0]!r}, so it is no known feature map or tokens")
     return Skip("not_a_feature_map")

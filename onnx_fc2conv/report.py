@@ -86,6 +86,10 @@ class VerificationResult:
     skipped: list[str] = field(default_factory=list)
     inputs: list[InputSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what a user of the model needs to know to run it
+    # The least precise float type the original computes its outputs in, which chose the default
+    # tolerances, and what decided it ("behind Cast 'x'"); "" where no output is a float.
+    precision: str = ""
+    precision_source: str = ""
 
     def __bool__(self) -> bool:
         return self.passed
@@ -107,8 +111,16 @@ class VerificationResult:
             text += f", also at sequence lengths {' and '.join(lengths)}"
         return text
 
+    def tolerance_line(self) -> str:
+        """Which precision chose the tolerances, and why (an output type alone goes unsaid)."""
+        if not self.precision or self.precision_source.startswith("the type of output"):
+            return ""
+        return f"  tolerances: {self.precision} ({self.precision_source}), rtol {self.rtol:g} atol {self.atol:g}"
+
     def render_text(self, verbose: bool = False) -> str:
         lines = [self.summary()]
+        if self.tolerance_line():
+            lines.append(self.tolerance_line())
         for c in self.checks:
             if verbose or not c.passed:
                 lines.append(c.line())

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from .errors import CouldNotVerify, first_line
-from .graph import is_onnx_op, producers, set_shape, upstream
+from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
 from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismatch
@@ -42,9 +42,9 @@ UNAVAILABLE = {"cuda": "CUDAExecutionProvider not available (install onnxruntime
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 # ONNX Runtime's own test tolerances (onnxruntime/test/providers/checkers.cc), by element type.
 TOLERANCES = {
-    np.dtype(np.float64): (1e-7, 1e-9),
-    np.dtype(np.float32): (1e-4, 1e-5),
-    np.dtype(np.float16): (1e-2, 2.5e-3),
+    "float64": (1e-7, 1e-9),
+    "float32": (1e-4, 1e-5),
+    "float16": (1e-2, 2.5e-3),
 }
 BF16_TOLERANCE = (1e-2, 2e-2)
 # A check whose converted model gave no values: its error is unbounded, not 0.
@@ -55,6 +55,10 @@ NOT_COMPARED = dict(max_abs_error=math.inf, max_rel_error=math.inf, needed_atol=
 # fuzz`; a bf16 one by 0.5 at 35): a comparison of such values allows at least ROUNDING_ULPS ulps of
 # its largest expected value. A wrong kernel moves outputs by far more.
 MANTISSA_BITS = {"float16": 10, "bfloat16": 7}
+# The float element types from the least precise to the most: a proof is held to the tolerance of
+# the least precise one its outputs are computed in (see computation_precision).
+PRECISIONS: dict[int, str] = {onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.FLOAT16: "float16",
+                               onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
 ROUNDING_ULPS = 4
 NCHWC_BLOCK = 16  # the largest block ONNX Runtime's NCHWc transform pads a Conv's output channels to
 PROTOBUF_TENSOR_LIMIT = 1 << 31  # bytes of one initializer ONNX Runtime embeds
@@ -91,8 +95,12 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
         raise CouldNotVerify(
             f"could not verify: the original model fails on synthesised inputs: {first_line(exc)}; "
             "pass --input-data or --input-shape") from None
-    out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(index))
-    result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries)
+    precision, precision_source = computation_precision(index)
+    if rtol is not None and atol is not None:
+        precision_source = "set by the caller"
+    out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(index), precision)
+    result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries, precision=precision,
+                                precision_source=precision_source)
     if needs_nchwc_off(converted):
         result.notes.append("a Conv kernel passes 2 GiB once ONNX Runtime's NCHWc transform pads it: the proof "
                             "ran with that transform off, and your sessions need it off too: "
@@ -118,12 +126,13 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     outputs = dict(_converted_outputs("original size", sessions, feeds, result))
     for provider, got in outputs.items():
         for name, want in expected.items():
-            result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol))
+            result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol,
+                                          precision))
     for provider, got in outputs.items():
         if provider != "cpu" and "cpu" in outputs:
             check = f"{provider} vs cpu"
             for name, want in outputs["cpu"].items():
-                result.checks.append(_compare(check, provider, name, got[name], want, out_rtol, out_atol))
+                result.checks.append(_compare(check, provider, name, got[name], want, out_rtol, out_atol, precision))
 
     record = read_record(converted)
     problem = _record_problem(record, original, converted, expected, outputs.get("cpu"))
@@ -201,7 +210,8 @@ def _sequence_length_checks(original, expected_session, token_axes, feeds, sessi
             continue
         for provider, got in _converted_outputs(check, sessions, resized, result):
             for output, want in expected.items():
-                result.checks.append(_compare(check, provider, output, got[output], want, result.rtol, result.atol))
+                result.checks.append(_compare(check, provider, output, got[output], want, result.rtol, result.atol,
+                                              result.precision))
 
 
 def _axes_of_length(original, token_axes, feeds, length) -> dict[str, list[int]]:
@@ -289,11 +299,11 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
         crop = fmap[(slice(None), slice(None), *(slice(p, p + w) for p, w in zip(pos, window)))]
         want = _run(head_session, {**extra, head.feature_map: crop})[output]
         got = out_map[(slice(None), slice(None), *pos)]
-        one = _compare(check, provider, output, got, want, result.rtol, result.atol)
+        one = _compare(check, provider, output, got, want, result.rtol, result.atol, result.precision)
         worst.passed &= one.passed
         worst.note = worst.note or one.note
-        for attr in ("max_abs_error", "max_rel_error", "needed_atol"):
-            setattr(worst, attr, max(getattr(worst, attr), getattr(one, attr)))
+        for measure in ("max_abs_error", "max_rel_error", "needed_atol"):
+            setattr(worst, measure, max(getattr(worst, measure), getattr(one, measure)))
     return worst
 
 
@@ -515,15 +525,17 @@ def _run(session, feeds: dict) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
-def _compare(check, provider, output, got, want, rtol, atol) -> CheckResult:
+def _compare(check, provider, output, got, want, rtol, atol, computed_in: str = "") -> CheckResult:
+    """One output against the original's; ``computed_in`` is the precision the original computes in
+    (its outputs may be of a more precise type), whose rounding sets the floor of ``atol``."""
     got, want = np.asarray(got), np.asarray(want)
     if got.size != want.size:
         return CheckResult(check, provider, output, False, compared=max(got.size, 1),
                            note=f"shape {list(got.shape)} cannot stand for {list(want.shape)}")
     got = got.reshape(want.shape)
-    precision = want.dtype.name
+    precision = min((want.dtype.name, computed_in), key=lambda p: MANTISSA_BITS.get(p, math.inf))
     mantissa_bits = MANTISSA_BITS.get(precision)
-    if precision == "bfloat16":  # ml_dtypes' bfloat16 is not a numpy floating type
+    if want.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 is not a numpy floating type
         got, want = got.astype(np.float32), want.astype(np.float32)
     if not np.issubdtype(want.dtype, np.floating):
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
@@ -582,13 +594,45 @@ def quantization_steps(index: GraphIndex) -> list[float]:
     return steps
 
 
-def _tolerances(outputs: dict, rtol, atol, steps=()) -> tuple[float, float]:
-    """The loosest default among the outputs' types (and one quantization step of a QDQ output),
-    unless the caller set them: a double model is held to double's tolerance."""
+def computation_precision(index: GraphIndex) -> tuple[str, str]:
+    """The least precise float type the graph outputs are computed in, and what decided it ("" and
+    "" where no output is a float).
+
+    An fp16 model with fp32 inputs and outputs (what fp16 converters write with ``keep_io_types``)
+    computes in fp16 behind Casts, so its outputs are only as exact as fp16, whatever their type.
+    Every float tensor on the paths to the outputs counts (weights, Cast outputs, what shape
+    inference types); the source named is a Cast to that type where there is one, else a weight."""
+    order = list(PRECISIONS.values())
+    lowest, source = "", ""
+    for output in index.graph_outputs:
+        tensors, nodes = upstream(index.producer, [output])
+        found = {PRECISIONS[index.dtype(t)] for t in tensors if index.dtype(t) in PRECISIONS}
+        precision = min(found, key=order.index, default="")
+        if precision and (not lowest or order.index(precision) < order.index(lowest)):
+            lowest, source = precision, _precision_source(index, output, precision, tensors, nodes)
+    return lowest, source
+
+
+def _precision_source(index: GraphIndex, output: str, precision: str, tensors: set[str], nodes) -> str:
+    """Why ``output`` is computed in ``precision``: its own type, a Cast, a weight, or a tensor."""
+    if PRECISIONS.get(index.dtype(output)) == precision:
+        return f"the type of output {output!r}"
+    casts = sorted(n.name or n.output[0] for n in nodes
+                   if is_onnx_op(n, "Cast") and PRECISIONS.get(attr(n, "to", 0)) == precision)
+    if casts:
+        return f"output {output!r} is computed in {precision} behind Cast {casts[0]!r}"
+    weights = sorted(t for t in tensors if t in index.initializers and PRECISIONS.get(index.dtype(t)) == precision)
+    named = weights or sorted(t for t in tensors if PRECISIONS.get(index.dtype(t)) == precision)
+    return f"output {output!r} is computed in {precision}: {'weight' if weights else 'tensor'} {named[0]!r}"
+
+
+def _tolerances(outputs: dict, rtol, atol, steps=(), precision: str = "") -> tuple[float, float]:
+    """The loosest default among the outputs' types and the precision they are computed in (and one
+    quantization step of a QDQ output), unless the caller set them: a double model is held to
+    double's tolerance, an fp16 one with fp32 outputs to fp16's."""
     defaults = [(0.0, step * 1.001) for step in steps] or [(0.0, 0.0)]  # 1.001: room for rounding the step
-    for value in outputs.values():
-        dtype = np.asarray(value).dtype
-        defaults.append(BF16_TOLERANCE if dtype.name == "bfloat16" else TOLERANCES.get(dtype, (1e-4, 1e-5)))
+    for dtype in [np.asarray(value).dtype.name for value in outputs.values()] + ([precision] if precision else []):
+        defaults.append(BF16_TOLERANCE if dtype == "bfloat16" else TOLERANCES.get(dtype, (1e-4, 1e-5)))
     return (rtol if rtol is not None else max(r for r, _ in defaults),
             atol if atol is not None else max(a for _, a in defaults))
 

@@ -44,3 +44,40 @@ def test_example_model_converts_and_verifies(build_models, name, opset, keep_out
             assert t.name in conv_inputs and t.raw_data == before[t.name].raw_data
         else:
             assert t.SerializeToString() == before[t.name].SerializeToString()
+
+
+# ---- the newest opsets -------------------------------------------------------------------------------
+
+# onnx 1.23 defines opsets up to 28 and ONNX Runtime 1.32 loads up to 28 (it refuses 29); jax2onnx
+# writes 23 by default. Every example model is upgraded from 13 by onnx's version converter (with the
+# IR version that opset needs) to each of them.
+NEWEST_OPSETS = (22, 23, 24, 25, 26, 27, 28)
+# name -> the rule options that convert all its FC nodes, and how many there are
+AT_NEWEST_OPSETS = {
+    **{name: ({}, count) for name, count in EXPECTED_CONVERTED.items()},
+    "seed_mlp": ({"vector_fc": True}, 1),
+    "bert_layer": ({"token_layout": "conv1d"}, 6),
+    "lenet5_fp16": ({}, 3),
+    "bert_layer_fp16": ({"token_layout": "conv2d"}, 6),
+    "bert_layer_fused": ({"token_layout": "conv1d"}, 3),
+}
+
+
+def test_the_newest_opsets_tested_are_those_onnx_and_onnx_runtime_know(build_models):
+    assert NEWEST_OPSETS[-1] == onnx.defs.onnx_opset_version() == 28
+    assert set(AT_NEWEST_OPSETS) == set(build_models.BUILDERS)
+
+
+@pytest.mark.parametrize("opset", NEWEST_OPSETS)
+@pytest.mark.parametrize("name", sorted(AT_NEWEST_OPSETS))
+def test_example_model_upgraded_to_a_newest_opset_converts_and_verifies(build_models, name, opset):
+    original = onnx.version_converter.convert_version(build_models.BUILDERS[name](13), opset)
+    original.ir_version = onnx.helper.find_min_ir_version_for(list(original.opset_import), ignore_unknown=True)
+    onnx.checker.check_model(original, full_check=True)
+    options, count = AT_NEWEST_OPSETS[name]
+    result = convert(original, **options)
+    assert len(result.report.converted) == count
+    assert result.report.opset == opset and result.model.opset_import[0].version == opset  # the opset is kept
+    v = result.report.verification
+    assert v.passed and len(v.checks) == (1 if name == "seed_mlp" else 3), v.render_text(verbose=True)
+    onnx.checker.check_model(result.model, full_check=True)

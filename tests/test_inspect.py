@@ -175,3 +175,62 @@ def test_inspect_says_convert_refuses_a_model_whose_conversion_record_was_edited
         "convert refuses this model: the model's 'onnx_fc2conv' metadata is not a conversion record (JSONDecodeError")
     with pytest.raises(InvalidModelError, match="metadata is not a conversion record"):
         convert(model, verify=False)
+
+
+def test_a_bert_layer_fused_by_onnx_runtime_reads_as_tokens_without_options():
+    """ONNX's shape inference knows no com.microsoft op; ONNX Runtime's symbolic inference types what
+    Attention, SkipLayerNormalization and BiasGelu write, in every mode, so the first answer is right."""
+    rows = inspect(MODELS / "bert_layer_fused.onnx").nodes
+    assert [(r.node, r.input_shape, r.fed_by, r.status, r.reason) for r in rows] == [
+        ("attention.output.matmul/MatMul", ["B", "T", 32], "com.microsoft::Attention", "skipped", "token_matmul"),
+        ("ffn.intermediate.matmul/MatMul", ["B", "T", 32], "com.microsoft::SkipLayerNormalization", "skipped",
+         "token_matmul"),
+        ("ffn.output.matmul/MatMul", ["B", "T", 64], "com.microsoft::BiasGelu", "skipped", "token_matmul"),
+    ]
+    assert all("(see --token-layout)" in r.detail for r in rows)
+
+
+TRANSFORMER_SHARED_MODELS = ["ortgenai_tiny_gpt2_fp32_op11.onnx", "ortgenai_tiny_qwen35_fp16_op21.onnx",
+                             "tribuo_tinybert_pytorch_op11.onnx"]
+
+
+@pytest.mark.parametrize("path", [*EXAMPLE_MODELS, *(SHARED_MODELS / n for n in TRANSFORMER_SHARED_MODELS)],
+                         ids=lambda p: p.stem)
+def test_inspect_shapes_and_reasons_do_not_depend_on_options_that_decide_what_converts(path):
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    plain = inspect(path).nodes
+    for options in ({"vector_fc": True}, {"token_layout": "conv1d"}):
+        rows = inspect(path, **options).nodes
+        assert [(r.node, r.input_shape, r.weight_shape, r.fed_by) for r in rows] == \
+               [(r.node, r.input_shape, r.weight_shape, r.fed_by) for r in plain], options
+        # a node either option leaves skipped has the reason it had without it
+        assert [(r.node, r.reason) for r in rows if r.status == "skipped"] == \
+               [(p.node, p.reason) for p, r in zip(plain, rows) if r.status == "skipped"], options
+    assert all(r.input_shape is not None for r in plain if r.op == "MatMul")
+
+
+def test_embed_layer_normalization_and_fast_gelu_outputs_are_tokens_without_options():
+    # The other fused ops ONNX Runtime's optimizer writes into a BERT: the embeddings
+    # (EmbedLayerNormalization of word, position and segment tables) and a tanh GELU with its bias.
+    rng = np.random.default_rng(0)
+    ms = dict(domain="com.microsoft")
+    nodes = [helper.make_node("EmbedLayerNormalization", ["ids", "segments", "word", "position", "segment", "gamma",
+                                                          "beta"], ["embedded", "mask_index"], name="embed",
+                              epsilon=1e-12, **ms),
+             helper.make_node("MatMul", ["embedded", "w1"], ["h"], name="ffn.in"),
+             helper.make_node("FastGelu", ["h", "b1"], ["g"], name="gelu", **ms),
+             helper.make_node("MatMul", ["g", "w2"], ["y"], name="ffn.out")]
+    tables = [init("word", weights(rng, 50, 16)), init("position", weights(rng, 64, 16)),
+              init("segment", weights(rng, 2, 16)), init("gamma", np.ones(16, np.float32)),
+              init("beta", np.zeros(16, np.float32)), init("w1", weights(rng, 16, 32)),
+              init("b1", np.zeros(32, np.float32)), init("w2", weights(rng, 32, 16))]
+    graph = helper.make_graph(nodes, "embeddings", [vi("ids", ["batch", "seq"], onnx.TensorProto.INT32),
+                                                    vi("segments", ["batch", "seq"], onnx.TensorProto.INT32)],
+                              [vi("y", ["batch", "seq", 16])], tables)
+    fused = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=7)
+    for options in ({}, {"vector_fc": True}):
+        rows = inspect(fused, **options).nodes
+        assert [(r.node, r.input_shape, r.reason) for r in rows] == [
+            ("ffn.in", ["batch", "seq", 16], "token_matmul"), ("ffn.out", ["batch", "seq", 32], "token_matmul")]

@@ -65,3 +65,17 @@ def test_adding_the_maps_of_two_heads_is_blocked_as_mixed_maps():
     assert [(n.node, n.status, n.reason) for n in report.nodes if n.status == "blocked"] == [("sum", "blocked", "mixed_maps")]
     assert ops(result.model).count("Flatten") == 2 and not report.fully_convolutional
     assert report.verification.passed and report.verification.max_abs_error < 1e-5
+
+
+def test_a_layer_whose_input_no_shape_inference_types_says_so():
+    # a custom op's output: neither ONNX's nor ONNX Runtime's inference knows its shape
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Mystery", ["x"], ["h"], domain="example.custom"),
+             helper.make_node("Gemm", ["h", "w"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "custom", [vi("x", ["N", 12])], [vi("y", ["N", 4])], [init("w", weights(rng, 4, 12))])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                       helper.make_opsetid("example.custom", 1)], ir_version=7)
+    (row,) = convert(original, verify=False).report.nodes
+    assert (row.status, row.reason) == ("skipped", "not_a_feature_map")
+    assert row.message == ("neither ONNX's nor ONNX Runtime's shape inference gives a shape for the layer's input "
+                           "'h', so it is no known feature map or tokens")

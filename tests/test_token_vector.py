@@ -191,6 +191,19 @@ def test_converted_bert_layer_equals_the_original_at_any_sequence_length(build_m
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_bert_layer_fused_by_onnx_runtime_converts_its_three_matmuls_between_contrib_ops(build_models, layout):
+    # ONNX's shape inference types no output of Attention, SkipLayerNormalization or BiasGelu; ONNX
+    # Runtime's symbolic inference does, and each MatMul becomes a run of its own between them.
+    result = convert(build_models.bert_layer_fused(), token_layout=layout)
+    report = result.report
+    assert [n.node for n in report.converted] == ["attention.output.matmul/MatMul", *FFN]
+    assert [(r.ends, r.transposes_added) for r in report.runs] == [
+        (["SkipLayerNorm_AddBias_0"], 2), (["Gelu_AddBias_0"], 2), (["SkipLayerNorm_AddBias_1"], 2)]
+    assert_verified(result, ["original size", "sequence length 16", "sequence length 33"])
+
+
 def test_token_layout_is_off_by_default(build_models):
     result = convert(build_models.bert_layer())
     assert not result.report.converted and not result.report.runs
