@@ -26,8 +26,9 @@ from test_real_models import COVERAGE, TOKEN_AND_VECTOR
 from test_shared_models_verify import FLAGS, NOT_RUNNABLE
 
 from onnx_fc2conv import convert
+from onnx_fc2conv.index import GraphIndex
 from onnx_fc2conv.inputs import make_inputs
-from onnx_fc2conv.verify import OpenVinoSession, _compare, _run, _session, _tolerances
+from onnx_fc2conv.verify import OpenVinoSession, _compare, _run, _session, _tolerances, computation_precision
 
 pytest.importorskip("openvino", reason="the portability tier needs openvino (pip install 'onnx-fc2conv[openvino]')")
 pytestmark = [pytest.mark.e2e, pytest.mark.portability]
@@ -39,7 +40,8 @@ CONV1D, CONV2D = {"token_layout": "conv1d"}, {"token_layout": "conv2d"}
 EXAMPLE_MODES = {
     **{f"{name}.onnx": [FCN, KEEP] for name in
        ("seed_fc", "lenet5", "vgg_small", "gap_head", "torch_view_head", "matmul_add_head")},
-    "bert_layer.onnx": [CONV1D, CONV2D],
+    **{f"{name}.onnx": [CONV1D, CONV2D] for name in ("bert_layer", "bert_layer_fp16", "bert_layer_fused")},
+    "lenet5_fp16.onnx": [FCN, KEEP],
     "seed_mlp.onnx": [VECTOR],
     "torch_encoder_layer.onnx": [CONV1D, CONV2D],  # added by issue 16 item 1; its case skips where it is absent
 }
@@ -149,10 +151,13 @@ def conversion(real_models, runs, path, options):
     return convert(runs.model(path), verify=False, **options)
 
 
-def max_difference(got: dict, want: dict):
-    """The verifier's comparison of every output, and the largest difference it found."""
-    rtol, atol = _tolerances(want, None, None)
-    checks = [_compare("openvino", "openvino", name, got[name], value, rtol, atol) for name, value in want.items()]
+def max_difference(got: dict, want: dict, original: onnx.ModelProto):
+    """The verifier's comparison of every output, at the tolerances of the precision the original
+    computes in, and the largest difference it found."""
+    precision, _ = computation_precision(GraphIndex(original))
+    rtol, atol = _tolerances(want, None, None, precision=precision)
+    checks = [_compare("openvino", "openvino", name, got[name], value, rtol, atol, precision)
+              for name, value in want.items()]
     return all(c.passed for c in checks), max(c.max_abs_error for c in checks), checks
 
 
@@ -178,10 +183,10 @@ def test_the_converted_model_compiles_in_openvino_and_matches_onnx_runtime(real_
     reference = "openvino" if path.name in NOT_RUNNABLE else "cpu"
     want = runs.original(path, options, reference)
     got = _run(OpenVinoSession.compile(result.model), runs.feeds(path, options))
-    passed, difference, checks = max_difference(got, want)
+    passed, difference, checks = max_difference(got, want, runs.model(path))
     if path.name not in OPENVINO_DIFFERS_ON_ORIGINAL:
         assert passed, "\n".join(c.line() for c in checks)
         return
-    original_passed, original_difference, _ = max_difference(runs.original(path, options, "openvino"), want)
+    original_passed, original_difference, _ = max_difference(runs.original(path, options, "openvino"), want, runs.model(path))
     assert not original_passed, f"OpenVINO now runs the original as ONNX Runtime does: unlist {path.name}"
     assert np.isfinite(difference) and difference <= original_difference
