@@ -144,6 +144,31 @@ class RunReport:
 
 
 @dataclass
+class StrideReport:
+    """``--output-stride``: the maps' stride before and after (input pixels per cell, per spatial axis),
+    the layers that now run at a finer stride, the kernels dilated, the padding margin (pixels from a
+    border within which a cell can differ from the original run on its crop), an opset upgrade."""
+
+    before: list[int]
+    after: list[int]
+    margin: list[int]
+    finer_strides: list[str] = field(default_factory=list)
+    dilated: list[str] = field(default_factory=list)
+    opset_upgraded: list[int] | None = None
+
+    def lines(self) -> list[str]:
+        x = lambda sizes: "x".join(map(str, sizes))  # noqa: E731
+        lines = [f"output stride {x(self.before)} -> {x(self.after)}: {len(self.finer_strides)} strided "
+                 f"layer{'s' * (len(self.finer_strides) != 1)} finer ({', '.join(self.finer_strides)}), "
+                 f"{len(self.dilated)} kernel{'s' * (len(self.dilated) != 1)} dilated; padding margin "
+                 f"{x(self.margin)} px"]
+        if self.opset_upgraded:
+            lines.append(f"opset upgraded {self.opset_upgraded[0]} -> {self.opset_upgraded[1]} (onnx's "
+                         "version_converter) for the dilated pools")
+        return lines
+
+
+@dataclass
 class ConversionReport:
     model: str
     opset: int
@@ -155,6 +180,7 @@ class ConversionReport:
     flattens_added: int = 0
     transposes_added: int = 0
     runs: list[RunReport] = field(default_factory=list)
+    output_stride: StrideReport | None = None
     notes: list[str] = field(default_factory=list)
     verification: VerificationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -208,6 +234,8 @@ class ConversionReport:
                          f"{sum(len(r.converted) for r in self.runs)} FC layers, added "
                          f"{sum(r.transposes_added for r in self.runs)} Transpose and "
                          f"{sum(r.reshapes_added for r in self.runs)} Reshape (-v lists each run)")
+        if self.output_stride is not None:
+            lines.extend("  " + line for line in self.output_stride.lines())
         if self.flattens_added or self.transposes_added:
             lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
         lines.extend(f"  note: {n}" for n in self.notes)
