@@ -158,10 +158,10 @@ class StrideReport:
 
     def lines(self) -> list[str]:
         x = lambda sizes: "x".join(map(str, sizes))  # noqa: E731
-        lines = [f"output stride {x(self.before)} -> {x(self.after)}: {len(self.finer_strides)} strided "
-                 f"layer{'s' * (len(self.finer_strides) != 1)} finer ({', '.join(self.finer_strides)}), "
-                 f"{len(self.dilated)} kernel{'s' * (len(self.dilated) != 1)} dilated; padding margin "
-                 f"{x(self.margin)} px"]
+        changed = (f"{len(self.finer_strides)} strided layer{'s' * (len(self.finer_strides) != 1)} finer "
+                   f"({', '.join(self.finer_strides)}), {len(self.dilated)} kernel{'s' * (len(self.dilated) != 1)} "
+                   "dilated" if self.finer_strides else "the backbone's own stride, nothing changed")
+        lines = [f"output stride {x(self.before)} -> {x(self.after)}: {changed}; padding margin {x(self.margin)} px"]
         if self.opset_upgraded:
             lines.append(f"opset upgraded {self.opset_upgraded[0]} -> {self.opset_upgraded[1]} (onnx's "
                          "version_converter) for the dilated pools")

@@ -184,8 +184,9 @@ def _backbone_stride(walk: StrideWalk, feature_maps: list[str]) -> Sampling:
     for name in feature_maps:
         if name in walk.unknown:
             node = walk.unknown[name]
+            hint = " (--dense-pool makes a global pool before a head slide)" if "Global" in node.op_type else ""
             raise OutputStrideError("stride_op", f"--output-stride: the backbone's stride cannot be followed "
-                                    f"through {op_label(node)} {node_key(node)!r} on the way to {name!r}")
+                                    f"through {op_label(node)} {node_key(node)!r} on the way to {name!r}{hint}")
         found.append(walk.sampling[name])
     if any(s.stride != found[0].stride for s in found):
         raise OutputStrideError("stride_not_divisor", "--output-stride: the heads read maps of different strides "
