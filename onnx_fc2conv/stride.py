@@ -115,6 +115,9 @@ def _node_sampling(node: onnx.NodeProto, inputs: list[Sampling], opset: int) -> 
             return None
         strides = tuple(attr(node, "strides", [1] * rank))
         pads = tuple(attr(node, "pads", [0] * (2 * rank)))
+        if attr(node, "auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER"):  # pads that depend on the size:
+            kernel = attr(node, "kernel_shape", [1] * rank)  # at most (k - 1) * d on a side
+            pads = tuple((k - 1) * d for k, d in zip(kernel, attr(node, "dilations", [1] * rank))) * 2
         return Sampling(tuple(c * s for c, s in zip(first.stride, strides)),
                         tuple(m + p * c for m, p, c in zip(first.margin_begin, pads[:rank], first.stride)),
                         tuple(m + p * c for m, p, c in zip(first.margin_end, pads[rank:], first.stride)))

@@ -34,6 +34,10 @@ EXPECTED_IO = {
     "torch_view_head": ("input", ["N", 3, 16, 16], "out", ["N", 5]),
     "matmul_add_head": ("input", ["N", 4, 6, 6], "scores", ["N", 3]),
     "bert_layer": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
+    "residual_pad": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "residual_valid": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "resnet_tiny": ("input", ["N", 3, 64, 64], "logits", ["N", 10]),
+    "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -46,6 +50,10 @@ EXPECTED_FC = {
     "torch_view_head": (2, 0),
     "matmul_add_head": (0, 2),
     "bert_layer": (0, 6),
+    "residual_pad": (1, 0),
+    "residual_valid": (1, 0),
+    "resnet_tiny": (1, 0),
+    "vgg_tv": (3, 0),
 }
 
 
