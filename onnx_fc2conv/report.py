@@ -102,6 +102,9 @@ class VerificationResult:
                 f"(rtol {self.rtol:g}, atol {self.atol:g})")
         if windows:
             text += f", {windows} window positions matched"
+        cells = sum(c.compared for c in ran if c.check.startswith("stride ") and " crops " in c.check)
+        if cells:
+            text += f", {cells} finer-map cells matched the original on crops"
         lengths = sorted({c.check.rsplit(" ", 1)[1] for c in ran if c.check.startswith("sequence length")}, key=int)
         if lengths:
             text += f", also at sequence lengths {' and '.join(lengths)}"
