@@ -126,6 +126,11 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
         missing = [o for o in head.outputs if o not in outputs]
         if missing:
             return f"its head {head.node!r} writes {missing[0]!r}, which is no output of the converted model"
+    if record.output_stride is not None:
+        keys = {n.name or n.output[0] for n in converted.graph.node}
+        unknown = [k for k in record.output_stride.original if k not in keys]
+        if unknown:
+            return f"its output stride names the node {unknown[0]!r}, which is no node of the converted model"
     ranks = {i.name: len(value_dims(i)[1] or ()) for i in original.graph.input}
     for kind, axes in (("spatial", record.spatial_inputs), ("token", record.token_axes or {})):
         for name, items in axes.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from .apply import reinfer_shapes, rewrite
-from .errors import OutputStrideError, VerificationFailed
+from .errors import OutputStrideError, UsageError, VerificationFailed
 from .fold import fold_batch
 from .graph import opset_version
 from .inputs import check_input_options
@@ -59,6 +59,9 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     """
     options = Options.from_keywords(options, rule_options)
     check_tolerances(rtol, atol)
+    if fold_batch and options.output_stride is not None:  # the record's attributes are those before the fold
+        raise UsageError("--fold-batch and --output-stride do not combine (the finer map is proved through "
+                         "the unfolded convs)")
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}

@@ -68,7 +68,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
     record = read_record(converted)
-    if record is None or record.output_stride is None:
+    if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
         return _prove(original, original_folder, converted, converted_folder, providers, rtol, atol, input_shapes,
                       input_data, seed)[0]
     # A finer map: today's proof of the stride-S conversion it came from, then the finer map against
@@ -370,7 +370,12 @@ def _output_stride_checks(original, original_folder, coarse, fine, folder, recor
                         f"{'x'.join(str(max(b, e)) for b, e in zip(stride.margin_begin, stride.margin_end))} px")
     fine_sessions = {}
     for provider in providers:
-        session = _session(fine, provider, folder)
+        try:
+            session = _session(fine, provider, folder)
+        except Exception as exc:  # noqa: BLE001 - a finer model that does not load is a failed proof
+            result.checks.append(CheckResult(f"stride {every}", provider, "*", False, compared=1,
+                                             note=f"the finer model does not load: {first_line(exc)}", **NOT_COMPARED))
+            continue
         if session is not None:
             fine_sessions[provider] = session
     coarse_session = _session(coarse, "cpu", folder)

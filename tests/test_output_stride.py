@@ -248,3 +248,34 @@ def test_the_cli_says_the_stride_before_and_after_and_refuses_with_a_code(tmp_pa
                               str(tmp_path / "no.onnx"), "--output-stride", "3"], capture_output=True, text=True)
     assert refused.returncode == 2 and "[stride_not_divisor]" in refused.stderr
     assert not (tmp_path / "no.onnx").exists()
+
+
+def test_fold_batch_with_output_stride_is_a_usage_error(build_models):
+    with pytest.raises(UsageError, match="--fold-batch and --output-stride"):
+        convert(build_models.vgg_small(13), verify=False, output_stride=2, fold_batch=True)
+
+
+def test_the_json_report_and_the_record_carry_the_stride_before_and_after(build_models):
+    import json
+
+    result = convert(build_models.residual_valid(13), verify=False, output_stride=2)
+    data = json.loads(result.report.to_json())["output_stride"]
+    assert (data["before"], data["after"], data["margin"]) == ([4, 4], [2, 2], [0, 0])
+    assert sorted(data["finer_strides"]) == ["block.conv1/Conv (Conv stride 2x2 -> 1x1)",
+                                            "block.shortcut/Conv (Conv stride 2x2 -> 1x1)"]
+    record = read_record(result.model)
+    assert record.output_stride.original["block.conv1/Conv"] == {"strides": [2, 2]}
+
+
+@pytest.mark.e2e
+def test_a_record_naming_a_node_the_model_lacks_fails_the_proof(build_models):
+    from onnx_fc2conv.metadata import write_record
+
+    original = build_models.vgg_small(13)
+    converted = convert(original, verify=False, output_stride=2).model
+    record = read_record(converted)
+    record.output_stride.original["no such node"] = record.output_stride.original.pop("features.pool3/MaxPool")
+    write_record(converted, record)
+    result = verify(original, converted)
+    assert not result.passed
+    assert any("no such node" in c.note for c in result.checks if not c.passed)
