@@ -31,7 +31,7 @@ import onnx
 
 from .errors import OutputStrideError
 from .graph import attr, is_onnx_op, op_label, opset_version, producers, set_attr, topological_order
-from .metadata import ConversionRecord, StrideRecord, write_record
+from .metadata import ConversionRecord, StrideRecord, read_record, write_record
 from .report import StrideReport
 
 STRIDE_REASONS: dict[str, str] = {
@@ -153,9 +153,10 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
         raise OutputStrideError("stride_not_divisor", f"--output-stride {'x'.join(map(str, output_stride))}: "
                                 f"the backbone's total stride is {'x'.join(map(str, backbone.stride))}, and the "
                                 f"output stride must divide it (one size per spatial axis, {rank} here)")
-    dilation = {name: _dilation(name, s.stride, finer, producers(graph)) for name, s in walk.sampling.items()}
-    plan = _plan(graph, walk, dilation, set(o for h in heads for o in h.outputs), opset_version(model))
-    needed = max((DILATED_FROM[node.op_type] for node, change in plan if change.get("dilations_read")), default=1)
+    producer = producers(graph)
+    dilation = {name: _dilation(name, s.stride, finer, producer) for name, s in walk.sampling.items()}
+    plan = _plan(graph, dilation, {o for h in heads for o in h.outputs})
+    needed = max((DILATED_FROM[node.op_type] for node, change in plan if change["more_dilated"]), default=1)
     upgraded = _upgrade_opset(model, needed, plan) if needed > opset_version(model) else None
     by_key = {node_key(n): n for n in model.graph.node}
     original: dict[str, dict[str, list[int]]] = {}
@@ -163,7 +164,7 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
                           margin=[max(b, e) for b, e in zip(backbone.margin_begin, backbone.margin_end)])
     for planned, change in plan:
         node = by_key[node_key(planned)]
-        before = {k: list(attr(node, k, default)) for k, default in _defaults(node, rank).items()}
+        before = {k: list(attr(node, k, default)) for k, default in _defaults(rank).items()}
         original[node_key(node)] = {k: v for k, v in before.items() if change[k] != v}
         for name in original[node_key(node)]:
             set_attr(node, name, change[name])
@@ -212,15 +213,17 @@ def _dilation(name: str, stride: tuple[int, ...], finer: tuple[int, ...], produc
     return tuple(factors)
 
 
-def _defaults(node: onnx.NodeProto, rank: int) -> dict[str, list[int]]:
+def _defaults(rank: int) -> dict[str, list[int]]:
+    """The strides, dilations and pads a strided op has when it does not say."""
     return {"strides": [1] * rank, "dilations": [1] * rank, "pads": [0] * (2 * rank)}
 
 
-def _plan(graph: onnx.GraphProto, walk: StrideWalk, dilation: dict, head_outputs: set[str],
-          opset: int) -> list[tuple[onnx.NodeProto, dict]]:
+def _plan(graph: onnx.GraphProto, dilation: dict[str, tuple[int, ...]],
+          head_outputs: set[str]) -> list[tuple[onnx.NodeProto, dict]]:
     """Each strided node to change, with its new strides, dilations and pads; refuses, naming the
     node, where an op reads a dilated tensor and has no exact dilated form."""
     plan = []
+    constant_dims = {t.name: list(t.dims) for t in graph.initializer}
     for node in graph.node:
         read = [n for n in node.input if n in dilation]
         if not read:
@@ -234,12 +237,12 @@ def _plan(graph: onnx.GraphProto, walk: StrideWalk, dilation: dict, head_outputs
                                         "reads a finer map and has no dilated form")
             continue
         if not is_onnx_op(node, *STRIDED_OPS):
-            _check_constants_broadcast(graph, node, d_out)
+            _check_constants_broadcast(constant_dims, node, d_out)
             continue
         if d_in == d_out == (1,) * len(d_in):
             continue
-        change = _change(node, d_in, d_out, opset)
-        if any(change[k] != list(attr(node, k, v)) for k, v in _defaults(node, len(d_in)).items()):
+        change = _change(node, d_in, d_out)
+        if any(change[k] != list(attr(node, k, v)) for k, v in _defaults(len(d_in)).items()):
             plan.append((node, change))
     for output in graph.output:
         if output.name not in head_outputs and any(f > 1 for f in dilation.get(output.name, ())):
@@ -248,22 +251,24 @@ def _plan(graph: onnx.GraphProto, walk: StrideWalk, dilation: dict, head_outputs
     return plan
 
 
-def _check_constants_broadcast(graph: onnx.GraphProto, node: onnx.NodeProto, d_out: tuple[int, ...]) -> None:
+def _check_constants_broadcast(constant_dims: dict[str, list[int]], node: onnx.NodeProto,
+                               d_out: tuple[int, ...]) -> None:
     """A positionwise op on a dilated map may take constants that are the same at every position
     (per-channel scales and biases); a constant with a spatial extent would be read at other places."""
     if all(f == 1 for f in d_out):
         return
-    shapes = {t.name: list(t.dims) for t in graph.initializer}
     for name in node.input:
-        dims = shapes.get(name)
+        dims = constant_dims.get(name)
         if dims is not None and len(dims) > 2 and any(d > 1 for d in dims[-len(d_out):]):
             raise OutputStrideError("stride_op", f"--output-stride: {op_label(node)} {node_key(node)!r} adds the "
                                     f"constant {name!r} of spatial shape {dims}, which a finer map would misplace")
 
 
-def _change(node: onnx.NodeProto, d_in: tuple[int, ...], d_out: tuple[int, ...], opset: int) -> dict:
+def _change(node: onnx.NodeProto, d_in: tuple[int, ...], d_out: tuple[int, ...]) -> dict:
+    """The strided ``node``'s new strides, dilations and pads, reading a map dilated by ``d_in`` and
+    writing one dilated by ``d_out``; ``more_dilated``: whether its kernel needs a larger dilation."""
     rank = len(d_in)
-    defaults = _defaults(node, rank)
+    defaults = _defaults(rank)
     strides, dilations, pads = (list(attr(node, k, v)) for k, v in defaults.items())
     kernel = list(attr(node, "kernel_shape", [])) or [0] * rank
     label = f"{op_label(node)} {node_key(node)!r}"
@@ -283,7 +288,7 @@ def _change(node: onnx.NodeProto, d_in: tuple[int, ...], d_out: tuple[int, ...],
     new_dilations = [d * i if k != 1 else d for d, i, k in zip(dilations, d_in, kernel)]
     new_pads = [p * d_in[a % rank] for a, p in enumerate(pads)]
     return {"strides": new_strides, "dilations": new_dilations, "pads": new_pads,
-            "dilations_read": new_dilations != dilations}
+            "more_dilated": new_dilations != dilations}
 
 
 def _upgrade_opset(model: onnx.ModelProto, needed: int, plan) -> tuple[int, int]:
@@ -291,7 +296,7 @@ def _upgrade_opset(model: onnx.ModelProto, needed: int, plan) -> tuple[int, int]
     the converter fails or its result fails the checker."""
     before = opset_version(model)
     ops = sorted({node.op_type for node, change in plan if DILATED_FROM[node.op_type] > before and
-                  change["dilations_read"]})
+                  change["more_dilated"]})
     try:
         upgraded = onnx.version_converter.convert_version(model, needed)
         onnx.checker.check_model(upgraded)
@@ -313,8 +318,6 @@ def coarse_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The stride-S conversion that ``model`` (refined by :func:`refine_output_stride`) came from:
     a copy with each changed node's strides, dilations and pads as they were, and a record without
     the output stride."""
-    from .metadata import read_record
-
     record = read_record(model)
     assert record is not None and record.output_stride is not None
     coarse = copy.deepcopy(model)
