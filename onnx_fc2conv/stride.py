@@ -155,7 +155,7 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
                                 f"output stride must divide it (one size per spatial axis, {rank} here)")
     producer = producers(graph)
     dilation = {name: _dilation(name, s.stride, finer, producer) for name, s in walk.sampling.items()}
-    plan = _plan(graph, dilation, {o for h in heads for o in h.outputs})
+    plan = _plan(graph, dilation, {h.node for h in heads}, {o for h in heads for o in h.outputs})
     needed = max((DILATED_FROM[node.op_type] for node, change in plan if change["more_dilated"]), default=1)
     upgraded = _upgrade_opset(model, needed, plan) if needed > opset_version(model) else None
     by_key = {node_key(n): n for n in model.graph.node}
@@ -218,13 +218,22 @@ def _defaults(rank: int) -> dict[str, list[int]]:
     return {"strides": [1] * rank, "dilations": [1] * rank, "pads": [0] * (2 * rank)}
 
 
-def _plan(graph: onnx.GraphProto, dilation: dict[str, tuple[int, ...]],
+def _plan(graph: onnx.GraphProto, dilation: dict[str, tuple[int, ...]], head_nodes: set[str],
           head_outputs: set[str]) -> list[tuple[onnx.NodeProto, dict]]:
     """Each strided node to change, with its new strides, dilations and pads; refuses, naming the
-    node, where an op reads a dilated tensor and has no exact dilated form."""
+    node, where an op reads a dilated tensor and has no exact dilated form.
+
+    What follows a head's full-map Conv works on each output cell alone (1x1 Convs, pointwise ops, a
+    Softmax over the classes, between Transposes before opset 13): the converter's own proof holds it
+    to that, so it keeps its form at any sampling and is not walked."""
     plan = []
     constant_dims = {t.name: list(t.dims) for t in graph.initializer}
-    for node in graph.node:
+    after_heads: set[str] = set()
+    for node in graph.node:  # topological order, as the checker requires
+        if node.name in head_nodes or after_heads.intersection(node.input):
+            after_heads.update(node.output)
+            if node.name not in head_nodes:
+                continue
         read = [n for n in node.input if n in dilation]
         if not read:
             continue

@@ -172,16 +172,17 @@ def test_only_strides_after_the_output_stride_change(build_models):
 
 # ---- the proof ----------------------------------------------------------------------------------
 
-PROVED = [("vgg_small", 1, {}), ("vgg_small", 2, {}), ("residual_pad", 1, {}), ("residual_pad", 2, {}),
+PROVED = [("vgg_small", 1, {}), ("vgg_small", 2, {}), ("vgg_small", 2, {"opset": 11}), ("residual_pad", 1, {}), ("residual_pad", 2, {}),
           ("residual_valid", 1, {}), ("residual_valid", 2, {}), ("resnet_tiny", 4, {"dense_pool": True}),
           ("vgg_tv", 2, {}), ("vgg_tv", 4, {})]
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("name", "stride", "options"), PROVED, ids=[f"{n}-{s}" for n, s, _ in PROVED])
+@pytest.mark.parametrize(("name", "stride", "options"), PROVED, ids=[f"{n}-{s}-{o.get('opset', 13)}" for n, s, o in PROVED])
 def test_the_finer_map_equals_the_stride_s_map_at_phase_0_and_the_original_on_crops(build_models, name, stride,
                                                                                     options):
-    result = convert(getattr(build_models, name)(13), output_stride=stride, **options)
+    options = dict(options)
+    result = convert(getattr(build_models, name)(options.pop("opset", 13)), output_stride=stride, **options)
     v = result.report.verification
     assert v.passed, v.render_text(verbose=True)
     phase = [c for c in v.checks if " phase 0 " in c.check]
@@ -279,3 +280,13 @@ def test_a_record_naming_a_node_the_model_lacks_fails_the_proof(build_models):
     result = verify(original, converted)
     assert not result.passed
     assert any("no such node" in c.note for c in result.checks if not c.passed)
+
+
+@pytest.mark.e2e
+def test_a_dilated_max_pool_below_opset_10_upgrades_the_model_and_proves():
+    original = _backbone([conv(), pool(), conv(pad=1), pool()], opset=9)
+    result = convert(original, output_stride=1)
+    assert result.report.output_stride.opset_upgraded == [9, 10]
+    pool2 = next(n for n in result.model.graph.node if n.name == "layer3")
+    assert (attr(pool2, "strides"), attr(pool2, "dilations")) == ([1, 1], [2, 2])
+    assert result.report.verification.passed, result.report.verification.render_text(verbose=True)
