@@ -18,7 +18,10 @@ original's pads stood. Where that cannot be exact, the rewrite refuses with one 
 (a typed :class:`OutputStrideError`) before it changes the model.
 
 The walk of the backbone's strides here (:func:`walk_strides`) is the minimum this rewrite needs:
-each tensor's cumulative stride and the padding margin per axis.
+each tensor's cumulative stride and the padding margin per axis. A fuller window geometry (size,
+stride, offset and margin of every converted output, cell <-> box) belongs in its own module; when
+there is one, this walk should read it, and :func:`crop_cells` / :func:`aligned_margin` are that
+module's cell-to-box maps at stride N.
 """
 from __future__ import annotations
 
