@@ -92,6 +92,8 @@ def walk_strides(graph: onnx.GraphProto, spatial_inputs: dict[str, list[int]], o
     nodes = list(graph.node)
     for position in topological_order(graph):
         node = nodes[position]
+        if is_onnx_op(node, "Shape", "Size"):  # a map's size, not a map: an op that uses it is judged itself
+            continue
         reached = [n for n in node.input if n in walk.sampling]
         stopped = [n for n in node.input if n in walk.unknown]
         if stopped:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
+from conftest import MODELS, SHARED_MODELS
 from graphs import init, model, vi, weights
 from onnx import helper
 
@@ -290,3 +290,22 @@ def test_a_dilated_max_pool_below_opset_10_upgrades_the_model_and_proves():
     pool2 = next(n for n in result.model.graph.node if n.name == "layer3")
     assert (attr(pool2, "strides"), attr(pool2, "dilations")) == ([1, 1], [2, 2])
     assert result.report.verification.passed, result.report.verification.render_text(verbose=True)
+
+
+def test_a_resize_to_a_size_read_by_shape_is_refused_by_the_resize_not_the_shape():
+    path = SHARED_MODELS / "occ_image_classifier32_pytorch_op11.onnx"  # Shape -> Slice -> Concat -> Resize
+    if not path.is_file():
+        pytest.skip("../shared/models is absent")
+    with pytest.raises(OutputStrideError, match=r"through Resize 'Resize_8' .*\[stride_op\]"):
+        convert(path, verify=False, output_stride=1)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "stride"), [("winml_cifar_classifier_pytorch_op10.onnx", 1),
+                                              ("tribuo_cnn_mnist_pytorch_op9.onnx", 2)])
+def test_real_models_prove_at_a_finer_stride(name, stride):
+    path = SHARED_MODELS / name
+    if not path.is_file():
+        pytest.skip("../shared/models is absent")
+    v = convert(path, output_stride=stride).report.verification
+    assert v.passed and sum(c.compared for c in v.checks if " crops " in c.check) == 48, v.render_text(True)
