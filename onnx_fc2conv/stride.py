@@ -193,7 +193,8 @@ def _backbone_stride(walk: StrideWalk, feature_maps: list[str]) -> Sampling:
     for name in feature_maps:
         if name in walk.unknown:
             node = walk.unknown[name]
-            hint = " (--dense-pool makes a global pool before a head slide)" if "Global" in node.op_type else ""
+            direct = "Global" in node.op_type and name in node.output
+            hint = " (--dense-pool makes a global pool before a head slide)" if direct else ""
             raise OutputStrideError("stride_op", f"--output-stride: the backbone's stride cannot be followed "
                                     f"through {op_label(node)} {node_key(node)!r} on the way to {name!r}{hint}")
         found.append(walk.sampling[name])
