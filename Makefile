@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run make PYTHON=python3)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,demo,plot,bench,lint]'
+	$(PY) -m pip install -q -e '.[test,demo,plot,bench,lint,openvino]'
 	touch $(STAMP)
 
 # One pytest worker per core of the project's 2-core machines; a file's tests stay on one worker, so

@@ -22,6 +22,7 @@ from .options import Options
 from .pipeline import convert
 from .rules import RULE_NAMES
 from .safety import check_report_path, check_tolerances
+from .verify import RUNTIMES
 from .version import __version__
 
 INT64_MAX = (1 << 63) - 1
@@ -128,12 +129,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.group(cls=ConvertByDefault, context_settings=CONTEXT, subcommand_metavar="[COMMAND] IN [OUT] ...")
 @click.version_option(__version__, prog_name="onnx-fc2conv")
 def main():
-    r"""Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
+    """Rewrite the fully-connected layers of an ONNX model into convolutions and prove it.
 
     \b
       onnx-fc2conv IN OUT [options]       convert (same as: onnx-fc2conv convert IN OUT)
       onnx-fc2conv inspect IN [--json]    what would be converted, and why not; writes nothing
-    """
+    """  # noqa: D301 (click keeps a paragraph that starts with a backspace character as written)
 
 
 def rule_options(command):
@@ -178,8 +179,9 @@ def rule_options(command):
               help="Fold the batch into a spatial axis around the converted convs, so ONNX Runtime runs "
                    "each as one GEMM at batch > 1 (its Conv runs one GEMM per image).")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime proof (not recommended).")
-@click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
-              show_default=True, help="Execution provider(s) to verify on; CPU always runs.")
+@click.option("--provider", "providers", multiple=True, type=click.Choice(RUNTIMES), default=("cpu",),
+              show_default=True, help="Runtime(s) to verify on, each also compared with CPU: ONNX Runtime's CPU "
+                                      "(always runs) or CUDA provider, OpenVINO's CPU plugin (at f32).")
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: fp32 1e-4, fp16 1e-2).")
 @click.option("--atol", type=float, help="Absolute tolerance (default by dtype: fp32 1e-5, fp16 2.5e-3).")
 @rule_options

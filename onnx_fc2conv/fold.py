@@ -24,12 +24,12 @@ each tensor has exactly one reader; it needs a 1-D or 2-D map (ORT's Conv stops 
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .graph import attr, is_onnx_op, set_attr
 from .index import GraphIndex
+from .layouts import unit_axes_node
 from .rules.fc_chain import UNARY_OPS
 
 # Pointwise ops whose meaning does not depend on the layout (Clip's bounds are scalars).
@@ -75,15 +75,15 @@ def _fold_run(index: GraphIndex, run: list[onnx.NodeProto]) -> None:
     perm = [1, 0, *range(2, rank)]
     x, y = run[0].input[0], run[-1].output[0]
     x_t, x_folded, y_folded, y_t = (index.fresh_name(f"{base}_batch_folded") for base in (x + "_t", x, y, y + "_t"))
-    axis_inputs, axis_attrs = _axes_zero(index)
+    unsqueeze, unsqueeze_axes = unit_axes_node(index, "Unsqueeze", x_t, x_folded, [0],
+                                               index.fresh_name(f"{run[0].name}_fold_unsqueeze"))
+    squeeze, squeeze_axes = unit_axes_node(index, "Squeeze", y_folded, y_t, [0],
+                                           index.fresh_name(f"{run[-1].name}_unfold_squeeze"))
+    graph.initializer.extend(unsqueeze_axes + squeeze_axes)
     before = [helper.make_node("Transpose", [x], [x_t], name=index.fresh_name(f"{run[0].name}_fold_transpose"),
-                               perm=perm),
-              helper.make_node("Unsqueeze", [x_t, *axis_inputs], [x_folded],
-                               name=index.fresh_name(f"{run[0].name}_fold_unsqueeze"), **axis_attrs)]
-    after = [helper.make_node("Squeeze", [y_folded, *axis_inputs], [y_t],
-                              name=index.fresh_name(f"{run[-1].name}_unfold_squeeze"), **axis_attrs),
-             helper.make_node("Transpose", [y_t], [y], name=index.fresh_name(f"{run[-1].name}_unfold_transpose"),
-                              perm=perm)]
+                               perm=perm), unsqueeze]
+    after = [squeeze, helper.make_node("Transpose", [y_t], [y],
+                                       name=index.fresh_name(f"{run[-1].name}_unfold_transpose"), perm=perm)]
     run[0].input[0] = x_folded
     run[-1].output[0] = y_folded
     for node in run:
@@ -115,11 +115,3 @@ def _add_unit_axis(index: GraphIndex, conv: onnx.NodeProto) -> None:
     del weight.dims[:]
     weight.dims.extend([dims[0], dims[1], 1, *dims[2:]])
 
-
-def _axes_zero(index: GraphIndex) -> tuple[list[str], dict]:
-    """Axis 0 for Unsqueeze/Squeeze: an input from opset 13, an attribute before."""
-    if index.opset < 13:
-        return [], {"axes": [0]}
-    name = index.fresh_name("batch_fold_axis")
-    index.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), name))
-    return [name], {}

@@ -43,10 +43,11 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     """Rewrite the FC layers of ``model`` into convolutions, prove it, and optionally save it.
 
     ``model`` is a path or a ``ModelProto`` (never modified). With ``verify`` (the default) the
-    result is checked with ONNX Runtime and :class:`VerificationFailed` is raised on a mismatch, in
-    which case nothing is written to ``output_path``; :class:`CouldNotVerify` when the original model
-    itself does not run on the verifier's inputs. ``output_path`` may be the input file only with
-    ``inplace``; it is replaced atomically, after verification. Weights go to ``<OUT>.data`` beside
+    result is checked with ONNX Runtime (and on each of ``providers``: ``"cuda"``, ``"openvino"``)
+    and :class:`VerificationFailed` is raised on a mismatch, in which case nothing is written to
+    ``output_path``; :class:`CouldNotVerify` when the original model itself does not run on the
+    verifier's inputs. ``output_path`` may be the input file only with ``inplace``; it is replaced
+    atomically, after verification. Weights go to ``<OUT>.data`` beside
     it with ``external_data``, when the input kept them in external data, or when they pass 2 GB.
     ``fold_batch`` folds the batch into a spatial axis for the converted convs, so that ONNX Runtime
     runs them as one GEMM at any batch (see :mod:`onnx_fc2conv.fold`). ``show_progress`` prints the

@@ -132,18 +132,21 @@ class RunReport:
     passed_through: list[str] = field(default_factory=list)  # pointwise ops that run on the map
     ends: list[str] = field(default_factory=list)  # ops (or "output NAME") that get the original layout back
     transposes_added: int = 0
-    reshapes_added: int = 0
+    unsqueezes_added: int = 0  # size-1 axes inserted (conv2d, vector) on entry
+    squeezes_added: int = 0  # and removed again on restore
 
     def absorb(self, other: RunReport) -> None:
         for name in ("starts", "converted", "passed_through", "ends"):
             getattr(self, name).extend(getattr(other, name))
         self.transposes_added += other.transposes_added
-        self.reshapes_added += other.reshapes_added
+        self.unsqueezes_added += other.unsqueezes_added
+        self.squeezes_added += other.squeezes_added
 
     def line(self) -> str:
         return (f"run ({self.layout}) {', '.join(self.starts)} -> {', '.join(dict.fromkeys(self.ends))}: "
                 f"{len(self.converted)} FC and {len(self.passed_through)} pointwise ops, "
-                f"added {self.transposes_added} Transpose and {self.reshapes_added} Reshape")
+                f"added {self.transposes_added} Transpose, {self.unsqueezes_added} Unsqueeze and "
+                f"{self.squeezes_added} Squeeze")
 
 
 @dataclass
@@ -235,8 +238,9 @@ class ConversionReport:
         elif self.runs:  # compact: one line for all runs
             lines.append(f"  {len(self.runs)} runs ({', '.join(sorted({r.layout for r in self.runs}))}): "
                          f"{sum(len(r.converted) for r in self.runs)} FC layers, added "
-                         f"{sum(r.transposes_added for r in self.runs)} Transpose and "
-                         f"{sum(r.reshapes_added for r in self.runs)} Reshape (-v lists each run)")
+                         f"{sum(r.transposes_added for r in self.runs)} Transpose, "
+                         f"{sum(r.unsqueezes_added for r in self.runs)} Unsqueeze and "
+                         f"{sum(r.squeezes_added for r in self.runs)} Squeeze (-v lists each run)")
         if self.output_stride is not None:
             lines.extend("  " + line for line in self.output_stride.lines())
         if self.flattens_added or self.transposes_added:

@@ -96,7 +96,8 @@ class LayoutBridge:
     def _count(self, run: int, nodes: list[onnx.NodeProto]) -> None:
         report = self._reports[run]
         report.transposes_added += sum(n.op_type == "Transpose" for n in nodes)
-        report.reshapes_added += sum(n.op_type == "Reshape" for n in nodes)
+        report.unsqueezes_added += sum(n.op_type == "Unsqueeze" for n in nodes)
+        report.squeezes_added += sum(n.op_type == "Squeeze" for n in nodes)
 
     def _find(self, run: int) -> int:
         while self._parent[run] != run:

@@ -18,11 +18,13 @@ def token_axes(index: GraphIndex, entries: list[str]) -> dict[str, list[int]]:
     """The graph-input axes that carry the token axis of the tensors put into a token layout, so the
     verifier can vary the sequence length: the symbolic input axes whose size is the token axis's (its
     name, or its value under --input-shape). Where shape inference renamed it (``unk__3``), the one
-    symbolic non-batch size the inputs have, if they have only one."""
+    symbolic non-batch size the inputs have, if they have only one; so too where another entry's axis 1
+    is static (torch's attention input projection reads ``[T,1,D]``, tokens first, at batch 1)."""
     tokens: set[Dim] = {dims[1] for dims in map(index.shape, entries) if dims is not None and len(dims) == 3} - {None}
     declared = {name: value_dims(inp)[1] or () for name, inp in index.graph_inputs.items()}
     symbolic: set[Dim] = {d for dims in declared.values() for d in dims[1:] if isinstance(d, str)}
-    if not tokens & symbolic and not any(isinstance(t, int) for t in tokens) and len(symbolic) == 1:
+    renamed = not tokens or any(isinstance(t, str) for t in tokens)
+    if not tokens & symbolic and renamed and len(symbolic) == 1:
         tokens = symbolic
     axes = {}
     for name, dims in declared.items():

@@ -3,7 +3,9 @@
 Two checks:
 
 * **Original size.** The same seeded inputs (batch 2 where the batch is free) go into both models on
-  every requested execution provider; every output must match within ``rtol``/``atol``.
+  every requested runtime; every output must match within ``rtol``/``atol``. Each runtime besides
+  ONNX Runtime's CPU provider (CUDA, OpenVINO) is also compared with the CPU outputs of the
+  converted model ("cuda vs cpu", "openvino vs cpu"), and takes part in the checks below.
 * **Sliding window** (fully convolutional models). The original model is cut at the tensor its head
   flattens (the feature map). On a larger input, the backbone gives a larger map; every sampled
   output position of the converted model (the corners, the centre and random ones) must equal the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -31,7 +34,13 @@ from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 from .stride import aligned_margin, coarse_model, crop_cells
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
+RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
+UNAVAILABLE = {"cuda": "CUDAExecutionProvider not available (install onnxruntime-gpu and run on a GPU)",
+               "openvino": "openvino not installed (pip install 'onnx-fc2conv[openvino]')"}
+# OpenVINO's CPU plugin runs float32 models in bfloat16 on CPUs that have it, unless told: that moves
+# outputs by 4e-3 to 1.7e-2 (measured on the original models too), which reads as a conversion error.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 # ONNX Runtime's own test tolerances (onnxruntime/test/providers/checkers.cc), by element type.
 TOLERANCES = {
     np.dtype(np.float64): (1e-7, 1e-9),
@@ -59,33 +68,38 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
            input_shapes: dict | None = None, input_data=None, seed: int = 0) -> VerificationResult:
     """Compare ``converted`` against ``original`` (paths or ModelProtos). Truthy when it passes.
 
+    ``providers`` (of RUNTIMES) adds runtimes for the converted model to ONNX Runtime's CPU provider,
+    the reference: ``"cuda"`` (ONNX Runtime's CUDA provider), ``"openvino"`` (OpenVINO's CPU plugin at
+    f32); one that is not available is a line in ``skipped``.
     ``input_shapes`` (name -> dims, ``None`` for a free dim) and ``input_data`` (name -> array, or an
     ``.npz`` path) fix the inputs; the rest are synthesised (see :mod:`onnx_fc2conv.inputs`).
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
     check_tolerances(rtol, atol)
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
+    converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
     record = read_record(converted)
     if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
-        return _prove(original, original_folder, converted, converted_folder, providers, rtol, atol, input_shapes,
-                      input_data, seed)[0]
+        return _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol,
+                      input_shapes, input_data, seed)[0]
     # A finer map: today's proof of the stride-S conversion it came from, then the finer map against
     # that conversion (phase 0) and against the original on crops.
     coarse = coarse_model(converted)
-    result, feeds, index = _prove(original, original_folder, coarse, converted_folder, providers, rtol, atol,
+    result, feeds, index = _prove(original, original_folder, coarse, converted_folder, None, providers, rtol, atol,
                                   input_shapes, input_data, seed)
-    _output_stride_checks(original, original_folder, coarse, converted, converted_folder, record, providers, feeds,
-                          index, result, seed)
+    _output_stride_checks(original, original_folder, coarse, converted, converted_folder, converted_path, record,
+                          providers, feeds, index, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
 
 
-def _prove(original, original_folder, converted, converted_folder, providers, rtol, atol, input_shapes, input_data,
-           seed) -> tuple[VerificationResult, dict, GraphIndex]:
-    """Today's proof of ``converted``: the original size, the sliding window, the sequence lengths.
-    Returns the result, the original-size inputs and the index of the original."""
+def _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol, input_shapes,
+           input_data, seed) -> tuple[VerificationResult, dict, GraphIndex]:
+    """Today's proof of ``converted`` (read from ``converted_path`` where it is a file): the original
+    size, the sliding window, the sequence lengths. Returns the result, the original-size inputs and
+    the index of the original."""
     index = GraphIndex(original, data_folder=original_folder)  # one index of the original serves every check
     feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data, index=index)
     try:
@@ -110,24 +124,28 @@ def _prove(original, original_folder, converted, converted_folder, providers, rt
     sessions = {}
     for provider in providers:
         try:
-            session = _session(converted, provider, converted_folder)
+            session = _session(converted, provider, converted_folder, converted_path)
         except Exception as exc:  # noqa: BLE001 - a converted model that does not load is a failed proof
             result.checks.append(CheckResult("original size", provider, "*", False, compared=1,
                                              note=f"the converted model does not load: {first_line(exc)}",
                                              **NOT_COMPARED))
             continue
         if session is None:
-            result.skipped.append(f"{PROVIDERS[provider]} not available (install onnxruntime-gpu and run on a GPU)")
+            result.skipped.append(UNAVAILABLE[provider])
             continue
         sessions[provider] = session
+        if isinstance(session, OpenVinoSession):
+            result.notes.append(f"OpenVINO ran on its CPU plugin at {session.precision} (INFERENCE_PRECISION_HINT): "
+                                "its default on CPUs with bfloat16 is bf16, 4e-3..1.7e-2 off the float32 outputs")
     outputs = dict(_converted_outputs("original size", sessions, feeds, result))
     for provider, got in outputs.items():
         for name, want in expected.items():
             result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol))
-    if "cpu" in outputs and "cuda" in outputs:
-        cpu, cuda = outputs["cpu"], outputs["cuda"]
-        for name in cpu:
-            result.checks.append(_compare("cuda vs cpu", "cuda", name, cuda[name], cpu[name], out_rtol, out_atol))
+    for provider, got in outputs.items():
+        if provider != "cpu" and "cpu" in outputs:
+            check = f"{provider} vs cpu"
+            for name, want in outputs["cpu"].items():
+                result.checks.append(_compare(check, provider, name, got[name], want, out_rtol, out_atol))
 
     record = read_record(converted)
     problem = _record_problem(record, original, converted, expected, outputs.get("cpu"))
@@ -352,8 +370,8 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
 
 # ---- output stride ------------------------------------------------------------------------------
 
-def _output_stride_checks(original, original_folder, coarse, fine, folder, record, providers, feeds, index, result,
-                          seed) -> None:
+def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_path, record, providers, feeds, index,
+                          result, seed) -> None:
     """(a) At the original size and two larger ones (one not square), the finer map's phase-0 cells
     (``out[..., ::S/N, ::S/N]``) equal the stride-S conversion's map. (b) Every sampled cell (i, j)
     whose crop of the original size at (i*N, j*N) lies inside the image equals the original model
@@ -371,7 +389,7 @@ def _output_stride_checks(original, original_folder, coarse, fine, folder, recor
     fine_sessions = {}
     for provider in providers:
         try:
-            session = _session(fine, provider, folder)
+            session = _session(fine, provider, folder, fine_path)
         except Exception as exc:  # noqa: BLE001 - a finer model that does not load is a failed proof
             result.checks.append(CheckResult(f"stride {every}", provider, "*", False, compared=1,
                                              note=f"the finer model does not load: {first_line(exc)}", **NOT_COMPARED))
@@ -493,9 +511,13 @@ def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
     return read_model(model, load_external_data=False)[0], Path(model).parent
 
 
-def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None):
-    """A session for ``model``; ``folder`` is where its external-data references point. A model
-    whose weights pass protobuf's 2 GB limit is handed over as a file with external data."""
+def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, path: Path | None = None):
+    """A session for ``model`` on ``provider`` (one of RUNTIMES), None where that runtime is not
+    available; ``folder`` is where its external-data references point, ``path`` its file where it was
+    given as one. A model whose weights pass protobuf's 2 GB limit is handed over as a file with
+    external data."""
+    if provider == "openvino":
+        return OpenVinoSession.compile(model, path)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
@@ -576,6 +598,65 @@ class ReferenceSession:
 
     def run(self, names, feeds):
         return self._evaluator.run(names, feeds)
+
+
+class OpenVinoSession:
+    """A model compiled by OpenVINO's CPU plugin (at OPENVINO_CONFIG's precision) behind ONNX
+    Runtime's session calls, so the checks run it as they run a session: feeds by name in, outputs by
+    name out. A port is named by the model's own input or output name: OpenVINO gives a tensor every
+    name its folded Identity ops had (tinybert's ``output_0`` is also ``173`` and ``174``)."""
+
+    def __init__(self, compiled, model: onnx.ModelProto):
+        self._compiled = compiled
+        declared = {v.name for v in (*model.graph.input, *model.graph.output)}
+        name = lambda port: next((n for n in sorted(port.names) if n in declared), port.get_any_name())  # noqa: E731
+        self._inputs = [_Named(name(port)) for port in compiled.inputs]
+        self._ports = {name(port): port for port in compiled.outputs}
+        self._outputs = [_Named(n) for n in self._ports]
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+
+    @classmethod
+    def compile(cls, model: onnx.ModelProto, path: Path | None = None) -> OpenVinoSession | None:
+        """``model`` compiled, None where openvino is not installed. A model given by ``path`` is read
+        from there (OpenVINO reads its external data beside it), one in memory from its bytes, or from
+        a temporary file where it passes protobuf's 2 GB limit. Raises RuntimeError with OpenVINO's
+        message, put on one line, where OpenVINO cannot read or compile it."""
+        try:
+            import openvino
+        except ImportError:
+            return None
+        if path is None and needs_external_data(model):
+            with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                save_model(model, path, external_data=True)
+                return cls.compile(model, path)
+        core = openvino.Core()
+        try:
+            read = core.read_model(str(path) if path is not None else model.SerializeToString())
+            return cls(core.compile_model(read, "CPU", OPENVINO_CONFIG), model)
+        except RuntimeError as exc:
+            raise RuntimeError(openvino_error(exc)) from None
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feeds):
+        try:
+            results = self._compiled(feeds)
+        except RuntimeError as exc:
+            raise RuntimeError(openvino_error(exc)) from None
+        return [results[self._ports[name]] for name in names]
+
+
+def openvino_error(exc: BaseException) -> str:
+    """OpenVINO's message on one line: its lines without the source locations it stacks above them
+    ("Exception from src/...:105:", "Check 'false' failed at src/...:151:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not re.fullmatch(r"(Exception from|Check '.*' failed at) \S+:\d+:", line)]
+    return " ".join(said) or first_line(exc)
 
 
 class _Named:

@@ -25,14 +25,14 @@ SHARED_MODELS = ROOT.parent / "shared" / "models"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def load_build_models():
-    """models/build_models.py as a module (it is a script, not a package), loaded once: every test
-    file builds its example models with the same builders."""
-    if "build_models" in sys.modules:
-        return sys.modules["build_models"]
-    spec = importlib.util.spec_from_file_location("build_models", MODELS / "build_models.py")
+def load_build_models(script: str = "build_models"):
+    """models/build_models.py (or another builder script there) as a module (it is a script, not a
+    package), loaded once: every test file builds its example models with the same builders."""
+    if script in sys.modules:
+        return sys.modules[script]
+    spec = importlib.util.spec_from_file_location(script, MODELS / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["build_models"] = module
+    sys.modules[script] = module
     spec.loader.exec_module(module)
     return module
 
@@ -146,6 +146,15 @@ class RealModels:
         if error is not None:
             raise error
         return result
+
+    def converted(self, name: str, **options):
+        """The conversion ``convert(name, **options)`` makes: the proved one where this session made
+        it, else one made without the proof (the same model; proving it is the job of the tests that
+        ask for :meth:`convert`). Read it, never change it."""
+        proved = self._key(name, options)
+        if proved in self._converted and self._converted[proved][1] is None:
+            return self.convert(name, **options)
+        return self.convert(name, **{**options, "verify": False})
 
     def files_left(self, name: str, **options) -> list[str]:
         """The files that ``convert(name, **options)`` left in its current folder."""

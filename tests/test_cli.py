@@ -107,3 +107,12 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, monkeypatch):
 def test_python_dash_m_runs_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "onnx_fc2conv", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage: onnx-fc2conv" in proc.stdout
+
+
+def test_top_level_help_lists_each_command_form_on_its_own_line():
+    result = CliRunner().invoke(main, ["--help"])
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert result.exit_code == 0
+    assert any(line.startswith("onnx-fc2conv IN OUT [options]") and line.endswith("convert IN OUT)") for line in lines)
+    assert any(line.startswith("onnx-fc2conv inspect IN [--json]") for line in lines)
+    assert "\\b" not in result.output

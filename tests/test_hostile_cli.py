@@ -140,7 +140,7 @@ RULES = ("'dense_pool', 'nhwc_flatten', 'flatten_gemm', 'reshape_flatten', 'matm
 @pytest.mark.parametrize("args, message", [
     (["--atol", "abc"], "Invalid value for '--atol': 'abc' is not a valid float (see onnx-fc2conv convert --help)"),
     (["--provider", "tpu"],
-     "Invalid value for '--provider': 'tpu' is not one of 'cpu', 'cuda' (see onnx-fc2conv convert --help)"),
+     "Invalid value for '--provider': 'tpu' is not one of 'cpu', 'cuda', 'openvino' (see onnx-fc2conv convert --help)"),
     (["--skip-rule", "bogus"],
      f"Invalid value for '--skip-rule': 'bogus' is not one of {RULES} (see onnx-fc2conv convert --help)"),
     (["--bogus"], "No such option '--bogus'. Did you mean '--verbose'? (see onnx-fc2conv convert --help)"),

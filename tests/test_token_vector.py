@@ -53,7 +53,7 @@ def test_seed_mlp_becomes_one_conv_with_the_rows_of_w_as_kernels(build_models):
     original = build_models.seed_mlp()
     result = convert(original, vector_fc=True)
     m = result.model
-    assert ops(m) == ["Reshape", "Conv", "Relu", "Reshape"]
+    assert ops(m) == ["Unsqueeze", "Conv", "Relu", "Squeeze"]
     (conv,) = convs(m)
     kernels = initializer(m, conv.input[1])
     assert kernels.shape == (2, 3, 1, 1)
@@ -66,7 +66,8 @@ def test_seed_mlp_becomes_one_conv_with_the_rows_of_w_as_kernels(build_models):
     np.testing.assert_array_equal(y, run(original, {"x": x})[0])
     assert [o.type for o in m.graph.output] == [o.type for o in original.graph.output]
     (only_run,) = result.report.runs
-    assert (only_run.layout, only_run.transposes_added, only_run.reshapes_added) == ("vector", 0, 2)
+    assert (only_run.layout, only_run.transposes_added, only_run.unsqueezes_added, only_run.squeezes_added) == (
+        "vector", 0, 1, 1)
     assert result.report.verification.max_abs_error == 0
 
 
@@ -99,13 +100,13 @@ def mlp(first="gemm", between="BatchNormalization"):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("first", ["gemm", "matmul_add"])
-def test_mlp_chain_is_one_run_with_one_reshape_in_and_one_out(first):
+def test_mlp_chain_is_one_run_with_one_unsqueeze_in_and_one_squeeze_out(first):
     original = mlp(first)
     result = convert(original, vector_fc=True)
     assert [n.rule for n in result.report.converted] == ["vector_fc", "fc_chain"]
-    assert Counter(ops(result.model)) == Counter(Reshape=2, Conv=2, BatchNormalization=1, Relu=1)
+    assert Counter(ops(result.model)) == Counter(Unsqueeze=1, Squeeze=1, Conv=2, BatchNormalization=1, Relu=1)
     (only_run,) = result.report.runs
-    assert only_run.reshapes_added == 2 and only_run.ends == ["output y"]
+    assert (only_run.unsqueezes_added, only_run.squeezes_added) == (1, 1) and only_run.ends == ["output y"]
     assert_verified(result, ["original size"])
     first_conv = convs(result.model)[0]
     w1 = initializer(original, "w1")
@@ -134,10 +135,33 @@ def test_bert_layer_converts_in_both_layouts_and_verifies_at_three_lengths(build
     assert ffn.transposes_added == 2 and ffn.ends == ["ffn.residual/Add"]
     # Q, K, V share the Transpose of their input; each output and the output projection pay their own.
     assert [r.transposes_added for r in report.runs] == [4, 2, 2] and report.transposes_added == 8
-    assert [r.reshapes_added for r in report.runs] == ([0, 0, 0] if layout == "conv1d" else [4, 2, 2])
+    # conv2d adds a size-1 axis with one Unsqueeze per entry and drops it with one Squeeze per restore.
+    assert [(r.unsqueezes_added, r.squeezes_added) for r in report.runs] == (
+        [(0, 0)] * 3 if layout == "conv1d" else [(1, 3), (1, 1), (1, 1)])
+    assert "Reshape" not in Counter(ops(result.model)) - Counter(ops(original))
     assert Counter(ops(result.model))["Transpose"] == Counter(ops(original))["Transpose"] + 8
     onnx.checker.check_model(result.model, full_check=True)
     assert [o.type for o in result.model.graph.output] == [o.type for o in original.graph.output]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_torch_encoder_layer_converts_and_verifies_at_two_more_sequence_lengths(layout):
+    """torch's nn.TransformerEncoderLayer from the dynamo exporter, [1,T,64]: the attention input
+    projection reads [T,1,64] (tokens first), the FFN [1,T,64]; the output projection is a Gemm after a
+    Transpose that moves the batch axis."""
+    original = onnx.load(str(MODELS / "torch_encoder_layer.onnx"))
+    result = convert(original, token_layout=layout)
+    report = result.report
+    assert [(n.node, n.rule) for n in report.converted] == [
+        ("node_MatMul_2", "token_matmul"), ("node_MatMul_86", "token_matmul"), ("node_MatMul_88", "fc_chain")]
+    assert [n.reason for n in report.nodes if n.status == "skipped"] == ["channels_last"]
+    assert_verified(result)
+    added = (1, 1) if layout == "conv2d" else (0, 0)
+    assert [(r.transposes_added, r.unsqueezes_added, r.squeezes_added) for r in report.runs] == [(2, *added)] * 2
+    assert Counter(ops(result.model)) - Counter(ops(original)) == Counter(
+        Conv=3, Transpose=4, Unsqueeze=2 * added[0], Squeeze=2 * added[1])
+    assert [value_dims(i)[1] for i in result.model.graph.input] == [(1, "T", 64)]
 
 
 @pytest.mark.e2e
@@ -151,7 +175,7 @@ def test_token_maps_are_channels_first_with_tokens_on_the_last_axis(build_models
     assert all(d[0] == "B" and d[2:-1] == map_dims[2:-1] and isinstance(d[-1], str) for d in conv_inputs)
     assert sorted(d[1] for d in conv_inputs) == [32] * 5 + [64]
     readers_of_hidden = [n.op_type for n in result.model.graph.node if "hidden" in n.input]
-    assert readers_of_hidden == ["Transpose" if layout == "conv1d" else "Reshape", "Add"]  # one entry, the residual
+    assert readers_of_hidden == ["Transpose", "Add"]  # one entry (conv2d: then an Unsqueeze), the residual
 
 
 @pytest.mark.e2e
@@ -234,6 +258,51 @@ def test_a_constant_broadcasts_against_the_map_as_it_did_against_the_tensor(layo
 @pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda layout: layout.name)
 def test_a_per_sample_constant_cannot_follow_the_map(layout):
     assert layout.constant(np.ones((2, 5, 6)[3 - layout.original_rank:])) is None
+
+
+# name -> (entry ops, restore ops, map dims of x [B,T,6] or [N,6])
+LAYOUT_NODES = {
+    "conv1d": (["Transpose"], ["Transpose"], ["B", 6, "T"]),
+    "conv2d": (["Transpose", "Unsqueeze"], ["Squeeze", "Transpose"], ["B", 6, 1, "T"]),
+    "vector": (["Unsqueeze"], ["Squeeze"], ["N", 6, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+@pytest.mark.parametrize("layout", [*TOKEN_LAYOUTS.values(), VECTOR], ids=lambda layout: layout.name)
+def test_layouts_are_written_in_plain_ops_no_reshape_and_no_rank_above_the_maps(layout, opset):
+    """Downstream compilers pattern-match these nodes: a size-1 axis is an Unsqueeze/Squeeze (axes an
+    attribute before opset 13, an input from 13), never a Reshape, and nothing is of a higher rank than
+    the map (OpenVINO threw on conv2d's old Reshape + Transpose with a dynamic T). The graph's map is
+    what ``Layout.constant`` computes for one sample."""
+    from onnx.reference import ReferenceEvaluator
+
+    from onnx_fc2conv.index import GraphIndex
+
+    dims = ["B", "T", 6] if layout.original_rank == 3 else ["N", 6]
+    base = model([helper.make_node("Identity", ["x"], ["y"])], [vi("x", dims)], [vi("y", dims)], opset=opset)
+    index = GraphIndex(base)
+    entry, entry_inits, mapped = layout.enter(index, "x")
+    restore, restore_inits, restored = layout.restore(index, mapped)
+    graph = helper.make_graph([*entry, *restore, helper.make_node("Identity", [restored], ["y"])], "layout",
+                              [vi("x", dims)], [vi("y", dims), vi(mapped, None)], [*entry_inits, *restore_inits])
+    m = helper.make_model(graph, opset_imports=base.opset_import, ir_version=base.ir_version)
+    entry_ops, restore_ops, map_dims = LAYOUT_NODES[layout.name]
+    assert ([n.op_type for n in entry], [n.op_type for n in restore]) == (entry_ops, restore_ops)
+    for n in entry + restore:
+        if n.op_type in ("Unsqueeze", "Squeeze"):
+            axes = [a.ints for a in n.attribute if a.name == "axes"]
+            assert (len(n.input), axes) == ((1, [[2] if layout.original_rank == 3 else [2, 3]]) if opset < 13 else
+                                            (2, []))
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    ranks = {v.name: value_dims(v)[1] for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    assert ranks[mapped] == tuple(map_dims) and ranks["y"] == tuple(dims)
+    assert max(len(d) for d in ranks.values()) == len(map_dims)
+    x = np.random.default_rng(0).standard_normal((1, 5, 6) if layout.original_rank == 3 else (1, 6)).astype(np.float32)
+    y, map_value = ReferenceEvaluator(m).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(map_value, layout.constant(x))
 
 
 def token_model(after_first=(), extra_inits=(), tokens=5, opset=13):
@@ -326,7 +395,7 @@ def test_cli_token_layout_prints_the_runs_and_their_transposes(tmp_path):
     result = invoke(MODELS / "bert_layer.onnx", out, "--token-layout", "conv2d", "--include", "ffn*")
     assert result.exit_code == 0, result.output
     assert "converted 2 of 6 FC nodes" in result.output and "4 excluded" in result.output
-    assert "run (conv2d)" in result.output and "added 2 Transpose and 2 Reshape" in result.output
+    assert "run (conv2d)" in result.output and "added 2 Transpose, 1 Unsqueeze and 1 Squeeze" in result.output
     assert "verification passed: 3 checks" in result.output
     assert Counter(ops(onnx.load(out)))["Conv"] == 2
 
@@ -364,7 +433,8 @@ def test_report_lists_up_to_three_runs_and_sums_up_more_unless_verbose():
 
     runs = [RunReport("conv1d", ["x"], ["fc"], [], ["out"], transposes_added=2) for _ in range(4)]
     report = ConversionReport("m", 13, "fully_convolutional", runs=runs)
-    assert "  4 runs (conv1d): 4 FC layers, added 8 Transpose and 0 Reshape (-v lists each run)" in report.render_text()
+    assert ("  4 runs (conv1d): 4 FC layers, added 8 Transpose, 0 Unsqueeze and 0 Squeeze (-v lists each run)"
+            in report.render_text())
     assert report.render_text(verbose=True).count("run (conv1d) x -> out: 1 FC and 0 pointwise ops") == 4
     report.runs = runs[:3]
     assert report.render_text().count("run (conv1d)") == 3

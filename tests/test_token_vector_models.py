@@ -99,12 +99,13 @@ def test_magika_token_matmul_verifies_with_a_static_token_axis():
     ("tract_keras_mlp_tf2onnx_op13.onnx", 2),
     ("onnx2c_mnist_mlp_bn_pytorch_op9.onnx", 3),  # MatMul -> BatchNormalization -> Relu: BN stays in the run
 ])
-def test_mlps_become_one_run_of_1x1_convs_with_two_reshapes(name, layers):
+def test_mlps_become_one_run_of_1x1_convs_with_an_unsqueeze_in_and_a_squeeze_out(name, layers):
     result = convert(shared(name), vector_fc=True)
     report = result.report
     assert len(report.converted) == layers and all(n.status == "converted" for n in report.nodes)
     (only_run,) = report.runs
-    assert (only_run.layout, only_run.transposes_added, only_run.reshapes_added) == ("vector", 0, 2)
+    assert (only_run.layout, only_run.transposes_added, only_run.unsqueezes_added, only_run.squeezes_added) == (
+        "vector", 0, 1, 1)
     assert not {"Gemm", "MatMul"} & {n.op_type for n in result.model.graph.node}
     assert report.verification.passed and report.verification.max_abs_error < 1e-5
 

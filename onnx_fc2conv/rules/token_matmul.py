@@ -10,7 +10,7 @@ After, ``--token-layout conv1d``::
 
 After, ``--token-layout conv2d`` (tokens on the last axis, Apple's ANE layout)::
 
-    X -> Reshape(0,0,1,-1) -> Transpose(0,3,2,1) -> [B,D,1,T] -> Conv(1x1, W^T.reshape(F,D,1,1), b) -> Y [B,F,1,T]
+    X -> Transpose(0,2,1) -> Unsqueeze(2) -> [B,D,1,T] -> Conv(1x1, W^T.reshape(F,D,1,1), b) -> Y [B,F,1,T]
 
 Weight maths: ``Y[b,t,f] = sum_d X[b,t,d] * W[d,f] + b[f]`` and a kernel-1 Conv computes
 ``Y'[b,f,t] = sum_d X'[b,d,t] * Wc[f,d] + b[f]`` with ``X'[b,d,t] = X[b,t,d]``, so ``Wc = W^T``; the

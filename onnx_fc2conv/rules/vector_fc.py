@@ -6,15 +6,15 @@ Before::
 
 After::
 
-    X -> Reshape(0,-1,1,1) -> [N,D,1,1] -> Conv(1x1, weight [F,D,1,1], bias) -> Relu -> Conv 1x1 ...
-      -> Reshape(0,-1) -> Z [N,K]
+    X -> Unsqueeze(2,3) -> [N,D,1,1] -> Conv(1x1, weight [F,D,1,1], bias) -> Relu -> Conv 1x1 ...
+      -> Squeeze(2,3) -> Z [N,K]
 
 Weight maths: the 1x1 Conv at the single position is the FC layer, ``Wc = alpha * W.reshape(F,D,1,1)``
 (``W^T`` when stored ``[D,F]``), ``bc = beta * c`` (see ``_dense``). The seed MLP
 ``ReLU(W x + b)`` with ``W = [[0,1,1],[2,3,5]]``, ``b = [8,13]`` becomes one Conv with kernels
 ``(0,1,1)``, ``(2,3,5)`` and bias ``(8,13)``, then the Relu.
 
-One Reshape in where the run starts and one out where it ends; the layers in between (and the
+One Unsqueeze in where the run starts and one Squeeze out where it ends; the layers in between (and the
 pointwise ops) are ``fc_chain``'s. Off unless ``vector_fc`` is set. A 2D tensor that is the
 flattening of a feature map is the head rules' (they run first and give a Conv over the map).
 """
