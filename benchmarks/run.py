@@ -25,6 +25,11 @@ P4  ``onnx-fc2conv inspect`` is a dry run: against ``onnx.load`` of the same fil
     peak RSS <= 1.1x.
 P5  one FC weight over 2 GiB (540000 x 1024 float32): ``onnx-fc2conv IN OUT`` converts and proves
     it (ONNX Runtime's NCHWc transform off, see the README); time, peak RSS and the max abs error.
+P6  a finer output stride: one run of the P2 net converted with ``--output-stride N`` on a 128x128
+    image, against shift-and-stitch (the stride-8 conversion run on each of the (8/N)^2 shifted
+    images, the maps interleaved), at N = 4, 2 and 1, in interleaved rounds (median of the per-round
+    ratios); the values must be equal on every cell whose window lies inside the image by the padding
+    margin. Target: the one run is faster (> 1x).
 """
 from __future__ import annotations
 
@@ -54,7 +59,8 @@ import models  # noqa: E402  (benchmarks/models.py)
 README = HERE / "README.md"
 PLOTS = HERE / "plots"
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
-TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5, "inspect": 1.1}
+TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5, "inspect": 1.1,
+           "finer_stride": 1.0}
 
 
 @dataclass
@@ -313,6 +319,69 @@ def p5(work: Path) -> tuple[list[Row], dict]:  # about 1 min, 11 GB peak RSS, 5 
 
 # ---- output --------------------------------------------------------------------------------------------
 
+# ---- P6: a finer output stride against shift-and-stitch ----------------------------------------------
+
+def p6(work: Path, reps: int) -> tuple[list[Row], dict]:
+    from onnx_fc2conv.metadata import read_record
+    from onnx_fc2conv.stride import crop_cells
+
+    src = models.small_vgg(work / "small_vgg.onnx")
+    coarse_path = work / "small_vgg_fcn.onnx"
+    convert_file(src, coarse_path)
+    coarse = session(coarse_path)
+    size, stride = 64, 8
+    image = np.random.default_rng(6).standard_normal((1, 3, 2 * size, 2 * size)).astype(np.float32)
+    rows, raw = [], {}
+    for n in (4, 2, 1):
+        fine_path = work / f"small_vgg_stride{n}.onnx"
+        result = convert_file(src, fine_path, output_stride=n)
+        fine = session(fine_path)
+        r = stride // n
+
+        one_run = fine.run(None, {"input": image})[0]
+        interleaved = shift_and_stitch(coarse, image, n, r)
+        record = read_record(onnx_load(fine_path)).output_stride
+        cells = crop_cells(one_run.shape[2:], image.shape[2:], (size, size), record)
+        got = np.stack([one_run[:, :, i, j] for i, j in cells])
+        want = np.stack([interleaved[:, :, i, j] for i, j in cells])
+        error = float(np.abs(got - want).max())
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-5), f"output stride {n}: max abs {error}"
+        fines, stitches = [], []
+        for _ in range(max(3, reps // 4)):  # interleaved rounds: both sides of a ratio see the same load
+            fines.append(timed(lambda: fine.run(None, {"input": image}), 1))  # noqa: B023 - timed in this pass
+            stitches.append(timed(lambda: shift_and_stitch(coarse, image, n, r), 1))  # noqa: B023
+        t_fine, t_stitch, ratio = statistics.median(fines), statistics.median(stitches), paired_ratio(stitches, fines)
+        raw[f"stride_{n}"] = {"shifts": r * r, "one_run_s": t_fine, "shift_and_stitch_s": t_stitch,
+                              "cells_compared": len(cells), "max_abs_diff": error, "map": list(one_run.shape[2:]),
+                              "verification_passed": bool(result.report.verification)}
+        rows.append(Row("P6", f"output stride {n} (the net's is 8) on 128x128, map {one_run.shape[2]}x"
+                              f"{one_run.shape[3]}: shift-and-stitch, {r * r} runs / one run (equal on "
+                              f"{len(cells)} cells, max abs {error:.1e})",
+                        f"{t_stitch * 1e3:.1f} ms / {t_fine * 1e3:.1f} ms", ratio,
+                        f"> {TARGETS['finer_stride']:.0f}x", ratio > TARGETS["finer_stride"]))
+        _remove(fine_path)
+    _remove(src)
+    _remove(coarse_path)
+    return rows, raw
+
+
+def shift_and_stitch(coarse, image: np.ndarray, n: int, r: int) -> np.ndarray:
+    """FCN's shift-and-stitch: the stride-S model on each image shifted by (a*n, b*n), a, b < r = S/n,
+    its maps interleaved into one r times finer (cells no shift reaches stay NaN)."""
+    maps = {(a, b): coarse.run(None, {"input": image[:, :, a * n:, b * n:]})[0] for a in range(r) for b in range(r)}
+    full = maps[0, 0]
+    out = np.full((*full.shape[:2], full.shape[2] * r, full.shape[3] * r), np.nan, full.dtype)
+    for (a, b), part in maps.items():
+        out[:, :, a::r, b::r][:, :, :part.shape[2], :part.shape[3]] = part
+    return out
+
+
+def onnx_load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
 def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
     """This run's rows and figures, plus those of the parts it did not run from the last results
     (``--only``), so the table and results.json always hold every part; the returned ``when`` says
@@ -387,7 +456,7 @@ def _short(text: str, width: int = 70) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6", help="comma-separated parts to run (default: all)")
     parser.add_argument("--no-large", action="store_true", help="P1 without the 3 GB external-data model")
     parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
     parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
@@ -412,7 +481,8 @@ def main() -> int:
         work = Path(tmp)
         for part, fn in (("P1", lambda: p1(work, not args.no_large, args.p1_reps)),
                          ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps)),
-                         ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work))):
+                         ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work)),
+                         ("P6", lambda: p6(work, args.reps))):
             if part in parts:
                 start = time.perf_counter()
                 part_rows, raw[part] = fn()

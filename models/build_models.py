@@ -87,14 +87,38 @@ class _Graph:
         return output
 
     # ---- layers
-    def conv(self, x: str, prefix: str, c_in: int, c_out: int, k: int, pad: int) -> str:
+    def conv(self, x: str, prefix: str, c_in: int, c_out: int, k: int, pad: int, stride: int = 1,
+             bias: bool = True) -> str:
+        """PyTorch's Conv2d as torch.onnx writes it; ``bias=False`` where a BatchNormalization follows."""
         fan_in = c_in * k * k
         w = self.init(f"{prefix}.weight", self.uniform((c_out, c_in, k, k), math.sqrt(6.0 / fan_in)))
-        b = self.init(f"{prefix}.bias", self.uniform((c_out,), 1.0 / math.sqrt(fan_in)))
+        inputs = [x, w]
+        if bias:
+            inputs.append(self.init(f"{prefix}.bias", self.uniform((c_out,), 1.0 / math.sqrt(fan_in))))
         return self.node(
-            "Conv", [x, w, b], prefix,
-            kernel_shape=[k, k], pads=[pad] * 4, strides=[1, 1], dilations=[1, 1], group=1,
+            "Conv", inputs, prefix,
+            kernel_shape=[k, k], pads=[pad] * 4, strides=[stride, stride], dilations=[1, 1], group=1,
         )
+
+    def batch_norm(self, x: str, prefix: str, c: int) -> str:
+        """BatchNorm2d in eval mode, not folded into the conv: scale, bias, running mean and variance."""
+        scale = self.init(f"{prefix}.weight", (0.5 + self.rng.random(c)).astype(np.float32))
+        shift = self.init(f"{prefix}.bias", self.uniform((c,), 0.5))
+        mean = self.init(f"{prefix}.running_mean", self.uniform((c,), 0.5))
+        var = self.init(f"{prefix}.running_var", (0.5 + self.rng.random(c)).astype(np.float32))
+        return self.node("BatchNormalization", [x, scale, shift, mean, var], prefix, epsilon=1e-5, momentum=0.9)
+
+    def basic_block(self, x: str, prefix: str, c_in: int, c_out: int, stride: int) -> str:
+        """torchvision's BasicBlock: conv3x3/stride-bn-relu-conv3x3-bn, plus the identity or a 1x1/stride
+        conv + bn downsample, Add, Relu."""
+        h = self.conv(x, f"{prefix}.conv1", c_in, c_out, 3, 1, stride, bias=False)
+        h = self.node("Relu", [self.batch_norm(h, f"{prefix}.bn1", c_out)], f"{prefix}.relu")
+        h = self.batch_norm(self.conv(h, f"{prefix}.conv2", c_out, c_out, 3, 1, bias=False), f"{prefix}.bn2", c_out)
+        shortcut = x
+        if stride != 1 or c_in != c_out:
+            shortcut = self.conv(x, f"{prefix}.downsample.0", c_in, c_out, 1, 0, stride, bias=False)
+            shortcut = self.batch_norm(shortcut, f"{prefix}.downsample.1", c_out)
+        return self.node("Relu", [self.node("Add", [h, shortcut], f"{prefix}.add")], f"{prefix}.relu_out")
 
     def gemm(self, x: str, prefix: str, n_in: int, n_out: int, *, weight=None, bias=None,
              out: str | None = None) -> str:
@@ -473,6 +497,89 @@ def bert_layer_fp16(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     return keep_io_fp16(bert_layer(opset), "bert_layer_fp16")
 
 
+def residual_pad(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A padded residual block with a stride-2 1x1 shortcut conv, then Flatten and Gemm (total stride 4)."""
+    g = _Graph("residual_pad", seed=21, opset=_check_opset(opset))
+    h = g.node("Relu", [g.conv("input", "stem.conv", 3, 8, 3, 1)], "stem.relu")             # [N,8,32,32]
+    h = g.node("MaxPool", [h], "stem.pool", kernel_shape=[2, 2], strides=[2, 2])            # [N,8,16,16]
+    main = g.node("Relu", [g.conv(h, "block.conv1", 8, 8, 3, 1, 2)], "block.relu1")         # [N,8,8,8]
+    main = g.conv(main, "block.conv2", 8, 8, 3, 1)
+    shortcut = g.conv(h, "block.shortcut", 8, 8, 1, 0, 2)                                   # [N,8,8,8]
+    h = g.node("Relu", [g.node("Add", [main, shortcut], "block.add")], "block.relu2")
+    h = g.node("Flatten", [h], "flatten", axis=1)                                           # [N,512]
+    g.gemm(h, "fc", 512, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("logits", ["N", 10])],
+        "Padded residual: conv3x3 + MaxPool 2, block conv3x3/2 -> conv3x3 plus a 1x1/2 shortcut, Add, "
+        "Flatten of [N,8,8,8], Gemm 512->10.",
+    )
+
+
+def residual_valid(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """No padding anywhere: an Inception-style reduction (conv3x3/2 beside MaxPool3x3/2, Concat) and a
+    residual block whose shortcut is a 3x3/2 conv, then Flatten and Gemm (total stride 4)."""
+    g = _Graph("residual_valid", seed=22, opset=_check_opset(opset))
+    h = g.node("Relu", [g.conv("input", "stem.conv", 3, 8, 3, 0)], "stem.relu")             # [N,8,30,30]
+    branch = g.node("Relu", [g.conv(h, "reduce.conv", 8, 8, 3, 0, 2)], "reduce.relu")       # [N,8,14,14]
+    pooled = g.node("MaxPool", [h], "reduce.pool", kernel_shape=[3, 3], strides=[2, 2])     # [N,8,14,14]
+    h = g.node("Concat", [branch, pooled], "reduce.concat", axis=1)                         # [N,16,14,14]
+    main = g.node("Relu", [g.conv(h, "block.conv1", 16, 8, 3, 0, 2)], "block.relu1")        # [N,8,6,6]
+    main = g.conv(main, "block.conv2", 8, 8, 1, 0)
+    shortcut = g.conv(h, "block.shortcut", 16, 8, 3, 0, 2)                                  # [N,8,6,6]
+    h = g.node("Relu", [g.node("Add", [main, shortcut], "block.add")], "block.relu2")
+    h = g.node("Flatten", [h], "flatten", axis=1)                                           # [N,288]
+    g.gemm(h, "fc", 288, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("logits", ["N", 10])],
+        "Unpadded: conv3x3, Concat(conv3x3/2, MaxPool3x3/2), block conv3x3/2 -> conv1x1 plus a 3x3/2 "
+        "shortcut, Add, Flatten of [N,8,6,6], Gemm 288->10.",
+    )
+
+
+def resnet_tiny(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """torchvision's ResNet at 1/8 width and three stages: conv7x7/2 + bn + MaxPool3x3/2, BasicBlocks
+    (stride 1, 2, 2; 1x1/2 downsample + bn), GlobalAveragePool, Flatten, Gemm (total stride 16)."""
+    g = _Graph("resnet_tiny", seed=23, opset=_check_opset(opset))
+    h = g.batch_norm(g.conv("input", "conv1", 3, 8, 7, 3, 2, bias=False), "bn1", 8)        # [N,8,32,32]
+    h = g.node("Relu", [h], "relu")
+    h = g.node("MaxPool", [h], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # [N,8,16,16]
+    h = g.basic_block(h, "layer1.0", 8, 8, 1)
+    h = g.basic_block(h, "layer2.0", 8, 16, 2)                                              # [N,16,8,8]
+    h = g.basic_block(h, "layer3.0", 16, 32, 2)                                             # [N,32,4,4]
+    h = g.node("GlobalAveragePool", [h], "avgpool")
+    h = g.node("Flatten", [h], "flatten", axis=1)                                           # [N,32]
+    g.gemm(h, "fc", 32, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 64, 64])], [_vi("logits", ["N", 10])],
+        "torchvision-style ResNet: conv7x7/2, bn, MaxPool3x3/2, BasicBlocks 8/16/32 (stride 1, 2, 2; "
+        "1x1/2 downsample convs), GlobalAveragePool, Flatten, Gemm 32->10; BatchNormalization not folded.",
+    )
+
+
+def vgg_tv(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """torchvision's VGG (configuration A) at 1/8 width: conv3x3 pad 1 + Relu, MaxPool 2 after blocks of
+    1, 1, 2, 2 convs, then Flatten and its classifier Linear-Relu-Dropout twice, Linear (stride 16)."""
+    g = _Graph("vgg_tv", seed=24, opset=_check_opset(opset))
+    h, c_in, conv = "input", 3, 0
+    for widths in ((8,), (16,), (16, 16), (32, 32)):
+        for c_out in widths:
+            h = g.node("Relu", [g.conv(h, f"features.{conv}", c_in, c_out, 3, 1)], f"features.{conv + 1}")
+            c_in, conv = c_out, conv + 2
+        h = g.node("MaxPool", [h], f"features.{conv}", kernel_shape=[2, 2], strides=[2, 2])
+        conv += 1
+    h = g.node("Flatten", [h], "flatten", axis=1)                                           # [N,288]
+    h = g.node("Relu", [g.gemm(h, "classifier.0", 288, 64)], "classifier.1")
+    h = g.dropout(h, "classifier.2")
+    h = g.node("Relu", [g.gemm(h, "classifier.3", 64, 64)], "classifier.4")
+    h = g.dropout(h, "classifier.5")
+    g.gemm(h, "classifier.6", 64, 10, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 48, 48])], [_vi("logits", ["N", 10])],
+        "torchvision-style VGG-A: 6 conv3x3 (8/16/16/16/32/32) in 4 blocks with MaxPool 2 to [N,32,3,3], "
+        "Flatten, Gemm 288->64->64->10 with Relu and inference-mode Dropout.",
+    )
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -485,6 +592,10 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "lenet5_fp16": lenet5_fp16,
     "bert_layer_fp16": bert_layer_fp16,
     "bert_layer_fused": bert_layer_fused,
+    "residual_pad": residual_pad,
+    "residual_valid": residual_valid,
+    "resnet_tiny": resnet_tiny,
+    "vgg_tv": vgg_tv,
 }
 
 

@@ -10,6 +10,7 @@ from .errors import (
                      Fc2ConvError,
                      InvalidModelError,
                      OutputError,
+                     OutputStrideError,
                      UnsafeModelError,
                      UsageError,
                      VerificationFailed,
@@ -25,6 +26,6 @@ from .version import __version__
 __all__ = [
     "convert", "inspect", "verify", "Options", "ConversionResult", "Inspection", "ConversionReport",
     "VerificationResult", "REASONS", "RULE_NAMES",
-    "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "UsageError", "VerificationFailed",
-    "CouldNotVerify", "__version__",
+    "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "OutputStrideError", "UsageError",
+    "VerificationFailed", "CouldNotVerify", "__version__",
 ]

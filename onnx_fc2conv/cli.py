@@ -167,6 +167,10 @@ def rule_options(command):
 @click.argument("out_path", metavar="OUT", type=FilePath(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
               help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
+@click.option("--output-stride", metavar="N|NxM",
+              help="Make the output map step by N input pixels (a divisor of the backbone's total stride) instead "
+                   "of the backbone's stride: the last strided layers run at stride 1 and later kernels are "
+                   "dilated, proved against the original on crops.")
 @click.option("--inplace", is_flag=True, help="Allow OUT to be IN: replace it (atomically, after verification).")
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUT.data beside OUT. Automatic when IN has external data or the "

@@ -34,6 +34,15 @@ class UsageError(Fc2ConvError):
     """An option value is malformed (e.g. ``--input-shape``)."""
 
 
+class OutputStrideError(Fc2ConvError):
+    """``--output-stride`` cannot be exact on this model; ``code`` is one of stride.STRIDE_REASONS.
+    Raised before anything is written."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+
+
 class VerificationFailed(Fc2ConvError):
     """The converted model does not compute what the original computes. Carries ``.result``."""
 

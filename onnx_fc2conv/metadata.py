@@ -34,19 +34,45 @@ class HeadRecord:
 
 
 @dataclass
+class StrideRecord:
+    """``--output-stride``: the maps step by ``stride`` input pixels per spatial axis instead of the
+    backbone's ``backbone_stride``; padding reaches ``margin_begin``/``margin_end`` pixels into them
+    from each border; ``original`` holds, per changed node (name, or first output), its strides,
+    dilations and pads before, from which the verifier rebuilds the stride-S conversion."""
+
+    stride: list[int]
+    backbone_stride: list[int]
+    margin_begin: list[int]
+    margin_end: list[int]
+    original: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StrideRecord:
+        sizes = {k: [int(v) for v in data[k]] for k in ("stride", "backbone_stride", "margin_begin", "margin_end")}
+        if len({len(v) for v in sizes.values()}) != 1 or any(v < 1 for k in ("stride", "backbone_stride")
+                                                           for v in sizes[k]):
+            raise ValueError("an output stride's sizes differ in rank or are below 1")
+        original = {str(node): {str(k): [int(v) for v in values] for k, values in attrs.items()}
+                    for node, attrs in data["original"].items()}
+        return cls(**sizes, original=original)
+
+
+@dataclass
 class ConversionRecord:
     mode: Mode
     heads: list[HeadRecord] = field(default_factory=list)
     spatial_inputs: dict[str, list[int]] = field(default_factory=dict)
     token_axes: dict[str, list[int]] | None = None  # None: no token layer was converted
+    output_stride: StrideRecord | None = None  # None: the maps step by the backbone's stride
     version: str = __version__
 
     def to_json(self) -> str:
         data = asdict(self)
         for head in data["heads"]:
             head["window"] = list(head["window"])
-        if self.token_axes is None:
-            del data["token_axes"]
+        for key in ("token_axes", "output_stride"):
+            if data[key] is None:
+                del data[key]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -61,6 +87,8 @@ class ConversionRecord:
                                 [str(o) for o in h["outputs"]]) for h in data["heads"]]
             return cls(mode=mode, heads=heads, spatial_inputs=_axes(data["spatial_inputs"]),
                        token_axes=_axes(data["token_axes"]) if "token_axes" in data else None,
+                       output_stride=StrideRecord.from_dict(data["output_stride"]) if "output_stride" in data
+                       else None,
                        version=str(data["version"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidModelError(f"the model's {METADATA_KEY!r} metadata is not a conversion record "
@@ -98,6 +126,11 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
         missing = [o for o in head.outputs if o not in outputs]
         if missing:
             return f"its head {head.node!r} writes {missing[0]!r}, which is no output of the converted model"
+    if record.output_stride is not None:
+        keys = {n.name or n.output[0] for n in converted.graph.node}
+        unknown = [k for k in record.output_stride.original if k not in keys]
+        if unknown:
+            return f"its output stride names the node {unknown[0]!r}, which is no node of the converted model"
     ranks = {i.name: len(value_dims(i)[1] or ()) for i in original.graph.input}
     for kind, axes in (("spatial", record.spatial_inputs), ("token", record.token_axes or {})):
         for name, items in axes.items():

@@ -24,7 +24,9 @@ class Options:
     pick FC layers. ``input_shapes``: input name -> dims (``None`` keeps a dim symbolic), which pin
     sizes for the verifier and tell the rules the feature-map size the graph leaves symbolic.
     ``token_layout`` ("conv1d" or "conv2d"): MatMuls on ``[B,T,D]`` tokens become kernel-1 Convs.
-    ``vector_fc``: FC layers on plain ``[N,D]`` tensors become 1x1 Convs."""
+    ``vector_fc``: FC layers on plain ``[N,D]`` tensors become 1x1 Convs. ``output_stride`` (N, or one
+    size per spatial axis; ``"4x2"`` from the command line): the maps step by N input pixels instead of
+    the backbone's stride (fully convolutional mode only; see :mod:`onnx_fc2conv.stride`)."""
 
     keep_output_shape: bool = False
     dense_pool: bool = False
@@ -34,8 +36,12 @@ class Options:
     input_shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
     token_layout: str | None = None
     vector_fc: bool = False
+    output_stride: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "output_stride", parse_output_stride(self.output_stride))
+        if self.output_stride is not None and self.keep_output_shape:
+            raise UsageError("--output-stride needs the fully convolutional mode, not --keep-output-shape")
         for name in ("skip_rules", "include", "exclude"):
             object.__setattr__(self, name, _names(name, getattr(self, name)))
         for name in ("keep_output_shape", "dense_pool", "vector_fc"):
@@ -71,6 +77,22 @@ class Options:
         if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def parse_output_stride(value) -> tuple[int, ...] | None:
+    """``4``, ``"4"``, ``"4x2"`` or ``(4, 2)`` as a tuple of positive sizes (one: every spatial axis)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        if not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
+            raise UsageError(f"--output-stride {value!r}: expected a positive size N or NxM, e.g. 4 or 4x2")
+        value = tuple(int(p) for p in parts)
+    sizes = (value,) if isinstance(value, int) else value
+    if not isinstance(sizes, tuple | list) or not sizes or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise UsageError(f"--output-stride {value!r}: expected a positive size N or NxM, e.g. 4 or 4x2")
+    return tuple(sizes)
 
 
 def _names(option: str, value) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from .apply import reinfer_shapes, rewrite
-from .errors import VerificationFailed
+from .errors import OutputStrideError, UsageError, VerificationFailed
 from .fold import fold_batch
 from .graph import opset_version
 from .inputs import check_input_options
@@ -22,6 +22,7 @@ from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
 from .safety import check_output_path, check_tolerances, external_data_path
+from .stride import refine_output_stride
 from .verify import verify as run_verification
 
 
@@ -53,12 +54,15 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     steps that take a while on stderr.
 
     The rule options (``keep_output_shape``, ``dense_pool``, ``skip_rules``, ``include``,
-    ``exclude``, ``input_shapes``, ``token_layout``, ``vector_fc``: see :class:`Options`) come as
+    ``exclude``, ``input_shapes``, ``token_layout``, ``vector_fc``, ``output_stride``: see :class:`Options`) come as
     ``options``, as keywords, or both (keywords win). ``input_data`` (a dict of arrays, or an
     ``.npz`` path) feeds the original-size check; its arrays pin input shapes too.
     """
     options = Options.from_keywords(options, rule_options)
     check_tolerances(rtol, atol)
+    if fold_batch and options.output_stride is not None:  # the record's attributes are those before the fold
+        raise UsageError("--fold-batch and --output-stride do not combine (the finer map is proved through "
+                         "the unfolded convs)")
     if output_path is not None:
         check_output_path(model, Path(output_path), inplace)
     seconds: dict[str, float] = {}
@@ -79,6 +83,8 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     with progress.step("rewrite", f"rewriting {label} ({megabytes(size)} of weights)"):
         report = ConversionReport(model=label, opset=opset_version(work), mode=options.mode)
         record = rewrite(work, options, report)
+        if options.output_stride is not None:
+            report.output_stride = _refine_output_stride(work, record, options.output_stride, report)
         if record is not None:
             write_record(work, record)
             if fold_batch and report.converted:
@@ -105,6 +111,14 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             save_model(work, output_path, external_data=external)
     report.seconds = seconds
     return result
+
+
+def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | None, output_stride, report):
+    if record is None or not report.converted:
+        raise OutputStrideError("stride_mode", "--output-stride: no FC head of this model was converted")
+    refined = refine_output_stride(model, record, output_stride)
+    reinfer_shapes(model, {})
+    return refined
 
 
 def _fold_batch(model: onnx.ModelProto, record: ConversionRecord, report: ConversionReport) -> None:

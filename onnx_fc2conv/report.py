@@ -106,6 +106,9 @@ class VerificationResult:
                 f"(rtol {self.rtol:g}, atol {self.atol:g})")
         if windows:
             text += f", {windows} window positions matched"
+        cells = sum(c.compared for c in ran if c.check.startswith("stride ") and " crops " in c.check)
+        if cells:
+            text += f", {cells} finer-map cells matched the original on crops"
         lengths = sorted({c.check.rsplit(" ", 1)[1] for c in ran if c.check.startswith("sequence length")}, key=int)
         if lengths:
             text += f", also at sequence lengths {' and '.join(lengths)}"
@@ -159,6 +162,31 @@ class RunReport:
 
 
 @dataclass
+class StrideReport:
+    """``--output-stride``: the maps' stride before and after (input pixels per cell, per spatial axis),
+    the layers that now run at a finer stride, the kernels dilated, the padding margin (pixels from a
+    border within which a cell can differ from the original run on its crop), an opset upgrade."""
+
+    before: list[int]
+    after: list[int]
+    margin: list[int]
+    finer_strides: list[str] = field(default_factory=list)
+    dilated: list[str] = field(default_factory=list)
+    opset_upgraded: list[int] | None = None
+
+    def lines(self) -> list[str]:
+        x = lambda sizes: "x".join(map(str, sizes))  # noqa: E731
+        changed = (f"{len(self.finer_strides)} strided layer{'s' * (len(self.finer_strides) != 1)} finer "
+                   f"({', '.join(self.finer_strides)}), {len(self.dilated)} kernel{'s' * (len(self.dilated) != 1)} "
+                   "dilated" if self.finer_strides else "the backbone's own stride, nothing changed")
+        lines = [f"output stride {x(self.before)} -> {x(self.after)}: {changed}; padding margin {x(self.margin)} px"]
+        if self.opset_upgraded:
+            lines.append(f"opset upgraded {self.opset_upgraded[0]} -> {self.opset_upgraded[1]} (onnx's "
+                         "version_converter) for the dilated pools")
+        return lines
+
+
+@dataclass
 class ConversionReport:
     model: str
     opset: int
@@ -170,6 +198,7 @@ class ConversionReport:
     flattens_added: int = 0
     transposes_added: int = 0
     runs: list[RunReport] = field(default_factory=list)
+    output_stride: StrideReport | None = None
     notes: list[str] = field(default_factory=list)
     verification: VerificationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -224,6 +253,8 @@ class ConversionReport:
                          f"{sum(r.transposes_added for r in self.runs)} Transpose, "
                          f"{sum(r.unsqueezes_added for r in self.runs)} Unsqueeze and "
                          f"{sum(r.squeezes_added for r in self.runs)} Squeeze (-v lists each run)")
+        if self.output_stride is not None:
+            lines.extend("  " + line for line in self.output_stride.lines())
         if self.flattens_added or self.transposes_added:
             lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
         lines.extend(f"  note: {n}" for n in self.notes)

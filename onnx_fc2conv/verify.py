@@ -32,6 +32,7 @@ from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismat
 from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
+from .stride import aligned_margin, coarse_model, crop_cells
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
 RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
@@ -64,6 +65,7 @@ NCHWC_BLOCK = 16  # the largest block ONNX Runtime's NCHWc transform pads a Conv
 PROTOBUF_TENSOR_LIMIT = 1 << 31  # bytes of one initializer ONNX Runtime embeds
 FLOAT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
 RANDOM_POSITIONS = 6
+MAX_CROP_CELLS = 24  # cells of a finer map compared against the original on crops, per size
 
 
 def verify(original, converted, *, providers=("cpu",), rtol: float | None = None, atol: float | None = None,
@@ -82,6 +84,26 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
+    record = read_record(converted)
+    if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
+        return _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol,
+                      input_shapes, input_data, seed)[0]
+    # A finer map: today's proof of the stride-S conversion it came from, then the finer map against
+    # that conversion (phase 0) and against the original on crops.
+    coarse = coarse_model(converted)
+    result, feeds, index = _prove(original, original_folder, coarse, converted_folder, None, providers, rtol, atol,
+                                  input_shapes, input_data, seed)
+    _output_stride_checks(original, original_folder, coarse, converted, converted_folder, converted_path, record,
+                          providers, feeds, index, result, seed)
+    result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
+    return result
+
+
+def _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol, input_shapes,
+           input_data, seed) -> tuple[VerificationResult, dict, GraphIndex]:
+    """Today's proof of ``converted`` (read from ``converted_path`` where it is a file): the original
+    size, the sliding window, the sequence lengths. Returns the result, the original-size inputs and
+    the index of the original."""
     index = GraphIndex(original, data_folder=original_folder)  # one index of the original serves every check
     feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data, index=index)
     try:
@@ -149,7 +171,7 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     if record is not None and problem is None and record.token_axes is not None:
         _sequence_length_checks(original, expected_session, record.token_axes, feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
-    return result
+    return result, feeds, index
 
 
 def _record_problem(record: ConversionRecord | None, original, converted, expected: dict,
@@ -300,11 +322,17 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
         want = _run(head_session, {**extra, head.feature_map: crop})[output]
         got = out_map[(slice(None), slice(None), *pos)]
         one = _compare(check, provider, output, got, want, result.rtol, result.atol, result.precision)
-        worst.passed &= one.passed
         worst.note = worst.note or one.note
-        for measure in ("max_abs_error", "max_rel_error", "needed_atol"):
-            setattr(worst, measure, max(getattr(worst, measure), getattr(one, measure)))
+        _keep_worst(worst, one)
     return worst
+
+
+def _keep_worst(worst: CheckResult, one: CheckResult) -> None:
+    """Fold one comparison of a sampled check into the check's line: failed if any failed, and the
+    largest of each error."""
+    worst.passed &= one.passed
+    for measure in ("max_abs_error", "max_rel_error", "needed_atol"):
+        setattr(worst, measure, max(getattr(worst, measure), getattr(one, measure)))
 
 
 def _sample_positions(shape: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, ...]]:
@@ -354,6 +382,137 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
     m = onnx.helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     m.functions.extend(model.functions)
     return m
+
+
+# ---- output stride ------------------------------------------------------------------------------
+
+def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_path, record, providers, feeds, index,
+                          result, seed) -> None:
+    """(a) At the original size and two larger ones (one not square), the finer map's phase-0 cells
+    (``out[..., ::S/N, ::S/N]``) equal the stride-S conversion's map. (b) Every sampled cell (i, j)
+    whose crop of the original size at (i*N, j*N) lies inside the image equals the original model
+    run on that crop. (c) Where the backbone pads, the crop keeps the padding margin around it (the
+    begin side rounded up to S): the original backbone runs on the larger crop and the original head
+    on the window at the margin, so padding reaches neither that window nor the finer map's cell."""
+    stride = record.output_stride
+    name, axes = next(iter(record.spatial_inputs.items()))
+    heads = [h for h in record.heads if h.outputs]
+    every = "x".join(map(str, stride.stride))
+    result.notes.append(f"output stride {every} (the backbone's is {'x'.join(map(str, stride.backbone_stride))}): "
+                        f"the 'stride {every}' checks prove the finer map; the others prove the stride-"
+                        f"{'x'.join(map(str, stride.backbone_stride))} conversion it was made from; padding margin "
+                        f"{'x'.join(str(max(b, e)) for b, e in zip(stride.margin_begin, stride.margin_end))} px")
+    fine_sessions = {}
+    for provider in providers:
+        try:
+            session = _session(fine, provider, folder, fine_path)
+        except Exception as exc:  # noqa: BLE001 - a finer model that does not load is a failed proof
+            result.checks.append(CheckResult(f"stride {every}", provider, "*", False, compared=1,
+                                             note=f"the finer model does not load: {first_line(exc)}", **NOT_COMPARED))
+            continue
+        if session is not None:
+            fine_sessions[provider] = session
+    coarse_session = _session(coarse, "cpu", folder)
+    original_size = [feeds[name].shape[a] for a in axes]
+    pad = [aligned_margin(stride, a) + stride.margin_end[a] for a in range(len(axes))]
+    rng = np.random.default_rng(seed + 3)
+    sizes = [original_size] + [[s + p for s, p in zip(size, pad)] for size in larger_sizes(original_size)]
+    padded = any(pad)
+    if padded:
+        backbone = _session(cut_model(original, [], [h.feature_map for h in heads], index.types,
+                                      free_axes=record.spatial_inputs), "cpu", original_folder)
+        head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, index.types, batch_free=True),
+                                  "cpu", original_folder) for h in heads]
+    else:
+        whole = _session(original, "cpu", original_folder)
+    for number, size in enumerate(sizes):
+        text = "x".join(map(str, size))
+        large = feeds if number == 0 else _resized_feeds(feeds, {name: dict(zip(axes, size))}, rng)
+        want = _reference_run(coarse_session, large, result, f"stride {every} phase 0 {text}: the stride-S "
+                              "conversion does not run at this size")
+        for provider, got in _converted_outputs(f"stride {every} phase 0 {text}", fine_sessions, large, result):
+            for output in (o for h in heads for o in h.outputs):
+                if want is not None:
+                    result.checks.append(_phase_zero_check(f"stride {every} phase 0 {text}", provider, output,
+                                                           got[output], want[output], stride, result))
+                if number == 0:
+                    continue
+                cells = crop_cells(got[output].shape[2:], tuple(size), tuple(original_size), stride)
+                if not cells:
+                    result.skipped.append(f"stride {every} crops {text}: no cell's crop lies inside the image")
+                    continue
+                if padded:
+                    head = next(h for h in heads if output in h.outputs)
+                    reference = _margin_reference(backbone, head_sessions[heads.index(head)], head, large, name, axes,
+                                                  original_size, stride, index.types, output)
+                else:
+                    reference = _crop_reference(whole, large, name, axes, original_size, stride, output)
+                result.checks.append(_crop_check(f"stride {every} crops {text}", provider, output, got[output],
+                                                 cells, reference, result, rng))
+
+
+def _phase_zero_check(check, provider, output, got, want, stride, result) -> CheckResult:
+    steps = [s // n for s, n in zip(stride.backbone_stride, stride.stride)]
+    phase = got[(slice(None), slice(None), *(slice(None, None, r) for r in steps))]
+    if any(p < w for p, w in zip(phase.shape[2:], want.shape[2:])):
+        return CheckResult(check, provider, output, False, compared=1,
+                           note=f"phase 0 of the map is {list(phase.shape[2:])}, smaller than the stride-S "
+                                f"map {list(want.shape[2:])}", **NOT_COMPARED)
+    phase = phase[(slice(None), slice(None), *(slice(0, w) for w in want.shape[2:]))]
+    return _compare(check, provider, output, phase, want, result.rtol, result.atol, result.precision)
+
+
+def _crop_reference(session, feeds, name, axes, original_size, stride, output):
+    """The original model's output on the crop of the original size at ``cell * N``."""
+    def reference(cell):
+        crop = _crop(feeds[name], axes, [i * n for i, n in zip(cell, stride.stride)], original_size)
+        return _run(session, {**feeds, name: crop})[output]
+    return reference
+
+
+def _margin_reference(backbone, head_session, head, feeds, name, axes, original_size, stride, types, output):
+    """The original backbone on the crop at ``cell * N`` with the padding margin around it, and the
+    original head on the window of its map at the margin."""
+    margin = [aligned_margin(stride, a) for a in range(len(axes))]
+    map_size = list(types[head.feature_map][1][2:])
+    extra = {k: v for k, v in feeds.items() if k in {i.name for i in head_session.get_inputs()}}
+
+    def reference(cell):
+        start = [i * n - m for i, n, m in zip(cell, stride.stride, margin)]
+        size = [s + m + e for s, m, e in zip(original_size, margin, stride.margin_end)]
+        fmap = _run(backbone, {**feeds, name: _crop(feeds[name], axes, start, size)})[head.feature_map]
+        window = fmap[(slice(None), slice(None), *(slice(m // s, m // s + w)
+                                                   for m, s, w in zip(margin, stride.backbone_stride, map_size)))]
+        return _run(head_session, {**extra, head.feature_map: window})[output]
+    return reference
+
+
+def _crop(value: np.ndarray, axes, start, size) -> np.ndarray:
+    index = [slice(None)] * value.ndim
+    for axis, begin, length in zip(axes, start, size):
+        index[axis] = slice(begin, begin + length)
+    return value[tuple(index)]
+
+
+def _crop_check(check, provider, output, out_map, cells, reference, result, rng) -> CheckResult:
+    """The finer map's cells against ``reference(cell)``, at up to MAX_CROP_CELLS of ``cells`` (the
+    corners and the centre of their range, then random ones)."""
+    chosen = cells
+    if len(cells) > MAX_CROP_CELLS:
+        ranges = [sorted({c[a] for c in cells}) for a in range(len(cells[0]))]
+        picked = set(itertools.product(*[(r[0], r[-1]) for r in ranges])) | {tuple(r[len(r) // 2] for r in ranges)}
+        rest = [c for c in cells if c not in picked]
+        picked.update(rest[int(i)] for i in rng.choice(len(rest), MAX_CROP_CELLS - len(picked), replace=False))
+        chosen = sorted(picked)
+    worst = CheckResult(check, provider, output, True, compared=len(chosen),
+                        note=f"cells of {len(cells)} whose crop lies inside the image")
+    for cell in chosen:
+        one = _compare(check, provider, output, out_map[(slice(None), slice(None), *cell)], reference(cell),
+                       result.rtol, result.atol, result.precision)
+        if one.note and not one.passed:
+            worst.note = f"{worst.note}; at cell {list(cell)}: {one.note}"
+        _keep_worst(worst, one)
+    return worst
 
 
 # ---- running and comparing ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.e2e
 # name -> FC nodes the converter must turn into Convs (by default, without token or vector options)
 EXPECTED_CONVERTED = {
     "seed_fc": 1, "lenet5": 3, "vgg_small": 3, "gap_head": 1, "torch_view_head": 2, "matmul_add_head": 2,
+    "residual_pad": 1, "residual_valid": 1, "resnet_tiny": 1, "vgg_tv": 3,
 }
 
 

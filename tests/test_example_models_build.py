@@ -37,6 +37,10 @@ EXPECTED_IO = {
     "lenet5_fp16": ("input", ["N", 1, 32, 32], "logits", ["N", 10]),
     "bert_layer_fp16": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
     "bert_layer_fused": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
+    "residual_pad": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "residual_valid": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "resnet_tiny": ("input", ["N", 3, 64, 64], "logits", ["N", 10]),
+    "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -52,6 +56,10 @@ EXPECTED_FC = {
     "lenet5_fp16": (3, 0),
     "bert_layer_fp16": (0, 6),
     "bert_layer_fused": (0, 3),  # the Q/K/V projections are inside the fused Attention
+    "residual_pad": (1, 0),
+    "residual_valid": (1, 0),
+    "resnet_tiny": (1, 0),
+    "vgg_tv": (3, 0),
 }
 # name -> the opsets of other domains it imports
 DOMAINS = {"bert_layer_fused": [("com.microsoft", 1)]}

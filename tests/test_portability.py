@@ -39,7 +39,8 @@ CONV1D, CONV2D = {"token_layout": "conv1d"}, {"token_layout": "conv2d"}
 # models/: the modes test_example_models.py and test_token_vector.py convert each in.
 EXAMPLE_MODES = {
     **{f"{name}.onnx": [FCN, KEEP] for name in
-       ("seed_fc", "lenet5", "vgg_small", "gap_head", "torch_view_head", "matmul_add_head")},
+       ("seed_fc", "lenet5", "vgg_small", "gap_head", "torch_view_head", "matmul_add_head", "residual_pad",
+        "residual_valid", "resnet_tiny", "vgg_tv")},
     **{f"{name}.onnx": [CONV1D, CONV2D] for name in ("bert_layer", "bert_layer_fp16", "bert_layer_fused")},
     "lenet5_fp16.onnx": [FCN, KEEP],
     "seed_mlp.onnx": [VECTOR],

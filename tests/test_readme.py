@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT
 
 from onnx_fc2conv import REASONS, RULE_NAMES
+from onnx_fc2conv.stride import STRIDE_REASONS
 
 README = (ROOT / "README.md").read_text()
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<lang>\w*)(?P<test> test)?\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
@@ -91,7 +92,7 @@ def _table_first_column(heading: str) -> list[str]:
 
 def test_reason_code_table_lists_every_reason_code():
     codes = [cell.strip("`") for cell in _table_first_column("Reason codes")]
-    assert sorted(codes) == sorted(REASONS)
+    assert sorted(codes) == sorted([*REASONS, *STRIDE_REASONS])
 
 
 def test_supported_patterns_table_links_every_rule_module():
