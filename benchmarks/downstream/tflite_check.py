@@ -1,7 +1,8 @@
 """Run onnx2tf's float32 .tflite of a converted model and compare it with ONNX Runtime on the .onnx.
 
-    onnx2tf -i MODEL.onnx -o tf_out -ois INPUT:1,3,64,64
-    python tflite_check.py MODEL.onnx tf_out/MODEL_float32.tflite 1,3,64,64
+    cp MODEL.onnx COPY.onnx        # onnx2tf saves its simplified model over the file it is given
+    onnx2tf -i COPY.onnx -o tf_out -ois INPUT:1,3,64,64
+    python tflite_check.py MODEL.onnx tf_out/COPY_float32.tflite 1,3,64,64
 
 Run in its own venv (tensorflow, onnx2tf, ai-edge-litert, onnxruntime); see the README's portability table.
 onnx2tf moves the channel axis last (NCHW -> NHWC, NCW -> NWC), so the input is fed and the output
