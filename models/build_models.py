@@ -150,6 +150,35 @@ class _Graph:
         axes_name = self.const_i64(f"{prefix}.axes", axes)
         return self.node("ReduceMean", [x, axes_name], prefix, keepdims=1)
 
+    def layer_norm(self, x: str, prefix: str, d: int, eps: float, out: str | None = None) -> str:
+        """LayerNorm over the last axis: native from opset 17, decomposed (ReduceMean/Sub/Pow/...) below."""
+        gamma = self.init(f"{prefix}.weight", (1.0 + self.uniform((d,), 0.1)).astype(np.float32))
+        beta = self.init(f"{prefix}.bias", self.uniform((d,), 0.1))
+        if self.opset >= 17:
+            return self.node("LayerNormalization", [x, gamma, beta], prefix, out=out, axis=-1, epsilon=eps)
+        mean = self.reduce_mean(x, [-1], f"{prefix}.mean")
+        centred = self.node("Sub", [x, mean], f"{prefix}.sub")
+        two = self.const_f(f"{prefix}.two", 2.0)
+        sq = self.node("Pow", [centred, two], f"{prefix}.pow")
+        var = self.reduce_mean(sq, [-1], f"{prefix}.var")
+        e = self.const_f(f"{prefix}.eps", eps)
+        var = self.node("Add", [var, e], f"{prefix}.add_eps")
+        std = self.node("Sqrt", [var], f"{prefix}.sqrt")
+        nrm = self.node("Div", [centred, std], f"{prefix}.div")
+        y = self.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
+        return self.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
+
+    def gelu_erf(self, x: str, prefix: str) -> str:
+        """``0.5 * x * (1 + erf(x / sqrt(2)))``, as torch.onnx writes ``nn.GELU()`` before opset 20."""
+        sqrt2 = self.const_f(f"{prefix}.sqrt2", 1.4142135)
+        one = self.const_f(f"{prefix}.one", 1.0)
+        half = self.const_f(f"{prefix}.half", 0.5)
+        t = self.node("Div", [x, sqrt2], f"{prefix}.div")
+        t = self.node("Erf", [t], f"{prefix}.erf")
+        t = self.node("Add", [t, one], f"{prefix}.add")
+        t = self.node("Mul", [x, t], f"{prefix}.mul")
+        return self.node("Mul", [t, half], f"{prefix}.mul_half")
+
     def dropout(self, x: str, prefix: str, ratio: float = 0.5) -> str:
         """Inference-form Dropout: a single data input (identity at inference)."""
         if self.opset < 12:
@@ -339,22 +368,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     eps = 1e-5
 
     def layer_norm(x: str, prefix: str, out: str | None = None) -> str:
-        gamma = g.init(f"{prefix}.weight", (1.0 + g.uniform((d_model,), 0.1)).astype(np.float32))
-        beta = g.init(f"{prefix}.bias", g.uniform((d_model,), 0.1))
-        if opset >= 17:
-            return g.node("LayerNormalization", [x, gamma, beta], prefix, out=out,
-                          axis=-1, epsilon=eps)
-        mean = g.reduce_mean(x, [-1], f"{prefix}.mean")
-        d = g.node("Sub", [x, mean], f"{prefix}.sub")
-        two = g.const_f(f"{prefix}.two", 2.0)
-        sq = g.node("Pow", [d, two], f"{prefix}.pow")
-        var = g.reduce_mean(sq, [-1], f"{prefix}.var")
-        e = g.const_f(f"{prefix}.eps", eps)
-        var = g.node("Add", [var, e], f"{prefix}.add_eps")
-        std = g.node("Sqrt", [var], f"{prefix}.sqrt")
-        nrm = g.node("Div", [d, std], f"{prefix}.div")
-        y = g.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
-        return g.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
+        return g.layer_norm(x, prefix, d_model, eps, out=out)
 
     def linear(x: str, prefix: str, n_in: int, n_out: int, gain: float) -> str:
         w = g.matmul_weight(prefix, n_in, n_out, gain=gain)
@@ -387,14 +401,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     a = layer_norm(a, "attention.layer_norm")
 
     f = linear(a, "ffn.intermediate", d_model, d_ff, 6.0)
-    sqrt2 = g.const_f("ffn.gelu.sqrt2", 1.4142135)
-    one = g.const_f("ffn.gelu.one", 1.0)
-    half = g.const_f("ffn.gelu.half", 0.5)
-    t = g.node("Div", [f, sqrt2], "ffn.gelu.div")
-    t = g.node("Erf", [t], "ffn.gelu.erf")
-    t = g.node("Add", [t, one], "ffn.gelu.add")
-    t = g.node("Mul", [f, t], "ffn.gelu.mul")
-    t = g.node("Mul", [t, half], "ffn.gelu.mul_half")
+    t = g.gelu_erf(f, "ffn.gelu")
     f = linear(t, "ffn.output", d_ff, d_model, 3.0)
     f = g.node("Add", [f, a], "ffn.residual")
     layer_norm(f, "ffn.layer_norm", out="out")
@@ -580,6 +587,148 @@ def vgg_tv(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
+def gpt2_blocks(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Two GPT-2 blocks (hidden 32, 4 heads of 8, MLP 128) on [B,T,32], every FC layer a Hugging Face
+    ``Conv1D`` as torch.onnx writes it: ``Reshape(x, [-1, D]) -> Gemm(W [D,F], b) -> Reshape([B,T,F])``."""
+    opset = _check_opset(opset)
+    g = _Graph("gpt2_blocks", seed=2, opset=opset)
+    d_model, n_heads, d_head, d_mlp, n_positions = 32, 4, 8, 128, 64
+    eps = 1e-5
+    causal = g.init("attn.bias", np.tril(np.ones((n_positions, n_positions), np.float32))[None, None])
+
+    def dims_of(x: str, prefix: str, axes: Sequence[int]) -> list[str]:
+        """``x.size(i)`` for each axis: one Shape -> Gather -> Unsqueeze each, as TorchScript traces it."""
+        sizes = []
+        for axis in axes:
+            shape = g.node("Shape", [x], f"{prefix}.shape{axis}")
+            index = f"{prefix}.axis{axis}"
+            g.inits.append(numpy_helper.from_array(np.array(axis, np.int64), index))  # a scalar index
+            size = g.node("Gather", [shape, index], f"{prefix}.gather{axis}", axis=0)
+            sizes.append(g.unsqueeze(size, [0], f"{prefix}.unsqueeze{axis}"))
+        return sizes
+
+    def conv1d(x: str, prefix: str, nx: int, nf: int, gain: float, traced_sizes: bool) -> str:
+        """``size_out = x.size()[:-1] + (nf,); x = torch.addmm(bias, x.view(-1, x.size(-1)), weight);
+        x.view(size_out)``: the weight is stored [nx, nf] (Gemm transB=0). ``traced_sizes``: the shapes
+        come from Shape -> Gather -> Unsqueeze -> Concat; else the row shape is a constant [-1, nx] and
+        size_out is Shape -> Slice(:-1) -> Concat (what an exporter that folds static sizes writes)."""
+        w = g.init(f"{prefix}.weight", g.uniform((nx, nf), math.sqrt(gain / nx)))
+        b = g.bias(prefix, nf, nx)
+        if traced_sizes:
+            (last,) = dims_of(x, f"{prefix}.size_in", [2])
+            rows_shape = g.node("Concat", [g.const_i64(f"{prefix}.minus_one", [-1]), last], f"{prefix}.rows_shape",
+                                axis=0)
+        else:
+            rows_shape = g.const_i64(f"{prefix}.rows_shape", [-1, nx])
+        rows = g.node("Reshape", [x, rows_shape], f"{prefix}.view_rows")
+        y = g.node("Gemm", [rows, w, b], f"{prefix}.addmm", alpha=1.0, beta=1.0)
+        if traced_sizes:
+            leading = dims_of(x, f"{prefix}.size_out", [0, 1])
+        else:
+            shape = g.node("Shape", [x], f"{prefix}.size_out.shape")
+            leading = [g.node("Slice", [shape, g.const_i64(f"{prefix}.size_out.start", [0]),
+                                        g.const_i64(f"{prefix}.size_out.end", [-1])], f"{prefix}.size_out.slice")]
+        out_shape = g.node("Concat", [*leading, g.const_i64(f"{prefix}.nf", [nf])], f"{prefix}.size_out", axis=0)
+        return g.node("Reshape", [y, out_shape], f"{prefix}.view_out")
+
+    def split_heads(x: str, prefix: str, perm: list[int]) -> str:
+        batch, seq = dims_of(x, f"{prefix}.size", [0, 1])
+        shape = g.node("Concat", [batch, seq, g.const_i64(f"{prefix}.heads", [n_heads, d_head])], f"{prefix}.shape",
+                       axis=0)
+        return g.node("Transpose", [g.node("Reshape", [x, shape], f"{prefix}.view")], f"{prefix}.permute", perm=perm)
+
+    def gelu_new(x: str, prefix: str) -> str:
+        """``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3)))``, GPT-2's ``gelu_new``."""
+        half = g.node("Mul", [x, g.const_f(f"{prefix}.half", 0.5)], f"{prefix}.mul_half")
+        cube = g.node("Pow", [x, g.const_f(f"{prefix}.three", 3.0)], f"{prefix}.pow")
+        t = g.node("Mul", [cube, g.const_f(f"{prefix}.coef", 0.044715)], f"{prefix}.mul_coef")
+        t = g.node("Add", [x, t], f"{prefix}.add")
+        t = g.node("Mul", [t, g.const_f(f"{prefix}.sqrt_2_over_pi", math.sqrt(2.0 / math.pi))], f"{prefix}.mul_scale")
+        t = g.node("Tanh", [t], f"{prefix}.tanh")
+        t = g.node("Add", [t, g.const_f(f"{prefix}.one", 1.0)], f"{prefix}.add_one")
+        return g.node("Mul", [half, t], f"{prefix}.mul")
+
+    h = "hidden"
+    for i in range(2):
+        p, traced = f"h.{i}", i == 0
+        a = g.layer_norm(h, f"{p}.ln_1", d_model, eps)
+        qkv = conv1d(a, f"{p}.attn.c_attn", d_model, 3 * d_model, 3.0, traced)
+        if opset >= 13:
+            split = [g.const_i64(f"{p}.attn.split", [d_model] * 3)]
+            q, k, v = (f"{p}.attn.split/Split_output_{j}" for j in range(3))
+            g.nodes.append(helper.make_node("Split", [qkv, *split], [q, k, v], name=f"{p}.attn.split/Split", axis=2))
+        else:
+            q, k, v = (f"{p}.attn.split/Split_output_{j}" for j in range(3))
+            g.nodes.append(helper.make_node("Split", [qkv], [q, k, v], name=f"{p}.attn.split/Split", axis=2,
+                                            split=[d_model] * 3))
+        q = split_heads(q, f"{p}.attn.query", [0, 2, 1, 3])
+        k = split_heads(k, f"{p}.attn.key", [0, 2, 3, 1])
+        v = split_heads(v, f"{p}.attn.value", [0, 2, 1, 3])
+        w = g.node("MatMul", [q, k], f"{p}.attn.scores")
+        w = g.node("Div", [w, g.const_f(f"{p}.attn.scale", math.sqrt(d_head))], f"{p}.attn.scale")
+        (seq,) = dims_of(w, f"{p}.attn.mask_size", [3])
+        mask = g.node("Slice", [causal, g.const_i64(f"{p}.attn.mask_start", [0, 0]), g.node(
+            "Concat", [seq, seq], f"{p}.attn.mask_end", axis=0), g.const_i64(f"{p}.attn.mask_axes", [2, 3])],
+            f"{p}.attn.mask")
+        w = g.node("Mul", [w, mask], f"{p}.attn.keep")
+        masked = g.node("Sub", [g.const_f(f"{p}.attn.one", 1.0), mask], f"{p}.attn.masked")
+        w = g.node("Sub", [w, g.node("Mul", [masked, g.const_f(f"{p}.attn.big", 1e4)], f"{p}.attn.fill")],
+                   f"{p}.attn.apply_mask")
+        w = g.node("Softmax", [w], f"{p}.attn.softmax", axis=-1)
+        c = g.node("MatMul", [w, v], f"{p}.attn.context")
+        c = g.node("Transpose", [c], f"{p}.attn.merge.permute", perm=[0, 2, 1, 3])
+        batch, seq = dims_of(c, f"{p}.attn.merge.size", [0, 1])
+        merged = g.node("Concat", [batch, seq, g.const_i64(f"{p}.attn.merge.width", [d_model])],
+                        f"{p}.attn.merge.shape", axis=0)
+        c = g.node("Reshape", [c, merged], f"{p}.attn.merge.view")
+        h = g.node("Add", [h, conv1d(c, f"{p}.attn.c_proj", d_model, d_model, 3.0, traced)], f"{p}.attn.residual")
+        m = g.layer_norm(h, f"{p}.ln_2", d_model, eps)
+        m = gelu_new(conv1d(m, f"{p}.mlp.c_fc", d_model, d_mlp, 6.0, traced), f"{p}.mlp.act")
+        h = g.node("Add", [h, conv1d(m, f"{p}.mlp.c_proj", d_mlp, d_model, 3.0, traced)], f"{p}.mlp.residual")
+    g.layer_norm(h, "ln_f", d_model, eps, out="out")
+    return g.model(
+        [_vi("hidden", ["B", "T", d_model])], [_vi("out", ["B", "T", d_model])],
+        "Two GPT-2 blocks: c_attn, attention c_proj, c_fc, mlp c_proj as Hugging Face Conv1D "
+        "(Reshape [-1,D] -> Gemm W[D,F] -> Reshape [B,T,F]); block 0 traces its sizes through Shape/Gather/"
+        "Unsqueeze/Concat, block 1 has constant row shapes; gelu_new (tanh form), causal mask table [1,1,64,64].",
+    )
+
+
+def mlp_mixer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Two MLP-Mixer blocks (timm ``MixerBlock``) on 16 patches of 32 channels, [N,16,32]: token mixing
+    ``x + Transpose(MLP(Transpose(LN(x), (0,2,1))), (0,2,1))`` (16 -> 64 -> 16), then channel mixing
+    ``x + MLP(LN(x))`` (32 -> 128 -> 32); every Linear a MatMul + Add, GELU in its erf form."""
+    opset = _check_opset(opset)
+    g = _Graph("mlp_mixer", seed=16, opset=opset)
+    n_patches, d_model, d_tokens, d_channels = 16, 32, 64, 128
+    eps = 1e-6
+
+    def mlp(x: str, prefix: str, n_in: int, n_hidden: int) -> str:
+        y = g.node("MatMul", [x, g.matmul_weight(f"{prefix}.fc1", n_in, n_hidden)], f"{prefix}.fc1.matmul")
+        y = g.gelu_erf(g.node("Add", [y, g.bias(f"{prefix}.fc1", n_hidden, n_in)], f"{prefix}.fc1.add"),
+                       f"{prefix}.act")
+        y = g.node("MatMul", [y, g.matmul_weight(f"{prefix}.fc2", n_hidden, n_in, gain=3.0)], f"{prefix}.fc2.matmul")
+        return g.node("Add", [y, g.bias(f"{prefix}.fc2", n_in, n_hidden)], f"{prefix}.fc2.add")
+
+    x = "patches"
+    for i in range(2):
+        p = f"blocks.{i}"
+        y = g.node("Transpose", [g.layer_norm(x, f"{p}.norm1", d_model, eps)], f"{p}.mlp_tokens.transpose_in",
+                   perm=[0, 2, 1])
+        y = g.node("Transpose", [mlp(y, f"{p}.mlp_tokens", n_patches, d_tokens)], f"{p}.mlp_tokens.transpose_out",
+                   perm=[0, 2, 1])
+        x = g.node("Add", [x, y], f"{p}.token_residual")
+        y = mlp(g.layer_norm(x, f"{p}.norm2", d_model, eps), f"{p}.mlp_channels", d_model, d_channels)
+        x = g.node("Add", [x, y], f"{p}.channel_residual")
+    g.layer_norm(x, "norm", d_model, eps, out="out")
+    return g.model(
+        [_vi("patches", ["N", n_patches, d_model])], [_vi("out", ["N", n_patches, d_model])],
+        "Two MLP-Mixer blocks on [N,16,32]: token mixing between Transpose(0,2,1) pairs (MatMul [16,64] + Add, "
+        "erf-GELU, MatMul [64,16] + Add), channel mixing (MatMul [32,128] + Add, erf-GELU, MatMul [128,32] + Add), "
+        f"residual Adds; LayerNormalization is {'native' if opset >= 17 else 'decomposed (opset < 17)'}.",
+    )
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -596,6 +745,8 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "residual_valid": residual_valid,
     "resnet_tiny": resnet_tiny,
     "vgg_tv": vgg_tv,
+    "gpt2_blocks": gpt2_blocks,
+    "mlp_mixer": mlp_mixer,
 }
 
 

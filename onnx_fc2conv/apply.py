@@ -162,12 +162,13 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
         if isinstance(outcome, Match):
             built = outcome.build()
             new_nodes = built.nodes
-            read_maps = [n for n in node_inputs(decision.node) if n in ctx.maps]
+            # the maps any node it replaces read (a GPT-2 layer on a map reads it through its Reshape)
+            read_maps = list(dict.fromkeys(n for old in outcome.removed for n in node_inputs(old) if n in ctx.maps))
             if outcome.entry is not None and outcome.layout is not None:
                 new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
                 new_initializers.extend(entry_inits)
                 read_maps = [entered]
-            bridge.record(label, outcome.kind, read_maps, list(outcome.maps))
+            bridge.record(label, outcome.kind, read_maps, list(outcome.maps), outcome.removed)
             replaced[id(outcome.removed[0])] = new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(built.initializers)
@@ -250,17 +251,20 @@ def _restore_layout(ctx: RuleContext, node: onnx.NodeProto, bridge: LayoutBridge
 def _finish_layouts(ctx: RuleContext, graph: onnx.GraphProto, outputs: list[str], bridge: LayoutBridge,
                     report: ConversionReport) -> None:
     """The graph outputs ``outputs`` get their original layout back under their own names (the map
-    is renamed); the report gets the Flattens, runs and Transposes the bridge added."""
+    is renamed); the bridge's Transposes that meet an inverse one of the model's go with it; the
+    report gets the Flattens, runs and Transposes the bridge added (and removed)."""
     for name in outputs:
         nodes, inits, restored = bridge.restore(name, layout_of(ctx.maps[name]), f"output {name}")
         graph.node.extend(nodes)
         graph.initializer.extend(inits)
         _rename_tensor(graph, name, ctx.index.fresh_name(f"{name}_map"))
         _rename_tensor(graph, restored, name)
+    bridge.cancel_inverse_transposes(graph)
     report.flattens_added += bridge.flattens_added
     runs = bridge.reports()
     report.runs.extend(runs)
     report.transposes_added += sum(r.transposes_added for r in runs)
+    report.transposes_removed += sum(r.transposes_removed for r in runs)
 
 
 def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -247,6 +247,24 @@ class GraphIndex:
             return readers[0]
         return None
 
+    def feeding_only(self, nodes: list[onnx.NodeProto], tensors: list[str]) -> list[onnx.NodeProto]:
+        """The nodes that compute ``tensors`` (inputs of ``nodes``) whose outputs only ``nodes`` or each
+        other read, none a graph output: the shape subgraph that goes when ``nodes`` go. The walk
+        goes up from nodes found dead only, and not past a Shape, so it stops at the subgraph's border."""
+        dead = {id(n) for n in nodes}
+        found: list[onnx.NodeProto] = []
+        stack = list(tensors)
+        while stack:  # a node is looked at again each time one more of its readers is found dead
+            node = self.producer.get(stack.pop())
+            if node is None or id(node) in dead or any(o in self.graph_outputs for o in node.output):
+                continue
+            if all(id(reader) in dead for o in node.output for reader in self.consumers.get(o, [])):
+                dead.add(id(node))
+                found.append(node)
+                if not is_onnx_op(node, "Shape"):  # a Shape reads only the dims: its input stays
+                    stack.extend(node_inputs(node))
+        return found
+
     def skip_passthrough(self, name: str) -> str:
         """Walk up through Identity and inference Dropout, which do not change values."""
         node = self.producer.get(name)

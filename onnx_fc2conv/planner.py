@@ -94,7 +94,8 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
             for name, rank in outcome.maps.items():
                 ctx.maps[name] = MapInfo(rank, head, layout)
             removed.update(id(n) for n in outcome.removed)
-            plan.decisions.append(Decision(node, rule, outcome, "converted" if outcome.kind == "fc" else None))
+            plan.decisions.append(Decision(outcome.layer or node, rule, outcome,
+                                           "converted" if outcome.kind == "fc" else None))
         elif reads_map:
             # A head's map meeting such an op blocks the fully convolutional model; a token or vector
             # run simply ends there (reported only when the op is an FC layer left as it is).
@@ -108,6 +109,9 @@ def plan_graph(index: GraphIndex, options: Options) -> Plan:
         elif is_fc_candidate(index, node) or outcome is not None:
             plan.decisions.append(Decision(node, rule, outcome if isinstance(outcome, Skip)
                                            else _default_skip(index, node), "skipped"))
+    # A later match may remove a node planned earlier as the end of a run (a Shape of the map that
+    # computed a GPT-2 layer's Reshape target): gone, it needs no layout back.
+    plan.decisions = [d for d in plan.decisions if not (d.restores and id(d.node) in removed)]
     return plan
 
 
@@ -153,8 +157,9 @@ def _first_outcome(ctx: RuleContext, node: onnx.NodeProto, stage: str, options: 
             continue
         if rule.name in options.skip_rules:
             outcome = Skip("rule_disabled", f"rule {rule.name} is turned off")
-        elif isinstance(outcome, Match) and outcome.kind == "fc" and not options.selects(node):
-            outcome = Skip("excluded", f"{node.name!r} is not selected by --include/--exclude")
+        elif isinstance(outcome, Match) and outcome.kind == "fc" and not options.selects(outcome.layer or node):
+            layer = outcome.layer or node
+            outcome = Skip("excluded", f"{layer.name!r} is not selected by --include/--exclude")
         if isinstance(outcome, Match):
             return outcome, rule.name
         if refusal[0] is None:

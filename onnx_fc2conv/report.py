@@ -146,6 +146,9 @@ class RunReport:
     transposes_added: int = 0
     unsqueezes_added: int = 0  # size-1 axes inserted (conv2d, vector) on entry
     squeezes_added: int = 0  # and removed again on restore
+    # the model's own: a GPT-2 layer's two Reshapes, a Transpose that undid one the run would add
+    transposes_removed: int = 0
+    reshapes_removed: int = 0
 
     def absorb(self, other: RunReport) -> None:
         for name in ("starts", "converted", "passed_through", "ends"):
@@ -153,12 +156,20 @@ class RunReport:
         self.transposes_added += other.transposes_added
         self.unsqueezes_added += other.unsqueezes_added
         self.squeezes_added += other.squeezes_added
+        self.transposes_removed += other.transposes_removed
+        self.reshapes_removed += other.reshapes_removed
 
     def line(self) -> str:
         return (f"run ({self.layout}) {', '.join(self.starts)} -> {', '.join(dict.fromkeys(self.ends))}: "
                 f"{len(self.converted)} FC and {len(self.passed_through)} pointwise ops, "
                 f"added {self.transposes_added} Transpose, {self.unsqueezes_added} Unsqueeze and "
-                f"{self.squeezes_added} Squeeze")
+                f"{self.squeezes_added} Squeeze" + self.removed_text())
+
+    def removed_text(self) -> str:
+        """``, removed N Transpose and M Reshape`` of the model's own; empty when none."""
+        if not (self.transposes_removed or self.reshapes_removed):
+            return ""
+        return f", removed {self.transposes_removed} Transpose and {self.reshapes_removed} Reshape"
 
 
 @dataclass
@@ -197,6 +208,7 @@ class ConversionReport:
     fully_convolutional: bool = False
     flattens_added: int = 0
     transposes_added: int = 0
+    transposes_removed: int = 0  # the model's own, where one undid a Transpose a run would add
     runs: list[RunReport] = field(default_factory=list)
     output_stride: StrideReport | None = None
     notes: list[str] = field(default_factory=list)
@@ -248,15 +260,19 @@ class ConversionReport:
         if verbose or len(self.runs) <= 3:
             lines.extend("  " + r.line() for r in self.runs)
         elif self.runs:  # compact: one line for all runs
+            total = RunReport("all")
+            for run in self.runs:
+                total.absorb(run)
             lines.append(f"  {len(self.runs)} runs ({', '.join(sorted({r.layout for r in self.runs}))}): "
-                         f"{sum(len(r.converted) for r in self.runs)} FC layers, added "
-                         f"{sum(r.transposes_added for r in self.runs)} Transpose, "
-                         f"{sum(r.unsqueezes_added for r in self.runs)} Unsqueeze and "
-                         f"{sum(r.squeezes_added for r in self.runs)} Squeeze (-v lists each run)")
+                         f"{len(total.converted)} FC layers, added {total.transposes_added} Transpose, "
+                         f"{total.unsqueezes_added} Unsqueeze and {total.squeezes_added} Squeeze"
+                         f"{total.removed_text()} (-v lists each run)")
         if self.output_stride is not None:
             lines.extend("  " + line for line in self.output_stride.lines())
-        if self.flattens_added or self.transposes_added:
-            lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
+        if self.flattens_added or self.transposes_added or self.transposes_removed:
+            lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes"
+                         + (f", removed {self.transposes_removed} Transpose nodes of the model's own"
+                            if self.transposes_removed else ""))
         lines.extend(f"  note: {n}" for n in self.notes)
         if self.verification is not None:
             lines.append(self.verification.render_text(verbose))

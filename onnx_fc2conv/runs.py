@@ -6,12 +6,19 @@ converted FC layers and pointwise ops, and ends wherever its map meets an op tha
 layout (a residual Add, LayerNorm, an attention Reshape, a graph output). Layers that read the same
 tensor share its entry (Q, K and V projections: one Transpose), so they are one run; so are maps that
 meet in one op (an Add of two maps). A head's flat map (no run) is restored with a Flatten.
+
+Where a Transpose the bridge added meets a Transpose of the model's own that undoes it (MLP-Mixer's
+token mixing is ``Transpose(0,2,1) -> MLP -> Transpose(0,2,1)``, and a conv1d run enters and leaves
+with the same perm), both go: :meth:`LayoutBridge.cancel_inverse_transposes`.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+
 import onnx
 
-from .graph import rename_input
+from .graph import attr, is_onnx_op, node_inputs, producers, rename_input
 from .index import GraphIndex
 from .layouts import Layout
 from .report import RunReport
@@ -28,6 +35,7 @@ class LayoutBridge:
         self._run_of: dict[str, int] = {}  # map tensor -> its run
         self._entered: dict[tuple[str, str], str] = {}  # (tensor, layout name) -> the map of it
         self._restored: dict[str, str] = {}  # map -> the same values in the original layout
+        self._transposes: dict[str, int] = {}  # output of a Transpose the bridge added -> its run
 
     # ---- entering ------------------------------------------------------------------------------
     def enter(self, name: str, layout: Layout, nodes: list[onnx.NodeProto]
@@ -49,8 +57,10 @@ class LayoutBridge:
             rename_input(node, name, self._entered[key])
         return entry_nodes + nodes, inits, self._entered[key]
 
-    def record(self, label: str, kind: str, inputs: list[str], outputs: list[str]) -> None:
-        """A rewritten node that reads maps ``inputs`` and writes maps ``outputs`` joins their run."""
+    def record(self, label: str, kind: str, inputs: list[str], outputs: list[str],
+               removed: Sequence[onnx.NodeProto] = ()) -> None:
+        """A rewritten node that reads maps ``inputs`` and writes maps ``outputs`` joins their run;
+        the Reshapes and Transposes among the nodes it replaces (``removed``) count as removed there."""
         runs = sorted({self._find(self._run_of[i]) for i in inputs if i in self._run_of})
         if not runs:
             return
@@ -62,6 +72,8 @@ class LayoutBridge:
             self._run_of[out] = root
         report = self._reports[root]
         (report.converted if kind == "fc" else report.passed_through).append(label)
+        report.reshapes_removed += sum(is_onnx_op(n, "Reshape") for n in removed)
+        report.transposes_removed += sum(is_onnx_op(n, "Transpose") for n in removed)
 
     # ---- restoring -----------------------------------------------------------------------------
     def restore(self, name: str, layout: Layout, reader: str
@@ -84,6 +96,58 @@ class LayoutBridge:
     def in_run(self, name: str) -> bool:
         return name in self._run_of
 
+    # ---- Transposes that cancel ----------------------------------------------------------------
+    def cancel_inverse_transposes(self, graph: onnx.GraphProto) -> None:
+        """Remove each Transpose the bridge added together with the model's own Transpose next to it
+        when the two perms compose to the identity, and the tensor between them has no other reader
+        and is no graph output (nor is the pair's output): the readers of the pair's output read its
+        input instead. The run counts one Transpose fewer added and one of the model's removed."""
+        producer = producers(graph)
+        readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for name in dict.fromkeys(node_inputs(node)):
+                readers[name].append(node)
+        outputs = {o.name for o in graph.output}
+        gone: set[int] = set()
+        for out, run in self._transposes.items():
+            added = producer.get(out)
+            pair = None if added is None or id(added) in gone else self._inverse_pair(added, producer, readers, outputs)
+            if pair is None:
+                continue
+            first, second = pair
+            source, result = first.input[0], second.output[0]
+            moved = readers.pop(result, [])
+            for reader in moved:
+                rename_input(reader, result, source)
+            readers[source] = [r for r in readers[source] if r is not first] + moved
+            gone.update((id(first), id(second)))
+            report = self._reports[self._find(run)]
+            report.transposes_added -= 1
+            report.transposes_removed += 1
+        if gone:
+            kept = [n for n in graph.node if id(n) not in gone]
+            del graph.node[:]
+            graph.node.extend(kept)
+
+    def _inverse_pair(self, added: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                      readers: dict[str, list[onnx.NodeProto]], outputs: set[str]
+                      ) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+        """(first, second): ``added`` and the model's Transpose just before or after it that undoes it."""
+        before = producer.get(added.input[0])
+        after = readers.get(added.output[0], [])
+        candidates = []
+        if before is not None and [r is added for r in readers[added.input[0]]] == [True]:
+            candidates.append((before, added))
+        if len(after) == 1:
+            candidates.append((added, after[0]))
+        for first, second in candidates:
+            model_own = second if first is added else first
+            if (is_onnx_op(model_own, "Transpose") and model_own.output[0] not in self._transposes
+                    and first.output[0] not in outputs and second.output[0] not in outputs
+                    and _undo(first, second)):
+                return first, second
+        return None
+
     # ---- report --------------------------------------------------------------------------------
     def reports(self) -> list[RunReport]:
         return [r for i, r in enumerate(self._reports) if self._parent[i] == i]
@@ -95,6 +159,7 @@ class LayoutBridge:
 
     def _count(self, run: int, nodes: list[onnx.NodeProto]) -> None:
         report = self._reports[run]
+        self._transposes.update((n.output[0], run) for n in nodes if n.op_type == "Transpose")
         report.transposes_added += sum(n.op_type == "Transpose" for n in nodes)
         report.unsqueezes_added += sum(n.op_type == "Unsqueeze" for n in nodes)
         report.squeezes_added += sum(n.op_type == "Squeeze" for n in nodes)
@@ -103,3 +168,15 @@ class LayoutBridge:
         while self._parent[run] != run:
             run = self._parent[run]
         return run
+
+
+def _undo(first: onnx.NodeProto, second: onnx.NodeProto) -> bool:
+    """Whether Transpose ``second`` after Transpose ``first`` gives back ``first``'s input: output axis
+    ``i`` of the pair is input axis ``p1[p2[i]]`` (no perm: the axes reversed)."""
+    p1, p2 = attr(first, "perm"), attr(second, "perm")
+    if p1 is None and p2 is None:
+        return True  # reversed twice
+    rank = len(p1 if p1 is not None else p2)
+    p1 = list(p1) if p1 is not None else list(range(rank))[::-1]
+    p2 = list(p2) if p2 is not None else list(range(rank))[::-1]
+    return len(p1) == len(p2) and all(p1[p2[i]] == i for i in range(rank))

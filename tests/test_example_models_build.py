@@ -41,6 +41,8 @@ EXPECTED_IO = {
     "residual_valid": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
     "resnet_tiny": ("input", ["N", 3, 64, 64], "logits", ["N", 10]),
     "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
+    "gpt2_blocks": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
+    "mlp_mixer": ("patches", ["N", 16, 32], "out", ["N", 16, 32]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -60,6 +62,8 @@ EXPECTED_FC = {
     "residual_valid": (1, 0),
     "resnet_tiny": (1, 0),
     "vgg_tv": (3, 0),
+    "gpt2_blocks": (8, 0),
+    "mlp_mixer": (0, 8),
 }
 # name -> the opsets of other domains it imports
 DOMAINS = {"bert_layer_fused": [("com.microsoft", 1)]}
@@ -304,6 +308,41 @@ def test_bert_layer_structure(opset):
     const_shapes = sorted(inits[n.input[1]].shape for n in model.graph.node
                           if n.op_type == "MatMul" and n.input[1] in inits)
     assert const_shapes == sorted([(32, 32)] * 4 + [(32, 64), (64, 32)])
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_gpt2_blocks_write_each_layer_as_hugging_face_conv1d(opset):
+    """Reshape of [B,T,D] rows -> Gemm(W [D,F], transB 0) -> Reshape back, per layer; block 0's shapes
+    traced (Shape/Gather/Unsqueeze/Concat), block 1's row shape constant and size_out Shape -> Slice."""
+    model = bm.gpt2_blocks(opset)
+    inits = _inits(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = {i: n for n in model.graph.node for i in n.input}
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert [inits[n.input[1]].shape for n in gemms] == [(32, 96), (32, 32), (32, 128), (128, 32)] * 2
+    for gemm in gemms:
+        flatten, restore = producer[gemm.input[0]], readers[gemm.output[0]]
+        assert (flatten.op_type, restore.op_type) == ("Reshape", "Reshape")
+        assert not any(a.name == "transB" and a.i for a in gemm.attribute)
+        traced = gemm.name.startswith("h.0.")
+        assert (flatten.input[1] in inits) is not traced
+        if not traced:
+            assert inits[flatten.input[1]].tolist() == [-1, inits[gemm.input[1]].shape[0]]
+        assert producer[producer[restore.input[1]].input[0]].op_type == ("Unsqueeze" if traced else "Slice")
+    ops = _ops(model)
+    assert ops.count("Reshape") == 24 and ops.count("Tanh") == 2 and ops.count("Softmax") == 2
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_mlp_mixer_token_mixing_sits_between_two_inverse_transposes(opset):
+    model = bm.mlp_mixer(opset)
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    assert [n.name.split("/")[0] for n in transposes] == [f"blocks.{i}.mlp_tokens.transpose_{side}"
+                                                         for i in (0, 1) for side in ("in", "out")]
+    assert all(list(n.attribute[0].ints) == [0, 2, 1] for n in transposes)
+    inits = _inits(model)
+    shapes = [inits[n.input[1]].shape for n in model.graph.node if n.op_type == "MatMul"]
+    assert shapes == [(16, 64), (64, 16), (32, 128), (128, 32)] * 2
 
 
 def _bert_reference(model, x):

@@ -14,6 +14,7 @@ from . import (
                reshape_flatten,
                squeeze_flatten,
                token_matmul,
+               token_rows,
                vector_fc,
 )
 from .base import REASONS, Built, MapInfo, Match, Rule, RuleContext, Skip
@@ -22,6 +23,7 @@ RULES: tuple[Rule, ...] = (
     dense_pool.RULE,  # only with --dense-pool: runs the head rules below, then widens the pool
     nhwc_flatten.RULE,  # first: the other head rules would read its transposed map as NCHW
     flatten_gemm.RULE,
+    token_rows.RULE,  # before reshape_flatten (to which its Reshape is no flatten): its skip names --token-layout
     reshape_flatten.RULE,
     matmul_add.RULE,
     squeeze_flatten.RULE,

@@ -30,6 +30,8 @@ REASONS: dict[str, str] = {
     "reshape_not_flatten": "the Reshape does not flatten [N,C,*S] into [N,C*prod(S)]",
     "not_a_feature_map": "the layer reads a 2D tensor that is not a flattened feature map (see --vector-fc)",
     "token_matmul": "the MatMul runs on a [B,T,D] token tensor (see --token-layout)",
+    "token_rows": ("the layer runs on [B,T,D] tokens reshaped to [B*T,D] rows and back (GPT-2's Conv1D) "
+                   "(see --token-layout)"),
     "weight_shape_mismatch": "the weight's input size does not equal C*prod(S) of the flattened map",
     "rule_disabled": "the rule that matches this node is turned off (--skip-rule)",
     "fcn_blocked": "a converted map reaches an op that needs the flat tensor; a Flatten is put back on that edge",
@@ -77,7 +79,9 @@ class Match:
     the rewrite, with their spatial rank. A head match also names the tensor it reads
     (``feature_map``) and its window ``[C, *S]``, which the verifier needs for the sliding-window
     proof. A token or vector match names the tensor its new nodes read in ``layout`` (``entry``): the
-    apply step puts it into that layout once, however many layers read it.
+    apply step puts it into that layout once, however many layers read it. ``layer``: the FC layer
+    converted, when the rule found it from another node (the Reshape in front of a GPT-2 layer on a
+    map); the report and ``--include``/``--exclude`` name it.
 
     Nothing is made until ``build()``: planning, ``inspect`` and disabled rules never write a kernel
     or take a name, and only the apply step calls it, once.
@@ -92,6 +96,7 @@ class Match:
     kind: Literal["fc", "pointwise", "fixup"] = "fc"
     entry: str | None = None
     layout: Layout | None = None
+    layer: onnx.NodeProto | None = None
 
     def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> Match:
         """This match built behind ``make()``'s nodes, which are made first (so their names come

@@ -15,7 +15,8 @@ broadcast on the last axis of ``[N,F]`` (``[F]``, ``[1,F]``, PRelu slopes) is re
 ``[F,1,1]`` / ``[1,F,1,1]`` so it still meets the channel axis; scalars stay as they are. The
 reshaped constant is a new initializer, so a weight read elsewhere is never changed.
 
-Token and vector maps (``token_matmul``, ``vector_fc``) go the same way with kernel-1 Convs; their
+Token and vector maps (``token_matmul``, ``token_rows``, ``vector_fc``) go the same way with kernel-1
+Convs, a GPT-2 layer on a token map too (its Reshapes go, see ``token_rows.on_map``); their
 constants take the layout's own steps (``layouts.Layout.constant``: ``[D]`` -> ``[D,1]`` for conv1d
 tokens, a ``[T,D]`` table -> ``[1,D,T]``). BatchNormalization normalises axis 1, which is the token
 axis of ``[B,T,D]``, so on tokens it ends the run.
@@ -39,6 +40,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import attr, is_onnx_op, node_inputs, set_attr
 from ..layouts import TOKEN_LAYOUTS, Layout, flat
+from . import token_rows
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
 from .base import Built, Match, Outcome, Rule, RuleContext, Skip, node_copy
@@ -66,6 +68,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     op = node.op_type
     if op in ("Gemm", "MatMul"):
         return _dense_as_1x1(ctx, node, spatial_rank)
+    if op == "Reshape" and layout.name in TOKEN_LAYOUTS and node.input[0] in ctx.maps:
+        return token_rows.on_map(ctx, node, layout)
     if node.input[0] not in ctx.maps and op not in BROADCAST_OPS:
         return None
     if op in UNARY_OPS:
