@@ -1,0 +1,204 @@
+"""GPT-2's Conv1D layers (token_rows) and Transposes that cancel (MLP-Mixer's token mixing), on the
+example models gpt2_blocks and mlp_mixer: what converts, the Reshapes and Transposes each conversion
+adds and removes (the report's counts and the written graph's agree), and the proof."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from graphs import init, model, vi, weights
+from onnx import helper
+
+from onnx_fc2conv import convert, inspect
+from onnx_fc2conv.layouts import TOKEN_LAYOUTS
+from onnx_fc2conv.rules import REASONS
+
+LAYERS = [f"h.{i}.{name}.addmm/Gemm" for i in (0, 1) for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+ATTENTION_RESHAPES = {f"h.{i}.attn.{name}.view/Reshape" for i in (0, 1) for name in ("query", "key", "value", "merge")}
+
+
+def counts(m) -> Counter:
+    return Counter(n.op_type for n in m.graph.node)
+
+
+def inverse_transpose_pairs(m) -> list[tuple[str, str]]:
+    """Adjacent Transposes (the first read by the second alone) whose perms compose to the identity."""
+    producer = {o: n for n in m.graph.node for o in n.output}
+    readers = Counter(i for n in m.graph.node for i in set(n.input))
+    pairs = []
+    for second in (n for n in m.graph.node if n.op_type == "Transpose"):
+        first = producer.get(second.input[0])
+        if first is None or first.op_type != "Transpose" or readers[second.input[0]] != 1:
+            continue
+        p1, p2 = list(first.attribute[0].ints), list(second.attribute[0].ints)
+        if [p1[p2[i]] for i in range(len(p1))] == list(range(len(p1))):
+            pairs.append((first.name, second.name))
+    return pairs
+
+
+def run_totals(report) -> tuple[int, int, int, int]:
+    runs = report.runs
+    return (sum(r.transposes_added for r in runs), sum(r.transposes_removed for r in runs),
+            sum(r.reshapes_added for r in runs), sum(r.reshapes_removed for r in runs))
+
+
+# ---- GPT-2 ---------------------------------------------------------------------------------------
+
+def test_gpt2_layer_without_the_flag_is_token_rows_and_names_token_layout(build_models):
+    rows = {n.node: n for n in inspect(build_models.gpt2_blocks()).nodes}
+    first = rows["h.0.attn.c_attn.addmm/Gemm"]
+    assert (first.status, first.reason) == ("skipped", "token_rows")  # was reshape_not_flatten, with no remedy
+    assert "--token-layout" in REASONS["token_rows"] and first.detail == REASONS["token_rows"]
+    # Past the first computed Reshape, ONNX's own shape inference loses the rank (ONNX Runtime's
+    # symbolic inference, which --token-layout and --vector-fc run, keeps it): the tensor has no shape.
+    assert {rows[name].reason for name in LAYERS[1:]} == {"feature_map_rank"}
+
+
+@pytest.mark.parametrize("layout, reshapes_added", [("conv1d", 0), ("conv2d", 12)])
+def test_gpt2_layers_join_the_token_runs_with_no_reshape_inside_a_run(build_models, layout, reshapes_added):
+    original = build_models.gpt2_blocks()
+    result = convert(original, token_layout=layout, verify=False)
+    report, m = result.report, result.model
+    assert [(n.node, n.status) for n in report.nodes] == [(name, "converted") for name in LAYERS]
+    assert [n.rule for n in report.nodes] == ["token_rows", "token_rows", "token_rows", "fc_chain"] * 2
+    # per block: c_attn alone (Split ends it), the attention c_proj alone, c_fc -> gelu_new -> c_proj
+    assert [(len(r.converted), len(r.passed_through)) for r in report.runs] == [(1, 0), (1, 0), (2, 8)] * 2
+    assert all(r.transposes_added == 2 and r.reshapes_added == reshapes_added // 6 for r in report.runs)
+    assert [r.reshapes_removed for r in report.runs] == [2, 2, 4] * 2  # both Reshapes of every layer
+    assert run_totals(report) == (12, 0, reshapes_added, 16)
+    before, after = counts(original), counts(m)
+    assert (before["Reshape"], before["Transpose"], before["Gemm"]) == (24, 8, 8)
+    assert after["Reshape"] == before["Reshape"] - 16 + reshapes_added
+    assert after["Transpose"] == before["Transpose"] + 12 and after["Conv"] == 8 and not after["Gemm"]
+    added = {n.name for n in m.graph.node} - {n.name for n in original.graph.node}
+    kept = {n.name for n in m.graph.node if n.op_type == "Reshape" and n.name not in added}
+    assert kept == ATTENTION_RESHAPES  # the layers' Reshapes are gone; attention's own stay
+    # the shape subgraphs that computed the layers' Reshape targets went with them
+    assert before["Shape"] - after["Shape"] == 16 and not any(n.op_type == "Gemm" for n in m.graph.node)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("opset", [13, 15, 17])
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_converted_gpt2_blocks_equal_the_original_at_three_sequence_lengths(build_models, layout, opset):
+    result = convert(build_models.gpt2_blocks(opset), token_layout=layout)
+    assert len(result.report.converted) == 8
+    v = result.report.verification
+    assert v.passed, v.render_text(verbose=True)
+    assert {c.check for c in v.checks} == {"original size", "sequence length 16", "sequence length 33"}
+    assert v.max_abs_error < 1e-5
+
+
+def test_a_conv1d_layer_whose_rows_are_also_read_elsewhere_stays_a_gemm():
+    """Another reader of the [B*T,D] rows keeps them: removing the Reshape would change what it reads."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Reshape", ["x", "rows_shape"], ["rows"]),
+             helper.make_node("Gemm", ["rows", "w", "b"], ["y2d"]),
+             helper.make_node("Reshape", ["y2d", "out_shape"], ["y"]),
+             helper.make_node("ReduceSum", ["rows"], ["total"], keepdims=0)]
+    m = model(nodes, [vi("x", [2, 5, 4])], [vi("y", [2, 5, 3]), vi("total", [])],
+              [init("rows_shape", np.array([-1, 4])), init("out_shape", np.array([2, 5, 3])),
+               init("w", weights(rng, 4, 3)), init("b", np.zeros(3, np.float32))])
+    result = convert(m, token_layout="conv1d", verify=False)
+    assert [n.op_type for n in result.model.graph.node].count("Reshape") == 1  # the rows Reshape stays
+    assert [n.rule for n in result.report.converted] == ["token_rows"]
+
+
+@pytest.mark.parametrize("out_shape, converts", [
+    ([2, 5, 3], True), ([-1, 5, 3], True), ([2, -1, 3], True),
+    ([5, 2, 3], False),  # B and T swapped: not where the rows came from
+    ([1, 10, 3], False), ([10, 3, 1], False),
+])
+def test_the_restoring_reshape_must_give_each_row_back_its_token(out_shape, converts):
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Reshape", ["x", "rows_shape"], ["rows"]),
+             helper.make_node("Gemm", ["rows", "w", "b"], ["y2d"]),
+             helper.make_node("Reshape", ["y2d", "out_shape"], ["y"])]
+    dims = list(np.empty((10, 3)).reshape(out_shape).shape)
+    m = model(nodes, [vi("x", [2, 5, 4])], [vi("y", dims)],
+              [init("rows_shape", np.array([-1, 4])), init("out_shape", np.array(out_shape)),
+               init("w", weights(rng, 4, 3)), init("b", np.zeros(3, np.float32))])
+    (row,) = inspect(m, token_layout="conv1d").nodes
+    assert (row.status == "converts") is converts, row
+
+
+# ---- MLP-Mixer -----------------------------------------------------------------------------------
+
+def outermost_transposes(layout: str) -> bool:
+    """Whether the layout's first step in and last step out are the Transpose(0,2,1) a Mixer's own
+    undo. conv1d's are; conv2d's are once it enters by Transpose then a size-1 axis (not yet here:
+    Reshape to [B,T,1,D], then Transpose(0,3,2,1), which no Transpose of a [B,T,D] model undoes)."""
+    steps = TOKEN_LAYOUTS[layout]
+    return steps.into[0] == ("transpose", (0, 2, 1)) and steps.back[-1] == ("transpose", (0, 2, 1))
+
+
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_mixer_token_mixing_keeps_no_inverse_transpose_pair(build_models, layout):
+    original = build_models.mlp_mixer()
+    result = convert(original, token_layout=layout, verify=False)
+    report, m = result.report, result.model
+    assert len(report.converted) == 8
+    assert inverse_transpose_pairs(m) == []  # before this, 4 pairs with conv1d: each model Transpose met the run's
+    token_runs = [r for r in report.runs if ".mlp_tokens." in r.converted[0]]
+    cancels = outermost_transposes(layout)
+    assert [(r.transposes_added, r.transposes_removed) for r in token_runs] == [(0, 2) if cancels else (2, 0)] * 2
+    assert report.transposes_removed == (counts(original)["Transpose"] if cancels else 0)
+    assert report.transposes_added == (4 if cancels else 8)  # 4: the channel-mixing runs' entries and exits
+    assert counts(m)["Transpose"] == counts(original)["Transpose"] - report.transposes_removed + report.transposes_added
+    if cancels:
+        assert "removed 4 Transpose nodes of the model's own" in report.render_text()
+        assert '"transposes_removed": 4' in report.to_json()
+
+
+def test_conv1d_cancels_all_four_transposes_of_the_mixer(build_models):
+    assert outermost_transposes("conv1d")
+    report = convert(build_models.mlp_mixer(), token_layout="conv1d", verify=False).report
+    assert (report.transposes_added, report.transposes_removed) == (4, 4)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_converted_mixer_without_its_transposes_equals_the_original(build_models, layout, opset):
+    result = convert(build_models.mlp_mixer(opset), token_layout=layout)
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+    assert [c.check for c in v.checks] == ["original size"]
+    # the token-mixing weights fix the patch count, so there is no other length to try
+    assert v.skipped == ["sequence lengths: the token axis is not a symbolic input dimension"]
+
+
+def token_mlp(extra_reader: bool = False, output_between: bool = False):
+    """x [N,6,4] -> Transpose(0,2,1) -> MatMul(W [6,6]) -> y, with the Transpose's output also read by a
+    ReduceSum, or also a graph output."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1], name="model_transpose"),
+             helper.make_node("MatMul", ["t", "w"], ["y"], name="fc")]
+    outputs = [vi("y", ["N", 4, 6])]
+    if extra_reader:
+        nodes.append(helper.make_node("ReduceSum", ["t"], ["s"], keepdims=0))
+        outputs.append(vi("s", []))
+    if output_between:
+        outputs.append(vi("t", ["N", 4, 6]))
+    return model(nodes, [vi("x", ["N", 6, 4])], outputs, [init("w", weights(rng, 6, 6))])
+
+
+@pytest.mark.parametrize("extra_reader, output_between, cancelled", [
+    (False, False, True), (True, False, False), (False, True, False)])
+def test_a_model_transpose_cancels_only_when_the_run_reads_it_alone(extra_reader, output_between, cancelled):
+    result = convert(token_mlp(extra_reader, output_between), token_layout="conv1d", verify=False)
+    names = [n.name for n in result.model.graph.node if n.op_type == "Transpose"]
+    assert ("model_transpose" not in names) is cancelled
+    (run,) = result.report.runs
+    assert (run.transposes_removed, run.transposes_added) == ((1, 1) if cancelled else (0, 2))
+
+
+def test_a_transpose_that_does_not_undo_the_runs_stays():
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2], name="model_transpose"),  # swaps B and T
+             helper.make_node("MatMul", ["t", "w"], ["y"])]
+    m = model(nodes, [vi("x", [4, 3, 6])], [vi("y", [3, 4, 5])], [init("w", weights(rng, 6, 5))])
+    result = convert(m, token_layout="conv1d", verify=False)
+    assert [n.op_type for n in result.model.graph.node].count("Transpose") == 3
+    assert result.report.transposes_removed == 0
