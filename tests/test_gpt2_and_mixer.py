@@ -105,6 +105,28 @@ def test_a_conv1d_layer_whose_rows_are_also_read_elsewhere_stays_a_gemm():
     assert [n.rule for n in result.report.converted] == ["token_rows"]
 
 
+@pytest.mark.e2e
+def test_two_layers_on_the_rows_of_one_token_map_read_its_restored_tokens():
+    """A run's map reshaped into rows that two Gemms read: neither joins the run (the Reshape stays,
+    reading the map's layout restored), and the model is still exact."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Reshape", ["r", "rows_shape"], ["rows"]),
+             helper.make_node("Gemm", ["rows", "w1", "b"], ["y1"]),
+             helper.make_node("Gemm", ["rows", "w2", "b"], ["y2"]),
+             helper.make_node("Reshape", ["y1", "out_shape"], ["z1"]),
+             helper.make_node("Reshape", ["y2", "out_shape"], ["z2"])]
+    m = model(nodes, [vi("x", [2, 5, 4])], [vi("z1", [2, 5, 3]), vi("z2", [2, 5, 3])],
+              [init("w0", weights(rng, 4, 6)), init("rows_shape", np.array([-1, 6])),
+               init("out_shape", np.array([2, 5, 3])), init("w1", weights(rng, 6, 3)), init("w2", weights(rng, 6, 3)),
+               init("b", np.zeros(3, np.float32))])
+    result = convert(m, token_layout="conv1d")
+    assert [n.node for n in result.report.converted] == ["h"]  # the MatMul, named by its output
+    assert counts(result.model)["Gemm"] == 2 and counts(result.model)["Reshape"] == 3
+    assert result.report.verification.passed and result.report.verification.max_abs_error < 1e-5
+
+
 @pytest.mark.parametrize("out_shape, converts", [
     ([2, 5, 3], True), ([-1, 5, 3], True), ([2, -1, 3], True),
     ([5, 2, 3], False),  # B and T swapped: not where the rows came from

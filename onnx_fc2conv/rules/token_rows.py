@@ -74,6 +74,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     rows = read_token_rows(ctx.index, node)
     if rows is None or isinstance(rows, Skip):
         return rows
+    if rows.tokens in ctx.maps:  # a map whose rows other layers read too: on_map left it, the run ended there
+        return None
     layout = TOKEN_LAYOUTS.get(ctx.options.token_layout or "")
     if layout is None:
         return Skip("token_rows")
