@@ -11,7 +11,6 @@ from graphs import init, model, vi, weights
 from onnx import helper
 
 from onnx_fc2conv import convert, inspect
-from onnx_fc2conv.layouts import TOKEN_LAYOUTS
 from onnx_fc2conv.rules import REASONS
 
 LAYERS = [f"h.{i}.{name}.addmm/Gemm" for i in (0, 1) for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
@@ -35,12 +34,6 @@ def inverse_transpose_pairs(m) -> list[tuple[str, str]]:
         if [p1[p2[i]] for i in range(len(p1))] == list(range(len(p1))):
             pairs.append((first.name, second.name))
     return pairs
-
-
-def layout_reshapes(layout: str) -> int:
-    """Reshapes a run of ``layout`` adds: one per Reshape step in and out."""
-    steps = TOKEN_LAYOUTS[layout]
-    return sum(kind == "reshape" for kind, _ in (*steps.into, *steps.back))
 
 
 # ---- GPT-2 ---------------------------------------------------------------------------------------
@@ -68,7 +61,11 @@ def test_gpt2_layers_join_the_token_runs_with_no_reshape_inside_a_run(build_mode
     assert [r.reshapes_removed for r in report.runs] == [2, 2, 4] * 2  # both Reshapes of every layer
     before, after = counts(original), counts(m)
     assert (before["Reshape"], before["Transpose"], before["Gemm"]) == (24, 8, 8)
-    assert after["Reshape"] == before["Reshape"] - 16 + 6 * layout_reshapes(layout)  # conv2d: 2 a run, with main's steps
+    assert after["Reshape"] == before["Reshape"] - 16
+    unit_axes = 6 if layout == "conv2d" else 0  # conv2d: one Unsqueeze in, one Squeeze out a run
+    assert [(r.unsqueezes_added, r.squeezes_added) for r in report.runs] == [(unit_axes // 6,) * 2] * 6
+    # block 0 traced its sizes: 3 Unsqueezes of shape entries a layer went with its Reshapes
+    assert (after["Unsqueeze"] - before["Unsqueeze"], after["Squeeze"]) == (unit_axes - 12, unit_axes)
     assert after["Transpose"] == before["Transpose"] + 12 and after["Conv"] == 8 and not after["Gemm"]
     added = {n.name for n in m.graph.node} - {n.name for n in original.graph.node}
     kept = {n.name for n in m.graph.node if n.op_type == "Reshape" and n.name not in added}
@@ -146,36 +143,20 @@ def test_the_restoring_reshape_must_give_each_row_back_its_token(out_shape, conv
 
 # ---- MLP-Mixer -----------------------------------------------------------------------------------
 
-def outermost_transposes(layout: str) -> bool:
-    """Whether the layout's first step in and last step out are the Transpose(0,2,1) a Mixer's own
-    undo. conv1d's are; conv2d's are once it enters by Transpose then a size-1 axis (not yet here:
-    Reshape to [B,T,1,D], then Transpose(0,3,2,1), which no Transpose of a [B,T,D] model undoes)."""
-    steps = TOKEN_LAYOUTS[layout]
-    return steps.into[0] == ("transpose", (0, 2, 1)) and steps.back[-1] == ("transpose", (0, 2, 1))
-
-
 @pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
 def test_mixer_token_mixing_keeps_no_inverse_transpose_pair(build_models, layout):
     original = build_models.mlp_mixer()
     result = convert(original, token_layout=layout, verify=False)
     report, m = result.report, result.model
     assert len(report.converted) == 8
-    assert inverse_transpose_pairs(m) == []  # before this, 4 pairs with conv1d: each model Transpose met the run's
+    assert inverse_transpose_pairs(m) == []  # before this, 4 pairs: each model Transpose met the run's
     token_runs = [r for r in report.runs if ".mlp_tokens." in r.converted[0]]
-    cancels = outermost_transposes(layout)
-    assert [(r.transposes_added, r.transposes_removed) for r in token_runs] == [(0, 2) if cancels else (2, 0)] * 2
-    assert report.transposes_removed == (counts(original)["Transpose"] if cancels else 0)
-    assert report.transposes_added == (4 if cancels else 8)  # 4: the channel-mixing runs' entries and exits
-    assert counts(m)["Transpose"] == counts(original)["Transpose"] - report.transposes_removed + report.transposes_added
-    if cancels:
-        assert "removed 4 Transpose nodes of the model's own" in report.render_text()
-        assert '"transposes_removed": 4' in report.to_json()
-
-
-def test_conv1d_cancels_all_four_transposes_of_the_mixer(build_models):
-    assert outermost_transposes("conv1d")
-    report = convert(build_models.mlp_mixer(), token_layout="conv1d", verify=False).report
-    assert (report.transposes_added, report.transposes_removed) == (4, 4)
+    assert [(r.transposes_added, r.transposes_removed) for r in token_runs] == [(0, 2)] * 2
+    assert report.transposes_removed == counts(original)["Transpose"] == 4
+    assert report.transposes_added == 4  # the channel-mixing runs' entries and exits, 2 blocks
+    assert counts(m)["Transpose"] == counts(original)["Transpose"] - 4 + 4
+    assert "removed 4 Transpose nodes of the model's own" in report.render_text()
+    assert '"transposes_removed": 4' in report.to_json()
 
 
 @pytest.mark.e2e
