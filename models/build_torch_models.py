@@ -3,8 +3,10 @@
 Needs torch (not a dependency of the project; build in a throwaway venv, see models/README.md):
 
     python3.11 -m venv /tmp/venv-torch
-    /tmp/venv-torch/bin/pip install torch==2.13.0 onnx onnxscript
+    /tmp/venv-torch/bin/pip install torch==2.13.0 onnx onnxscript transformers
     /tmp/venv-torch/bin/python models/build_torch_models.py
+
+(transformers for the GPT-2 blocks: Hugging Face's own ``GPT2Block``, random weights, nothing downloaded.)
 
 ``TORCH_MODELS`` names the files it writes, so tests can tell them from build_models.py's without torch.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TORCH_MODELS = ("torch_encoder_layer.onnx",)
+TORCH_MODELS = ("torch_encoder_layer.onnx", "hf_gpt2_torchscript.onnx", "hf_gpt2_dynamo.onnx")
 D_MODEL, HEADS, FFN = 64, 4, 128
 
 
@@ -34,13 +36,53 @@ def torch_encoder_layer(path: Path) -> None:
     program.save(str(path))
 
 
+def hf_gpt2(path: Path, dynamo: bool) -> None:
+    """Two of Hugging Face transformers' ``GPT2Block`` and the final LayerNorm (hidden 32, 4 heads,
+    eager attention, seed 0) on ``[B,T,32]`` with B and T symbolic: every FC layer is transformers'
+    ``Conv1D``, as the TorchScript exporter (opset 17: sizes traced through Shape/Gather/Unsqueeze/
+    Concat) or the dynamo exporter (opset 18: Shape with start/end, and the attention's c_proj reading
+    the [B,T,4,8] heads through one Reshape) writes it."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    gpt2 = GPT2Model(config).eval()
+
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.h, self.ln_f = gpt2.h, gpt2.ln_f
+
+        def forward(self, hidden):
+            for block in self.h:
+                out = block(hidden)
+                hidden = out[0] if isinstance(out, tuple) else out
+            return self.ln_f(hidden)
+
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        if dynamo:
+            program = torch.onnx.export(Blocks().eval(), (x,), dynamo=True, opset_version=18, input_names=["hidden"],
+                                        output_names=["out"], external_data=False, dynamic_shapes=(
+                                            {0: torch.export.Dim("B"), 1: torch.export.Dim("T", max=64)},))
+            program.save(str(path))
+        else:
+            torch.onnx.export(Blocks().eval(), (x,), str(path), dynamo=False, opset_version=17, input_names=["hidden"],
+                              output_names=["out"], dynamic_axes={"hidden": {0: "B", 1: "T"}, "out": {0: "B", 1: "T"}})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch_encoder_layer(args.out / TORCH_MODELS[0])
-    print(f"wrote {args.out / TORCH_MODELS[0]}")
+    hf_gpt2(args.out / TORCH_MODELS[1], dynamo=False)
+    hf_gpt2(args.out / TORCH_MODELS[2], dynamo=True)
+    for name in TORCH_MODELS:
+        print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

@@ -364,11 +364,12 @@ def shape_entries(index: GraphIndex, name: str, batch_dim) -> list | None:
     if op == "Concat":
         parts = [shape_entries(index, i, batch_dim) for i in node.input]
         return None if any(p is None for p in parts) else [e for p in parts if p is not None for e in p]
-    if op == "Shape":
+    if op == "Shape":  # from opset 15 with start and end: the dims [start:end], as Python slices them
         src = index.shape(node.input[0])
-        if src is None or attr(node, "start", 0) != 0 or attr(node, "end") is not None:
+        if src is None:
             return None
-        return [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
+        dims: list = [BATCH if d == batch_dim and i == 0 else d for i, d in enumerate(src)]
+        return dims[attr(node, "start", 0):attr(node, "end")]
     if op == "Gather":
         indices = index.constant(node.input[1])
         entries = shape_entries(index, node.input[0], batch_dim)

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import MODELS
 from graphs import init, model, vi, weights
 from onnx import helper
 
@@ -84,6 +85,30 @@ def test_converted_gpt2_blocks_equal_the_original_at_three_sequence_lengths(buil
     assert v.passed, v.render_text(verbose=True)
     assert {c.check for c in v.checks} == {"original size", "sequence length 16", "sequence length 33"}
     assert v.max_abs_error < 1e-5
+
+
+@pytest.mark.parametrize("exporter, token_rows", [("torchscript", 8), ("dynamo", 6)])
+def test_hugging_face_gpt2_exports_are_token_rows_without_the_flag(exporter, token_rows):
+    # dynamo's sizes are Shape(hidden, start, end): the restoring Reshape's target is read through them
+    rows = inspect(MODELS / f"hf_gpt2_{exporter}.onnx").nodes
+    assert [n.reason for n in rows] == (["token_rows"] * 8 if token_rows == 8 else
+                                        ["token_rows", "reshape_not_flatten", "token_rows", "token_rows"] * 2)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("exporter, converted", [("torchscript", 8), ("dynamo", 6)])
+def test_hugging_face_gpt2_exports_convert_and_equal_the_original_at_three_lengths(layout, exporter, converted):
+    result = convert(MODELS / f"hf_gpt2_{exporter}.onnx", token_layout=layout)
+    report = result.report
+    assert len(report.converted) == converted
+    # the dynamo exporter fuses the attention's merge of heads into c_proj's view: [B,T,4,8] -> [-1,32]
+    assert [n.reason for n in report.nodes if n.status != "converted"] == ["reshape_not_flatten"] * (8 - converted)
+    assert sum(r.reshapes_removed for r in report.runs) == 2 * converted
+    assert counts(result.model)["Gemm"] == 8 - converted
+    v = report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+    assert {c.check for c in v.checks} == {"original size", "sequence length 16", "sequence length 33"}
 
 
 def test_a_conv1d_layer_whose_rows_are_also_read_elsewhere_stays_a_gemm():

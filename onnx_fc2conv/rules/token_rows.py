@@ -18,7 +18,7 @@ map neither is needed: the layer reads X's map and writes Y's. Inside a run (GPT
 -> c_proj) ``fc_chain`` finds the same pattern from the Reshape that reads the map (:func:`on_map`).
 
 Checked, not assumed: the first Reshape's target is ``[-1, D]`` (or ``[B*T, D]`` with static B, T)
-with ``D`` the weight's input size and X's static last dim; the FC output is read by the restoring
+with ``D`` X's last dim: the weight's input size, or read from X's Shape; the FC output is read by the restoring
 Reshape alone, whose target is ``[B, T, F]`` read from X's own dims (one of B, T may be ``-1``).
 Without ``--token-layout`` the layer is reported ``token_rows``, which names the option.
 """
@@ -61,7 +61,7 @@ def read_token_rows(index: GraphIndex, fc: onnx.NodeProto) -> TokenRows | Skip |
     dense = read_fc(index, fc)
     if dense is None or isinstance(dense, Skip):
         return dense
-    if not (dims[2] == dense.in_features and _is_rows_target(index, flatten, dims)):
+    if not _is_rows_target(index, flatten, dims, dense.in_features):
         return None
     restore = index.only_consumer(dense.output)
     if restore is None or not is_onnx_op(restore, "Reshape") or not _is_tokens_target(
@@ -111,10 +111,14 @@ def _conv(index: GraphIndex, rows: TokenRows, layout: Layout) -> Match | Skip:
                            layout.spatial_rank)
 
 
-def _is_rows_target(index: GraphIndex, reshape: onnx.NodeProto, dims) -> bool:
-    """Whether ``reshape`` turns ``[B,T,D]`` into ``[B*T, D]``: target ``[-1, D]``, or the static product."""
+def _is_rows_target(index: GraphIndex, reshape: onnx.NodeProto, dims, in_features: int) -> bool:
+    """Whether ``reshape`` turns ``[B,T,D]`` into ``[B*T, D]``: target ``[-1, D]``, or the static product.
+    ``D`` is the weight's input size, or X's last dim read from its Shape (``x.size(-1)``, symbolic
+    after a computed merge of heads): the layer then makes sure at run time that it is."""
     target = shape_entries(index, reshape.input[1], dims[0])
     if target is None or len(target) != 2 or target[1] != dims[2]:
+        return False
+    if dims[2] != in_features and not (isinstance(dims[2], str) and dims[2] != BATCH):
         return False
     static_rows = isinstance(dims[0], int) and isinstance(dims[1], int) and target[0] == dims[0] * dims[1]
     return target[0] == -1 or static_rows
