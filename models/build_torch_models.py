@@ -68,9 +68,22 @@ def hf_gpt2(path: Path, dynamo: bool) -> None:
                                         output_names=["out"], external_data=False, dynamic_shapes=(
                                             {0: torch.export.Dim("B"), 1: torch.export.Dim("T", max=64)},))
             program.save(str(path))
+            _drop_stack_traces(path)
         else:
             torch.onnx.export(Blocks().eval(), (x,), str(path), dynamo=False, opset_version=17, input_names=["hidden"],
                               output_names=["out"], dynamic_axes={"hidden": {0: "B", 1: "T"}, "out": {0: "B", 1: "T"}})
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """The dynamo exporter records each node's Python stack, with this machine's paths: not kept."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def main() -> None:

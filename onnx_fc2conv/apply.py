@@ -168,7 +168,7 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
                 new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
                 new_initializers.extend(entry_inits)
                 read_maps = [entered]
-            bridge.record(label, outcome.kind, read_maps, list(outcome.maps), outcome.removed)
+            bridge.record(label, outcome.kind, read_maps, list(outcome.maps), outcome.removed, built.nodes)
             replaced[id(outcome.removed[0])] = new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(built.initializers)

@@ -58,9 +58,10 @@ class LayoutBridge:
         return entry_nodes + nodes, inits, self._entered[key]
 
     def record(self, label: str, kind: str, inputs: list[str], outputs: list[str],
-               removed: Sequence[onnx.NodeProto] = ()) -> None:
+               removed: Sequence[onnx.NodeProto] = (), made: Sequence[onnx.NodeProto] = ()) -> None:
         """A rewritten node that reads maps ``inputs`` and writes maps ``outputs`` joins their run;
-        the Reshapes and Transposes among the nodes it replaces (``removed``) count as removed there."""
+        the Reshapes and Transposes among the nodes it replaces (``removed``), less those among the
+        nodes written in their place (``made``), count as removed there."""
         runs = sorted({self._find(self._run_of[i]) for i in inputs if i in self._run_of})
         if not runs:
             return
@@ -72,8 +73,12 @@ class LayoutBridge:
             self._run_of[out] = root
         report = self._reports[root]
         (report.converted if kind == "fc" else report.passed_through).append(label)
-        report.reshapes_removed += sum(is_onnx_op(n, "Reshape") for n in removed)
-        report.transposes_removed += sum(is_onnx_op(n, "Transpose") for n in removed)
+        for op in ("Reshape", "Transpose"):
+            net = sum(is_onnx_op(n, op) for n in removed) - sum(is_onnx_op(n, op) for n in made)
+            if op == "Reshape":
+                report.reshapes_removed += net
+            else:
+                report.transposes_removed += net
 
     # ---- restoring -----------------------------------------------------------------------------
     def restore(self, name: str, layout: Layout, reader: str

@@ -21,9 +21,11 @@ from .base import REASONS, Built, MapInfo, Match, Rule, RuleContext, Skip
 
 RULES: tuple[Rule, ...] = (
     dense_pool.RULE,  # only with --dense-pool: runs the head rules below, then widens the pool
-    nhwc_flatten.RULE,  # first: the other head rules would read its transposed map as NCHW
+    # before the flatten rules, to which its Reshape is no flatten (its skip names --token-layout); it takes
+    # no flatten: its rows keep X's last axis (or heads) whole, and a T of 1 is left to them
+    token_rows.RULE,
+    nhwc_flatten.RULE,  # first of those: the other head rules would read its transposed map as NCHW
     flatten_gemm.RULE,
-    token_rows.RULE,  # before reshape_flatten (to which its Reshape is no flatten): its skip names --token-layout
     reshape_flatten.RULE,
     matmul_add.RULE,
     squeeze_flatten.RULE,

@@ -26,28 +26,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from ..graph import is_onnx_op
 from ..index import BATCH, GraphIndex, shape_entries
 from ..layouts import TOKEN_LAYOUTS, Layout
 from ._dense import Dense, conv_from_dense
 from ._head import read_fc
-from .base import Match, Outcome, Rule, RuleContext, Skip
+from .base import Built, Match, Outcome, Rule, RuleContext, Skip
 
 
 @dataclass
 class TokenRows:
     """The three nodes of a Conv1D layer: ``flatten`` (tokens -> rows), the FC layer (``dense``, whose
-    output is already the restoring Reshape's) and ``restore`` (rows -> tokens)."""
+    output is already the restoring Reshape's) and ``restore`` (rows -> tokens). ``merges_heads``:
+    the flatten reads ``[B,T,H,Dh]`` attention heads (the dynamo exporter fuses the merge of heads
+    into c_proj's view), so the layer's tokens are ``Reshape(X, [0,0,H*Dh])``, written in its place."""
 
     flatten: onnx.NodeProto
     dense: Dense
     restore: onnx.NodeProto
+    merges_heads: bool = False
 
     @property
     def tokens(self) -> str:
-        return self.flatten.input[0]
+        """The ``[B,T,D]`` tokens: X, or the merged heads under the flatten's own output name."""
+        return self.flatten.output[0] if self.merges_heads else self.flatten.input[0]
 
 
 def read_token_rows(index: GraphIndex, fc: onnx.NodeProto) -> TokenRows | Skip | None:
@@ -56,18 +62,23 @@ def read_token_rows(index: GraphIndex, fc: onnx.NodeProto) -> TokenRows | Skip |
     if flatten is None or not is_onnx_op(flatten, "Reshape"):
         return None
     dims = index.shape(flatten.input[0])
-    if dims is None or len(dims) != 3 or dims[1] == 1:  # a static T of 1 makes the Reshape a flatten
+    if dims is None or len(dims) not in (3, 4) or dims[1] == 1:  # a static T of 1 makes the Reshape a flatten
         return None
+    merges_heads = len(dims) == 4
+    if merges_heads and index.only_consumer(flatten.output[0]) is not fc:
+        return None  # its output name will hold the merged heads
     dense = read_fc(index, fc)
     if dense is None or isinstance(dense, Skip):
         return dense
-    if not _is_rows_target(index, flatten, dims, dense.in_features):
-        return None
+    width = _rows_width(index, flatten, dims)
     restore = index.only_consumer(dense.output)
-    if restore is None or not is_onnx_op(restore, "Reshape") or not _is_tokens_target(
-            index, restore, dims, dense.out_features):
+    if width is None or restore is None or not is_onnx_op(restore, "Reshape"):
         return None
-    return TokenRows(flatten, replace(dense, nodes=[*dense.nodes, restore], output=restore.output[0]), restore)
+    restored = _restores_tokens(index, restore, dims, dense.out_features)
+    if restored is None or not _rows_are_tokens(dims, width, dense.in_features, restored):
+        return None
+    return TokenRows(flatten, replace(dense, nodes=[*dense.nodes, restore], output=restore.output[0]), restore,
+                     merges_heads)
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
@@ -83,6 +94,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     if isinstance(match, Skip):
         return match
     own_flatten = [rows.flatten] if ctx.index.only_consumer(rows.flatten.output[0]) is node else []
+    if rows.merges_heads:
+        match = _behind_merged_heads(ctx.index, rows, match)
     return replace(match, entry=rows.tokens, layout=layout, removed=_with_shapes(ctx.index, rows, [
         *match.removed, *own_flatten]))
 
@@ -100,6 +113,23 @@ def on_map(ctx: RuleContext, reshape: onnx.NodeProto, layout: Layout) -> Outcome
     return replace(match, removed=_with_shapes(ctx.index, rows, [*match.removed, reshape]), layer=fc)
 
 
+def _behind_merged_heads(index: GraphIndex, rows: TokenRows, match: Match) -> Match:
+    """``match`` built behind ``Reshape(X [B,T,H,Dh], [0,0,H*Dh])``, which writes the flatten's output
+    name: one Reshape in place of the layer's two."""
+    inner = match.build
+
+    def build() -> Built:
+        built = inner()
+        shape = index.fresh_name(f"{rows.flatten.output[0]}_tokens_shape")
+        merge = helper.make_node("Reshape", [rows.flatten.input[0], shape], [rows.tokens],
+                                 name=index.fresh_name(f"{rows.flatten.name or rows.tokens}_merge_heads"))
+        width = np.array([0, 0, rows.dense.in_features], np.int64)
+        return Built([merge, *built.nodes], [*built.initializers, numpy_helper.from_array(width, shape)],
+                     built.reshaped)
+
+    return replace(match, build=build)
+
+
 def _with_shapes(index: GraphIndex, rows: TokenRows, removed: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """``removed`` and the nodes that compute the two Reshapes' targets for them alone (``Shape(X) ->
     Gather -> ...``): on a map, a Shape of X would need X's layout restored for nothing."""
@@ -111,28 +141,38 @@ def _conv(index: GraphIndex, rows: TokenRows, layout: Layout) -> Match | Skip:
                            layout.spatial_rank)
 
 
-def _is_rows_target(index: GraphIndex, reshape: onnx.NodeProto, dims, in_features: int) -> bool:
-    """Whether ``reshape`` turns ``[B,T,D]`` into ``[B*T, D]``: target ``[-1, D]``, or the static product.
-    ``D`` is the weight's input size, or X's last dim read from its Shape (``x.size(-1)``, symbolic
-    after a computed merge of heads): the layer then makes sure at run time that it is."""
+def _rows_width(index: GraphIndex, reshape: onnx.NodeProto, dims):
+    """``K`` when ``reshape`` turns X ``[B,T,...]`` into ``[B*T, K]`` rows: target ``[-1, K]``, or the
+    static ``B*T`` (None otherwise)."""
     target = shape_entries(index, reshape.input[1], dims[0])
-    if target is None or len(target) != 2 or target[1] != dims[2]:
-        return False
-    if dims[2] != in_features and not (isinstance(dims[2], str) and dims[2] != BATCH):
-        return False
+    if target is None or len(target) != 2 or target[1] in (None, 0, -1, BATCH):
+        return None
     static_rows = isinstance(dims[0], int) and isinstance(dims[1], int) and target[0] == dims[0] * dims[1]
-    return target[0] == -1 or static_rows
+    return target[1] if target[0] == -1 or static_rows else None
 
 
-def _is_tokens_target(index: GraphIndex, reshape: onnx.NodeProto, dims, out_features: int) -> bool:
-    """Whether ``reshape`` turns the ``[B*T, F]`` rows back into ``[B, T, F]``: each of B and T read
-    from X's dims (its Shape, or the same static size; the batch as ``BATCH``), one of them may be -1."""
+def _restores_tokens(index: GraphIndex, reshape: onnx.NodeProto, dims, out_features: int) -> str | None:
+    """How ``reshape`` turns the ``[B*T, F]`` rows back into ``[B, T, F]``: ``"both"`` when B and T
+    are read from X's dims (its Shape, or the same static size; the batch as ``BATCH``), ``"one"``
+    when one of them is -1; None when the target is anything else."""
     target = shape_entries(index, reshape.input[1], dims[0])
     if target is None or len(target) != 3 or target[2] != out_features:
-        return False
+        return None
     same = [(i == 0 and entry == BATCH) or (entry == dims[i] and entry not in (None, 0, -1))
             for i, entry in enumerate(target[:2])]
-    return all(same) or (sum(same) == 1 and -1 in target[:2])
+    return "both" if all(same) else "one" if sum(same) == 1 and -1 in target[:2] else None
+
+
+def _rows_are_tokens(dims, width, in_features: int, restored: str) -> bool:
+    """Whether each of the ``[B*T, width]`` rows is one token of X ``[B,T,...]``: X's trailing dims
+    make ``width`` (static, or the symbolic last dim read from X's Shape: the layer then checks at
+    run time that it is its input size), or the rows are the layer's width and the restore reads
+    both B and T from X, so that ``B*T`` rows hold all of X: its trailing dims make ``width`` too."""
+    trailing = dims[2] if len(dims) == 3 else (
+        dims[2] * dims[3] if isinstance(dims[2], int) and isinstance(dims[3], int) else None)
+    if trailing == width and (width == in_features or (len(dims) == 3 and isinstance(width, str))):
+        return True
+    return width == in_features and restored == "both"
 
 
 RULE = Rule("token_rows", "head",
