@@ -17,8 +17,14 @@ Weight maths: row ``r = b*T + t`` of the Reshape is token ``X[b,t,:]`` (C order)
 map neither is needed: the layer reads X's map and writes Y's. Inside a run (GPT-2's c_fc -> gelu_new
 -> c_proj) ``fc_chain`` finds the same pattern from the Reshape that reads the map (:func:`on_map`).
 
-Checked, not assumed: the first Reshape's target is ``[-1, D]`` (or ``[B*T, D]`` with static B, T)
-with ``D`` X's last dim: the weight's input size, or read from X's Shape; the FC output is read by the restoring
+The dynamo exporter's attention c_proj reads the heads ``X [B,T,H,Dh]`` into rows at once
+(``Reshape([-1, H*Dh])``): there the first Reshape becomes ``Reshape(X, [0,0,H*Dh])``, the merge of
+heads, and the layer converts behind it (one Reshape in place of two).
+
+Checked, not assumed: the first Reshape's target is ``[-1, K]`` (or ``[B*T, K]`` with static B, T),
+each row one token: ``K`` is X's trailing dims (static, or X's symbolic last dim read from its Shape:
+the layer checks at run time that it is its input size), or the layer's input size with the restore
+reading both B and T from X (then B*T rows hold all of X); the FC output is read by the restoring
 Reshape alone, whose target is ``[B, T, F]`` read from X's own dims (one of B, T may be ``-1``).
 Without ``--token-layout`` the layer is reported ``token_rows``, which names the option.
 """
