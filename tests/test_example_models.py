@@ -61,6 +61,8 @@ AT_NEWEST_OPSETS = {
     "lenet5_fp16": ({}, 3),
     "bert_layer_fp16": ({"token_layout": "conv2d"}, 6),
     "bert_layer_fused": ({"token_layout": "conv1d"}, 3),
+    "gpt2_blocks": ({"token_layout": "conv1d"}, 8),
+    "mlp_mixer": ({"token_layout": "conv2d"}, 8),
 }
 
 
@@ -80,5 +82,6 @@ def test_example_model_upgraded_to_a_newest_opset_converts_and_verifies(build_mo
     assert len(result.report.converted) == count
     assert result.report.opset == opset and result.model.opset_import[0].version == opset  # the opset is kept
     v = result.report.verification
-    assert v.passed and len(v.checks) == (1 if name == "seed_mlp" else 3), v.render_text(verbose=True)
+    # one check where nothing can grow: the seed MLP's vectors, the Mixer's patches (its token mixing fixes them)
+    assert v.passed and len(v.checks) == (1 if name in ("seed_mlp", "mlp_mixer") else 3), v.render_text(verbose=True)
     onnx.checker.check_model(result.model, full_check=True)

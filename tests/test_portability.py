@@ -45,6 +45,8 @@ EXAMPLE_MODES = {
     "lenet5_fp16.onnx": [FCN, KEEP],
     "seed_mlp.onnx": [VECTOR],
     "torch_encoder_layer.onnx": [CONV1D, CONV2D],  # added by issue 16 item 1; its case skips where it is absent
+    **{f"{name}.onnx": [CONV1D, CONV2D] for name in  # test_gpt2_and_mixer.py's
+       ("gpt2_blocks", "mlp_mixer", "hf_gpt2_torchscript", "hf_gpt2_dynamo")},
 }
 # ../shared/models: the modes of test_token_vector_models.py and test_real_models.py's dense-pool
 # tests, besides the default, drop-in and TOKEN_AND_VECTOR modes every model of COVERAGE is run in.
