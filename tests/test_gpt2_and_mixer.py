@@ -126,6 +126,24 @@ def test_a_conv1d_layer_whose_rows_are_also_read_elsewhere_stays_a_gemm():
 
 
 @pytest.mark.e2e
+def test_rows_written_as_matmul_and_bias_add_convert_too():
+    """Reshape -> MatMul(W [D,F]) -> Add(b) -> Reshape back: the same layer, one Conv with the bias."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Reshape", ["x", "rows_shape"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "w"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "b"], ["y2d"]),
+             helper.make_node("Reshape", ["y2d", "out_shape"], ["y"])]
+    m = model(nodes, [vi("x", ["B", 5, 4])], [vi("y", [None, 5, 3])],
+              [init("rows_shape", np.array([-1, 4])), init("out_shape", np.array([-1, 5, 3])),
+               init("w", weights(rng, 4, 3)), init("b", rng.standard_normal(3).astype(np.float32))])
+    result = convert(m, token_layout="conv1d")
+    assert [n.rule for n in result.report.converted] == ["token_rows"]
+    assert counts(result.model) == Counter({"Transpose": 2, "Conv": 1})
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+
+
+@pytest.mark.e2e
 def test_two_layers_on_the_rows_of_one_token_map_read_its_restored_tokens():
     """A run's map reshaped into rows that two Gemms read: neither joins the run (the Reshape stays,
     reading the map's layout restored), and the model is still exact."""
