@@ -34,6 +34,7 @@ def torch_encoder_layer(path: Path) -> None:
         program = torch.onnx.export(layer, (x,), dynamo=True, input_names=["hidden"], output_names=["out"],
                                     dynamic_shapes=({1: tokens},), external_data=False)
     program.save(str(path))
+    _drop_stack_traces(path)
 
 
 def hf_gpt2(path: Path, dynamo: bool) -> None:

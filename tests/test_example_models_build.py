@@ -387,3 +387,12 @@ def test_bert_layer_matches_numpy_reference(opset):
     x = _random_input("bert_layer", seed=4)
     got = _run(model, "bert_layer", x, optimize=False)
     np.testing.assert_allclose(got, _bert_reference(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_no_committed_model_carries_the_paths_of_the_machine_that_built_it():
+    """The dynamo exporter records each node's Python stack trace, with the builder's paths; the
+    builders drop them, so a committed model says nothing about the machine that made it."""
+    for path in sorted(MODELS_DIR.glob("*.onnx")):
+        model = onnx.load(str(path))
+        keys = {p.key for node in model.graph.node for p in node.metadata_props}
+        assert "pkg.torch.onnx.stack_trace" not in keys, path.name
