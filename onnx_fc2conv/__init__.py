@@ -15,7 +15,9 @@ from .errors import (
                      UsageError,
                      VerificationFailed,
 )
+from .geometry import AxisGeometry, Geometry, cell_box, cells_containing, cells_within, crop_box, tensor_geometry
 from .inspection import Inspection, inspect
+from .metadata import read_geometry
 from .options import Options
 from .pipeline import ConversionResult, convert
 from .report import ConversionReport, VerificationResult
@@ -26,6 +28,8 @@ from .version import __version__
 __all__ = [
     "convert", "inspect", "verify", "Options", "ConversionResult", "Inspection", "ConversionReport",
     "VerificationResult", "REASONS", "RULE_NAMES",
+    "Geometry", "AxisGeometry", "read_geometry", "tensor_geometry", "cell_box", "crop_box", "cells_containing",
+    "cells_within",
     "Fc2ConvError", "InvalidModelError", "UnsafeModelError", "OutputError", "OutputStrideError", "UsageError",
     "VerificationFailed", "CouldNotVerify", "__version__",
 ]

@@ -4,7 +4,9 @@ second run of the tool.
 It is written as JSON under the metadata key ``onnx_fc2conv`` and read back as a
 :class:`ConversionRecord`: the mode, each converted head (the feature map it reads, its window, the
 Conv that replaced it, the graph outputs that carry its map), the graph-input axes made symbolic for
-the sliding-window proof, and the input axes that carry the token axis (token layers converted).
+the sliding-window proof, the input axes that carry the token axis (token layers converted), and
+the window geometry of each output map (which input box each cell sees; a record written by an earlier
+version has none, and reads so).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from .errors import InvalidModelError
+from .geometry import Geometry
 from .graph import names_in, value_dims
 from .report import Mode
 from .version import __version__
@@ -25,12 +28,14 @@ MODES = ("keep_output_shape", "fully_convolutional")
 @dataclass
 class HeadRecord:
     """A converted head: the feature map it reads, its window ``[C, *S]`` (``None`` where the head
-    reduces the whole map), the Conv that replaced it, and the graph outputs that carry its map."""
+    reduces the whole map), the Conv that replaced it, the graph outputs that carry its map, and the
+    input geometry of each of those maps (fully convolutional mode only)."""
 
     feature_map: str
     window: tuple[int | None, ...]
     node: str
     outputs: list[str] = field(default_factory=list)
+    geometry: dict[str, Geometry] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +89,9 @@ class ConversionRecord:
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}")
             heads = [HeadRecord(str(h["feature_map"]), tuple(_size(w) for w in h["window"]), str(h["node"]),
-                                [str(o) for o in h["outputs"]]) for h in data["heads"]]
+                                [str(o) for o in h["outputs"]],
+                                {str(o): Geometry.from_dict(g) for o, g in h.get("geometry", {}).items()})
+                     for h in data["heads"]]
             return cls(mode=mode, heads=heads, spatial_inputs=_axes(data["spatial_inputs"]),
                        token_axes=_axes(data["token_axes"]) if "token_axes" in data else None,
                        output_stride=StrideRecord.from_dict(data["output_stride"]) if "output_stride" in data
@@ -126,6 +133,9 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
         missing = [o for o in head.outputs if o not in outputs]
         if missing:
             return f"its head {head.node!r} writes {missing[0]!r}, which is no output of the converted model"
+        stray = [o for o in head.geometry if o not in head.outputs]
+        if stray:
+            return f"its head {head.node!r} gives the geometry of {stray[0]!r}, which is none of its outputs"
     if record.output_stride is not None:
         keys = {n.name or n.output[0] for n in converted.graph.node}
         unknown = [k for k in record.output_stride.original if k not in keys]
@@ -156,3 +166,11 @@ def read_record(model: onnx.ModelProto) -> ConversionRecord | None:
         if prop.key == METADATA_KEY:
             return ConversionRecord.from_json(prop.value)
     return None
+
+
+def read_geometry(model: onnx.ModelProto) -> dict[str, Geometry]:
+    """The window geometry of each output map of a converted ``model``, by output name, as its
+    conversion record gives it; empty where it has none (not fully convolutional, or converted by a
+    version that did not record it). InvalidModelError where the record is not one."""
+    record = read_record(model)
+    return {} if record is None else {o: g for head in record.heads for o, g in head.geometry.items()}

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from .geometry import Geometry
+
 NodeStatus = Literal["converted", "skipped", "blocked"]
 
 
@@ -205,6 +207,7 @@ class ConversionReport:
     nodes: list[NodeReport] = field(default_factory=list)
     outputs: list[OutputChange] = field(default_factory=list)
     symbolic_inputs: dict[str, list | None] = field(default_factory=dict)
+    geometry: dict[str, Geometry] = field(default_factory=dict)  # by output map: the input box of each cell
     fully_convolutional: bool = False
     flattens_added: int = 0
     transposes_added: int = 0
@@ -253,6 +256,7 @@ class ConversionReport:
                 lines.append(f"  output {o.name}: {format_dims(o.before)} -> {format_dims(o.after)}")
         for name, dims in self.symbolic_inputs.items():
             lines.append(f"  input {name} now takes {format_dims(dims)} (spatial size >= the original)")
+        lines.extend(f"  windows of {name}: {geometry.line()}" for name, geometry in self.geometry.items())
         heads_converted = len(self.converted) > sum(len(r.converted) for r in self.runs)
         if heads_converted and self.mode == "fully_convolutional" and not (self.fully_convolutional and
                                                                            self.symbolic_inputs):

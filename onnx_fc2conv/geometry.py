@@ -1,0 +1,439 @@
+"""Window geometry: which input pixels each cell of a converted map sees.
+
+A fully convolutional model's output cell ``(i, j)`` is the original head applied to one window of
+the backbone's feature map, and that window reads one box of input pixels. Per spatial axis:
+
+* ``size``: the receptive field of one cell, in input pixels;
+* ``stride``: input pixels between neighbouring cells (the product of the backbone's strides);
+* ``offset``: the input pixel where cell 0's window starts; negative when the backbone pads, since
+  the window then reaches into the padding (``offset`` is minus the padding, in input pixels);
+* ``margin``: how far a cell's window reaches past the crop of the original input size that it
+  stands for, on either side (the backbone's padding, accumulated into input pixels; 0 without);
+* ``crop``: the original input size on that axis (None where it is not static). Cell ``i``
+  stands for the crop ``[i*stride, i*stride + crop)``. Without padding, the cell equals the
+  original model run on that crop wherever the crop lies inside the image; its window can be
+  smaller than the crop when the backbone's pooling drops the last rows (``size < crop``), and then
+  the map has a few more cells at the far edge than there are crops.
+
+A cell whose window lies inside the image sees no padding of the image (its crop lies at least
+``margin`` inside it): there the map does not depend on where the image ends, so shifting the
+image by ``k * stride`` pixels shifts the map by ``k`` cells. With padding, such a cell still differs
+from the original model run on its crop, which sees zeros where the cell sees image pixels.
+
+The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
+tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops, with the
+receptive-field arithmetic (per layer of kernel ``k``, dilation ``d``, stride ``s``, pads ``p``,
+on a tensor whose cells step by ``j`` input pixels)::
+
+    size'   = size + (k - 1) * d * j
+    offset' = offset - p_begin * j
+    stride' = j * s
+
+Branches that meet (Add, Mul, Concat on the channel axis, ...) must step alike; the windows then
+are the union of theirs. Any op it cannot follow (Resize, Reshape, a global pool, ...) makes the
+geometry unknown, with that op named, and never a wrong number. The converter runs it from each
+converted output of the rewritten graph, through the head's Conv; it works on any graph made of
+those ops (e.g. one whose later kernels are dilated).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import onnx
+from onnx import numpy_helper
+
+from .graph import attr, is_onnx_op, opset_version, producers, topological_order, upstream, value_dims
+
+# Ops whose output at a position depends on the input at that position alone (they may mix channels).
+POSITION_WISE_OPS = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Mish",
+    "Clip", "Cast", "Identity", "Dropout", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN", "IsInf",
+    "BatchNormalization", "LRN", "QuantizeLinear", "DequantizeLinear",
+})
+# Ops that combine their inputs position by position, with broadcasting.
+BROADCAST_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Sum", "Mean", "Max", "Min", "Where", "Equal", "Less", "Greater",
+    "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "Mod",
+})
+SLIDING_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})
+CHANNEL_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})  # over one axis; position-wise on axis 1
+WHOLE_MAP_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "InstanceNormalization"})
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """One spatial axis of a converted map, in input pixels (see the module docstring)."""
+
+    size: int
+    stride: int
+    offset: int
+    margin: int
+    crop: int | None = None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Which input box each cell of one output map sees: one :class:`AxisGeometry` per spatial axis
+    of the map, taken from axes ``input_axes`` of graph input ``input``; or, where the walk met an
+    op it cannot follow, no axes and ``unknown`` saying which op."""
+
+    input: str | None = None
+    input_axes: tuple[int, ...] = ()
+    axes: tuple[AxisGeometry, ...] = ()
+    unknown: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.unknown is None
+
+    def line(self) -> str:
+        """The geometry in words, as the report prints it after ``windows of OUTPUT:``."""
+        if not self.known:
+            return f"unknown: {self.unknown}"
+        join = lambda values, sep="x": sep.join(str(v) for v in values)  # noqa: E731
+        text = (f"{join(a.size for a in self.axes)} px of input {self.input!r}, stride "
+                f"{join(a.stride for a in self.axes)}, offset {join((a.offset for a in self.axes), ',')}")
+        if any(a.margin for a in self.axes):
+            return text + f", margin {join(a.margin for a in self.axes)} (the backbone pads)"
+        if any(a.crop is not None and a.size < a.crop for a in self.axes):
+            text += (f" (smaller than the {join(a.crop for a in self.axes)} crop: the backbone drops its last "
+                     "rows, so the map has more cells than there are crops)")
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> Geometry:
+        """The geometry in ``data`` (as :meth:`to_dict` writes it); ValueError/TypeError/KeyError
+        where it is not one."""
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a geometry object, got {type(data).__name__}")
+        axes = tuple(AxisGeometry(_int(a["size"], 1), _int(a["stride"], 1), _int(a["offset"]), _int(a["margin"], 0),
+                                  None if a.get("crop") is None else _int(a["crop"], 1)) for a in data["axes"])
+        unknown = data["unknown"]
+        if (unknown is None) == (not axes) or (unknown is not None and not isinstance(unknown, str)):
+            raise ValueError("a geometry has either axes or the reason it is unknown")
+        name = data["input"]
+        return cls(None if name is None else str(name), tuple(_int(a, 0) for a in data["input_axes"]), axes, unknown)
+
+
+def _int(value, least: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or (least is not None and value < least):
+        raise ValueError(f"{value!r} is not an integer" + (f" >= {least}" if least is not None else ""))
+    return value
+
+
+# ---- cells and boxes ----------------------------------------------------------------------------
+
+Box = tuple[int, ...]  # (y0, x0, y1, x1) for two axes: starts, then ends (exclusive), in input pixels
+
+
+def cell_box(geometry: Geometry, *cell: int) -> Box:
+    """The input box ``(y0, x0, y1, x1)`` that output cell ``(i, j)`` sees (ends exclusive; starts
+    below 0 or ends past the image are padding)."""
+    axes = _axes_for(geometry, cell)
+    starts = [a.offset + c * a.stride for a, c in zip(axes, cell)]
+    return (*starts, *(s + a.size for s, a in zip(starts, axes)))
+
+
+def crop_box(geometry: Geometry, *cell: int) -> Box:
+    """The box of the original input size that output cell ``(i, j)`` stands for: the original model
+    run on this crop of the image gives the cell's value wherever the crop lies inside the image and
+    the backbone has no padding (``margin`` 0)."""
+    axes = _axes_for(geometry, cell)
+    if any(a.crop is None for a in axes):
+        raise ValueError("the original input size is not static, so a cell has no crop of that size")
+    starts = [c * a.stride for a, c in zip(axes, cell)]
+    return (*starts, *(s + a.crop for s, a in zip(starts, axes)))  # type: ignore[operator]
+
+
+def cells_containing(geometry: Geometry, box: Box, map_shape: Sequence[int] | None = None) -> tuple[range, ...]:
+    """The cells whose windows contain all of ``box`` ``(y0, x0, y1, x1)`` (a pixel ``(y, x)`` is
+    the box ``(y, x, y+1, x+1)``), one range per axis; within ``map_shape`` (the map's spatial
+    size) when given."""
+    return _cell_ranges(geometry, box, map_shape, containing=True)
+
+
+def cells_within(geometry: Geometry, box: Box, map_shape: Sequence[int] | None = None) -> tuple[range, ...]:
+    """The cells whose windows lie inside ``box``, one range per axis. ``box = (0, 0, height, width)``
+    gives the cells that see no padding of the image."""
+    return _cell_ranges(geometry, box, map_shape, containing=False)
+
+
+def _cell_ranges(geometry: Geometry, box: Box, map_shape: Sequence[int] | None, containing: bool) -> tuple[range, ...]:
+    axes = _axes_for(geometry, box[: len(box) // 2])
+    if len(box) != 2 * len(axes) or map_shape is not None and len(map_shape) != len(axes):
+        raise ValueError(f"box {box} and map shape {map_shape} do not fit a map of {len(axes)} spatial axes")
+    ranges = []
+    for i, a in enumerate(axes):
+        start, end = box[i], box[len(axes) + i]
+        if end <= start:
+            raise ValueError(f"box {box} is empty")
+        if containing:  # offset + c*stride <= start and offset + c*stride + size >= end
+            lo, hi = -(-(end - a.size - a.offset) // a.stride), (start - a.offset) // a.stride + 1
+        else:  # offset + c*stride >= start and offset + c*stride + size <= end
+            lo, hi = -(-(start - a.offset) // a.stride), (end - a.size - a.offset) // a.stride + 1
+        lo = max(lo, 0)
+        hi = hi if map_shape is None else min(hi, map_shape[i])
+        ranges.append(range(lo, max(lo, hi)))
+    return tuple(ranges)
+
+
+def _axes_for(geometry: Geometry, values: Sequence[int]) -> tuple[AxisGeometry, ...]:
+    if not geometry.known:
+        raise ValueError(f"the geometry is unknown: {geometry.unknown}")
+    if len(values) != len(geometry.axes):
+        raise ValueError(f"the map has {len(geometry.axes)} spatial axes, not {len(values)}")
+    return geometry.axes
+
+
+# ---- the walk -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Axis:
+    """A tensor axis that runs along input axis ``axis`` of graph input ``input``."""
+
+    input: str
+    axis: int
+    size: int = 1
+    stride: int = 1
+    offset: int = 0
+    pad_begin: int = 0
+    pad_end: int = 0
+
+
+@dataclass
+class _Walk:
+    model: onnx.ModelProto
+    spatial: Mapping[str, Sequence[int]] | None
+    dims: dict[str, tuple | None] = field(default_factory=dict)
+    constants: dict[str, onnx.TensorProto] = field(default_factory=dict)
+
+
+State = tuple["_Axis | None", ...] | str | None  # per tensor axis; a str: why unknown; None: no geometry
+
+
+def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[str, Sequence[int]] | None = None,
+                    input_sizes: Mapping[str, Sequence | None] | None = None) -> Geometry:
+    """The geometry of tensor ``name`` of ``model``'s graph (a converted output map, or any feature
+    map ``[N, C, *S]``): a pure function of the graph, linear in its nodes.
+
+    ``spatial_inputs`` names the graph-input axes that are image axes (default: axes 2.. of every
+    graph input); ``input_sizes`` gives the original input dims for the ``crop`` of each axis
+    (default: the graph inputs' declared dims, where static)."""
+    graph = model.graph
+    walk = _Walk(model, spatial_inputs)
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        walk.dims.setdefault(vi.name, value_dims(vi)[1])
+    for tensor in graph.initializer:
+        walk.dims[tensor.name] = tuple(tensor.dims)
+        walk.constants[tensor.name] = tensor
+    initializers = set(walk.constants)
+    _, nodes = upstream(producers(graph), [name])
+    needed = {id(n) for n in nodes}
+    states: dict[str, State] = {}
+    for inp in graph.input:
+        if inp.name not in initializers:
+            states[inp.name] = _input_state(walk, inp.name)
+    for position in topological_order(graph):
+        node = graph.node[position]
+        if id(node) not in needed:
+            continue
+        if is_onnx_op(node, "Constant"):
+            value = attr(node, "value")
+            if isinstance(value, onnx.TensorProto):
+                walk.constants[node.output[0]] = value
+                walk.dims[node.output[0]] = tuple(value.dims)
+            continue
+        state = _node_state(walk, node, [states.get(i) if i else None for i in node.input])
+        for out in node.output:
+            states[out] = state
+    return _geometry(states.get(name), name, input_sizes, walk)
+
+
+def _input_state(walk: _Walk, name: str) -> State:
+    dims = walk.dims.get(name)
+    if dims is None:
+        return f"graph input {name!r} has no shape"
+    axes = walk.spatial.get(name) if walk.spatial is not None else range(2, len(dims))
+    if axes is None:
+        return None  # not an image input: a constant as far as the windows go
+    return tuple(_Axis(name, a) if a in axes else None for a in range(len(dims)))
+
+
+def _geometry(state: State, name: str, input_sizes, walk: _Walk) -> Geometry:
+    if isinstance(state, str):
+        return Geometry(unknown=state)
+    if state is None or len(state) < 3:
+        return Geometry(unknown=f"{name!r} is no map [N,C,*S] computed from an image input")
+    spatial = state[2:]
+    if any(a is None for a in spatial) or state[0] is not None or state[1] is not None:
+        return Geometry(unknown=f"the axes of {name!r} are not the image's axes in order [N,C,*S]")
+    axes = [a for a in spatial if a is not None]
+    inputs = {a.input for a in axes}
+    if len(inputs) > 1 or len({a.axis for a in axes}) < len(axes):
+        return Geometry(unknown=f"the spatial axes of {name!r} come from {sorted(inputs)} axes "
+                                f"{[a.axis for a in axes]}, not one image")
+    source = axes[0].input
+    sizes = (input_sizes or {}).get(source) or walk.dims.get(source) or ()
+    crop = lambda axis: sizes[axis] if axis < len(sizes) and isinstance(sizes[axis], int) else None  # noqa: E731
+    return Geometry(source, tuple(a.axis for a in axes),
+                    tuple(AxisGeometry(a.size, a.stride, a.offset, max(a.pad_begin, a.pad_end), crop(a.axis))
+                          for a in axes))
+
+
+def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State:
+    """The state of ``node``'s outputs from its inputs' states."""
+    label = f"{node.op_type} {node.name or node.output[0]!r}"
+    unknown = next((s for s in inputs if isinstance(s, str)), None)
+    if unknown is not None:
+        return unknown
+    if all(s is None for s in inputs):
+        return None  # computed from constants (or non-image inputs) alone
+    if not is_onnx_op(node):
+        return f"{node.domain}::{node.op_type} {node.name or node.output[0]!r} is no ONNX op the walk knows"
+    if node.op_type in POSITION_WISE_OPS:
+        return inputs[0] if all(s is None for s in inputs[1:]) else _broadcast(node, inputs, label)
+    if node.op_type in BROADCAST_OPS:
+        return _broadcast(node, inputs, label)
+    if node.op_type in CHANNEL_OPS:
+        rank = len(inputs[0] or ())
+        axis = attr(node, "axis", -1 if opset_version(walk.model) >= 13 else 1)
+        if opset_version(walk.model) >= 13 and axis % max(rank, 1) == 1:
+            return inputs[0]
+        return f"{label} runs over more than the channel axis"
+    if node.op_type in SLIDING_OPS:
+        return _sliding(walk, node, inputs, label)
+    if node.op_type == "Concat":
+        return _concat(node, inputs, label)
+    if node.op_type == "Transpose":
+        state = inputs[0]
+        assert not isinstance(state, str) and state is not None
+        perm = attr(node, "perm") or list(range(len(state)))[::-1]
+        return tuple(state[p] for p in perm)
+    if node.op_type == "Pad":
+        return _pad(walk, node, inputs, label)
+    if node.op_type in WHOLE_MAP_OPS or node.op_type.startswith("Reduce"):
+        return f"{label} pools over the whole map, so each cell sees the whole input"
+    return f"{label}: the walk cannot follow this op"
+
+
+def _broadcast(node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    """Inputs combined position by position: aligned from the last axis (numpy broadcasting), the
+    operands that carry no geometry (constants, per-channel values) left out."""
+    carried = [s for s in inputs if isinstance(s, tuple)]
+    rank = max(len(s) for s in carried)
+    merged: list[_Axis | None] = [None] * rank
+    for state in carried:
+        for axis, a in enumerate(state, start=rank - len(state)):
+            if a is None:
+                continue
+            if merged[axis] is None:
+                merged[axis] = a
+                continue
+            union = _union(merged[axis], a)  # type: ignore[arg-type]
+            if union is None:
+                return (f"{label} adds maps whose axis {axis} steps differently ({_describe(merged[axis])} "
+                        f"and {_describe(a)})")
+            merged[axis] = union
+    return tuple(merged)
+
+
+def _concat(node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    carried = [s for s in inputs if isinstance(s, tuple)]
+    rank = len(carried[0])
+    axis = attr(node, "axis") % rank
+    if any(s[axis] is not None for s in carried):
+        return f"{label} joins maps along a spatial axis (axis {axis})"
+    if any(len(s) != rank for s in carried):
+        return f"{label} joins tensors of different ranks"
+    return _broadcast(node, inputs, label)
+
+
+def _union(a: _Axis, b: _Axis) -> _Axis | None:
+    """The window of two branches that meet: the union of theirs, if they step alike."""
+    if (a.input, a.axis, a.stride) != (b.input, b.axis, b.stride):
+        return None
+    start = min(a.offset, b.offset)
+    end = max(a.offset + a.size, b.offset + b.size)
+    return replace(a, size=end - start, offset=start, pad_begin=max(a.pad_begin, b.pad_begin),
+                   pad_end=max(a.pad_end, b.pad_end))
+
+
+def _describe(a: _Axis | None) -> str:
+    return "no image axis" if a is None else f"input {a.input!r} axis {a.axis} at stride {a.stride}"
+
+
+def _sliding(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    """A Conv or a pool: each spatial axis 2.. grows by its kernel and steps by its stride."""
+    state = inputs[0]
+    if not isinstance(state, tuple):
+        return f"{label} slides over a tensor that is no image map"
+    spatial = len(state) - 2
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        weight = walk.dims.get(node.input[3 if node.op_type == "QLinearConv" else 1])
+        kernel = attr(node, "kernel_shape") or (list(weight[2:]) if weight is not None else None)
+    else:
+        kernel = attr(node, "kernel_shape")
+    if kernel is None or len(kernel) != spatial or not all(isinstance(k, int) for k in kernel):
+        return f"{label}: its kernel size is not known"
+    strides = attr(node, "strides") or [1] * spatial
+    dilations = attr(node, "dilations") or [1] * spatial
+    pads = attr(node, "pads") or [0] * (2 * spatial)
+    auto_pad = attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(s != 1 for s in strides):
+            return f"{label} pads {auto_pad} with strides {list(strides)}: its padding depends on the input size"
+        totals = [(k - 1) * d for k, d in zip(kernel, dilations)]
+        begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+        pads = [*begins, *(t - b for t, b in zip(totals, begins))]
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    ceil = attr(node, "ceil_mode", 0)
+    out: list[_Axis | None] = [None, None]
+    if state[1] is not None:
+        return f"{label} mixes an image axis ({_describe(state[1])}) as its channels"
+    for i, a in enumerate(state[2:]):
+        k, s, d, begin, end = kernel[i], strides[i], dilations[i], pads[i], pads[spatial + i]
+        if a is None:
+            if (k, s, begin, end) != (1, 1, 0, 0):
+                return f"{label} slides over axis {i + 2}, which is no image axis"
+            out.append(None)
+            continue
+        # ceil_mode: a last window may hang over the end by up to stride - 1 rows, read as padding.
+        end += (s - 1) if ceil else 0
+        out.append(replace(a, size=a.size + (k - 1) * d * a.stride, offset=a.offset - begin * a.stride,
+                           stride=a.stride * s, pad_begin=a.pad_begin + begin * a.stride,
+                           pad_end=a.pad_end + end * a.stride))
+    return tuple(out)
+
+
+def _pad(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    state = inputs[0]
+    if not isinstance(state, tuple) or any(isinstance(s, tuple) for s in inputs[1:]):
+        return f"{label} pads by amounts computed from the image"
+    if len(node.input) > 1 and node.input[1]:
+        tensor = walk.constants.get(node.input[1])
+        pads = None if tensor is None else [int(p) for p in numpy_helper.to_array(tensor).ravel()]
+    else:
+        pads = attr(node, "pads")
+    rank = len(state)
+    if pads is None or len(node.input) > 3 and node.input[3]:
+        return f"{label}: its pads are not constant (or it pads only some axes)"
+    if len(pads) != 2 * rank or min(pads) < 0:
+        return f"{label}: pads {pads} are not one non-negative begin and end per axis"
+    out: list[_Axis | None] = []
+    for i, a in enumerate(state):
+        begin, end = pads[i], pads[rank + i]
+        if a is None:
+            if begin or end:
+                return f"{label} pads axis {i}, which is no image axis"
+            out.append(None)
+            continue
+        out.append(replace(a, offset=a.offset - begin * a.stride, pad_begin=a.pad_begin + begin * a.stride,
+                           pad_end=a.pad_end + end * a.stride))
+    return tuple(out)
