@@ -111,6 +111,9 @@ class VerificationResult:
         cells = sum(c.compared for c in ran if c.check.startswith("stride ") and " crops " in c.check)
         if cells:
             text += f", {cells} finer-map cells matched the original on crops"
+        crops = sum(c.compared for c in ran if c.check.startswith("input crops"))
+        if crops:
+            text += f", {crops} input crops matched"
         lengths = sorted({c.check.rsplit(" ", 1)[1] for c in ran if c.check.startswith("sequence length")}, key=int)
         if lengths:
             text += f", also at sequence lengths {' and '.join(lengths)}"

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from .errors import CouldNotVerify, first_line
+from .geometry import Geometry, crop_box
 from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
@@ -164,7 +165,8 @@ def _prove(original, original_folder, converted, converted_folder, converted_pat
         why = problem or f"the converted model carries no conversion record ({METADATA_KEY!r} metadata)"
         result.skipped.append(f"sliding window and sequence lengths: not run: {why}")
     elif record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
-        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index.types)
+        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index.types,
+                               expected_session)
     elif record.heads and record.mode == "fully_convolutional":
         result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
                               "spatial size reaches the converted maps)")
@@ -256,7 +258,7 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
     return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
 
 
-def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, types) -> None:
+def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, types, original_session) -> None:
     spatial = record.spatial_inputs
     heads = [h for h in record.heads if h.outputs]
     if not heads:
@@ -267,6 +269,7 @@ def _sliding_window_checks(original, folder, record, feeds, sessions, result, se
     head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, types, batch_free=True,
                                         spatial_free=None in h.window), "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)
+    crop_rng = np.random.default_rng(seed + 3)  # its own: the sliding-window positions stay as they were
     for which in range(2):
         sizes = {name: dict(zip(axes, larger_sizes([feeds[name].shape[a] for a in axes])[which]))
                  for name, axes in spatial.items()}
@@ -281,6 +284,18 @@ def _sliding_window_checks(original, folder, record, feeds, sessions, result, se
                 for output in head.outputs:
                     result.checks.append(_window_check(check, provider, output, got[output], fmap, head,
                                                        head_session, large, result, rng))
+            for output, geometry in _crop_geometries(heads, spatial).items():
+                result.checks.append(_input_crops_check(check.replace("sliding window", "input crops"), provider,
+                                                        output, got[output], geometry, original_session, large,
+                                                        result, crop_rng))
+
+
+def _crop_geometries(heads, spatial: dict[str, list[int]]) -> dict[str, Geometry]:
+    """The output maps whose cells stand for crops of the input: their geometry is known, the
+    backbone does not pad, the original size is static, and the image is the only input resized."""
+    return {output: g for head in heads for output, g in head.geometry.items()
+            if g.known and list(spatial) == [g.input] and sorted(spatial[g.input]) == sorted(g.input_axes)
+            and all(a.margin == 0 and a.crop is not None for a in g.axes)}
 
 
 def _reference_run(session, feeds, result, skip_line: str) -> dict | None:
@@ -325,6 +340,28 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
         worst.note = worst.note or one.note
         _keep_worst(worst, one)
     return worst
+
+
+def _input_crops_check(check, provider, output, out_map, geometry: Geometry, original_session, feeds,
+                       result, rng) -> CheckResult:
+    """The converted map against the original model run on input crops: sampled cells whose crop of
+    the original size (:func:`crop_box`) lies inside the larger input must equal the original model's
+    output on that crop. Run only where the backbone does not pad (margin 0), so this proves the
+    window geometry the report gives."""
+    image = feeds[geometry.input]
+    counts = tuple((image.shape[axis] - a.crop) // a.stride + 1 for axis, a in zip(geometry.input_axes, geometry.axes))
+    if any(c > n for c, n in zip(counts, out_map.shape[2:])):
+        return CheckResult(check, provider, output, False, compared=1,
+                           note=f"map is {list(out_map.shape[2:])}, fewer cells than the {list(counts)} crops "
+                                "the geometry places in the input")
+
+    def reference(cell):
+        box = crop_box(geometry, *cell)
+        crop = _crop(image, geometry.input_axes, box[:len(cell)], [e - s for s, e in zip(box, box[len(cell):])])
+        return _run(original_session, {**feeds, geometry.input: crop})[output]
+
+    cells = list(itertools.product(*(range(c) for c in counts)))
+    return _crop_check(check, provider, output, out_map, cells, reference, result, rng)
 
 
 def _keep_worst(worst: CheckResult, one: CheckResult) -> None:
