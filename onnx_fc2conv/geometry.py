@@ -336,7 +336,7 @@ def _broadcast(node: onnx.NodeProto, inputs: list[State], label: str) -> State:
                 continue
             union = _union(merged[axis], a)  # type: ignore[arg-type]
             if union is None:
-                return (f"{label} adds maps whose axis {axis} steps differently ({_describe(merged[axis])} "
+                return (f"{label} combines maps whose axis {axis} steps differently ({_describe(merged[axis])} "
                         f"and {_describe(a)})")
             merged[axis] = union
     return tuple(merged)
