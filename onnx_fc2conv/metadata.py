@@ -133,9 +133,10 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
         missing = [o for o in head.outputs if o not in outputs]
         if missing:
             return f"its head {head.node!r} writes {missing[0]!r}, which is no output of the converted model"
-        stray = [o for o in head.geometry if o not in head.outputs]
+        stray = [o for o in head.geometry if o not in outputs]
         if stray:
-            return f"its head {head.node!r} gives the geometry of {stray[0]!r}, which is none of its outputs"
+            return (f"its head {head.node!r} gives the geometry of {stray[0]!r}, "
+                    "which is no output of the converted model")
     if record.output_stride is not None:
         keys = {n.name or n.output[0] for n in converted.graph.node}
         unknown = [k for k in record.output_stride.original if k not in keys]

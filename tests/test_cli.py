@@ -28,9 +28,10 @@ def test_convert_prints_a_compact_summary_and_writes_out(tmp_path):
     assert lines[0] == f"{MODELS / 'lenet5.onnx'}: converted 3 of 3 FC nodes (opset 13)"
     assert lines[1] == "  output logits: [N,10] -> [N,10,logits_height,logits_width]"
     assert lines[2] == "  input input now takes [N,1,height,width] (spatial size >= the original)"
-    assert lines[3].startswith("verification passed: 3 checks, max abs error ")
-    assert lines[3].endswith("20 window positions matched")
-    assert lines[4:] == [f"wrote {out}"]
+    assert lines[3] == "  windows of logits: 32x32 px of input 'input', stride 4x4, offset 0,0"
+    assert lines[4].startswith("verification passed: 5 checks, max abs error ")
+    assert lines[4].endswith("20 window positions matched, 21 input crops matched")
+    assert lines[5:] == [f"wrote {out}"]
     assert out.exists()
     assert hashlib.sha256((MODELS / "lenet5.onnx").read_bytes()).hexdigest() == before
 
@@ -41,7 +42,8 @@ def test_verbose_adds_one_line_per_fc_node_and_per_check(tmp_path):
     converted = [line.split()[1] for line in result.output.splitlines() if line.startswith("  converted  ")]
     assert converted == ["c5/Gemm", "f6/Gemm", "output/Gemm"]
     checks = [line.split()[1:3] for line in result.output.splitlines() if line.startswith("  ok   ")]
-    assert checks == [["original", "size"], ["sliding", "window"], ["sliding", "window"]]
+    assert checks == [["original", "size"], ["sliding", "window"], ["input", "crops"], ["sliding", "window"],
+                      ["input", "crops"]]
 
 
 def test_compact_summary_counts_skipped_nodes_by_reason(tmp_path):

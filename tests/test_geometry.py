@@ -91,7 +91,7 @@ def _backbone(*layers, size=(12, 12), channels=2, opset=13, input_dims=None):
             x = name
         return x
 
-    last = chain("x", layers)
+    chain("x", layers)
     nodes[-1].output[0] = "y"
     return model(nodes, [vi("x", input_dims or ["N", channels, *size])], [vi("y", None, 0)], inits, opset=opset)
 
@@ -261,7 +261,7 @@ def test_a_record_giving_the_geometry_of_another_output_does_not_fit():
     record = read_record(result.model)
     record.heads[0].geometry["other"] = LENET
     assert record_mismatch(record, original, result.model) == (
-        "its head 'c5/Gemm' gives the geometry of 'other', which is none of its outputs")
+        "its head 'c5/Gemm' gives the geometry of 'other', which is no output of the converted model")
 
 
 # ---- proved against the models ---------------------------------------------------------------

@@ -211,7 +211,7 @@ def test_a_sparse_fc_weight_converts_to_a_dense_kernel():
         onnx.numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == head.input[1])),
         dense.reshape(5, 4, 3, 3))
     v = result.report.verification
-    assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
+    assert v and len(v.checks) == 5 and all(c.passed for c in v.checks)  # with input crops: no padding
 
 
 @pytest.mark.e2e
@@ -221,7 +221,7 @@ def test_a_sparse_backbone_weight_stays_sparse_and_the_head_converts():
     assert [n.node for n in result.report.converted] == ["fc"]
     assert [t.values.name for t in result.model.graph.sparse_initializer] == ["conv.w"]
     v = result.report.verification
-    assert v and len(v.checks) == 3 and all(c.passed for c in v.checks)
+    assert v and len(v.checks) == 5 and all(c.passed for c in v.checks)  # with input crops: no padding
 
 
 def head_inside_if_on_the_outer_map():

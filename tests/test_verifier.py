@@ -19,7 +19,8 @@ def test_verify_passes_a_correct_rewrite_with_both_checks(build_models):
     result = verify(original, converted)
     assert result and result.passed
     kinds = sorted({c.check for c in result.checks})
-    assert kinds == ["original size", "sliding window 48x65", "sliding window 64x64"]
+    assert kinds == ["input crops 48x65", "input crops 64x64", "original size", "sliding window 48x65",
+                     "sliding window 64x64"]
     assert result.inputs[0].shape == [2, 1, 32, 32]  # batch 2, not 1
 
 
