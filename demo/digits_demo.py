@@ -268,11 +268,11 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def detect(logit_map: np.ndarray, threshold: float = 0.9, nms_radius: int = 3):
-    """Windows where a digit class wins with probability > threshold, after NMS.
+    """Map cells where a digit class wins with probability > threshold, after NMS.
 
     A candidate survives if its digit probability is the largest within
-    +-nms_radius rows and columns (ties go to the first in row-major order).
-    Returns [(digit, row, col, prob), ...] sorted by row then column.
+    +-nms_radius rows and columns of the map (ties go to the first in row-major order).
+    Returns [(digit, row, col, prob), ...] in map cells, sorted by row then column.
     """
     p = softmax(logit_map[0], axis=0)  # [11, h, w]
     cls = p.argmax(0)
@@ -287,8 +287,18 @@ def detect(logit_map: np.ndarray, threshold: float = 0.9, nms_radius: int = 3):
     return sorted(kept, key=lambda t: (t[1], t[2]))
 
 
+def place(cells, box_of):
+    """Detections in map cells -> the input boxes their windows see: [(digit, y0, x0, y1, x1, prob), ...].
+
+    ``box_of(row, col)`` gives a cell's box (y0, x0, y1, x1): onnx_fc2conv.cell_box with the
+    converted output's geometry, so no stride or window size is worked out here.
+    """
+    return [(digit, *box_of(r, c), prob) for digit, r, c, prob in cells]
+
+
 def match(detections, truth, tol: int = 1):
-    """Pair detections with ground truth (same class, position within +-tol).
+    """Pair placed detections (digit, y0, x0, ...) with ground truth (digit, row, col): same class,
+    top-left corner within +-tol pixels.
 
     Returns (correct, missed, false_positives): lists of (truth, detection) pairs,
     truths not found, detections not matched.
@@ -346,8 +356,9 @@ def shape_str(value_info) -> str:
     return "[" + ", ".join(d.dim_param if d.dim_param else str(d.dim_value) for d in dims) + "]"
 
 
-def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections, title: str = ""):
-    """Canvas with ground truth and detections, the best-digit score map, and per-class maps."""
+def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections, box_of, title: str = ""):
+    """Canvas with ground truth and placed detections (see place), the best-digit score map and
+    per-class maps, each cell drawn at the centre of the box ``box_of(row, col)`` it sees."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,9 +368,12 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     p = softmax(logit_map[0], axis=0)
     h, w = p.shape[1:]
     H, W = canvas.shape[2:]
-    # map cell (r, c) scores the window whose top-left is (r, c): draw it at the
-    # window centre so the maps line up with the canvas
-    extent = (WIN / 2 - 1, WIN / 2 - 1 + w, WIN / 2 - 1 + h, WIN / 2 - 1)
+    # map cell (r, c) scores the window box_of(r, c): draw it at the window centre so the maps
+    # line up with the canvas (pixel k spans k-0.5..k+0.5; a cell is one stride wide)
+    y0, x0, y1, x1 = box_of(0, 0)
+    step_y, step_x = box_of(1, 1)[0] - y0, box_of(1, 1)[1] - x0
+    top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
+    extent = (left, left + w * step_x, top + h * step_y, top)
     fig = plt.figure(figsize=(12, 7.6), dpi=90)
     gs = fig.add_gridspec(3, 5, height_ratios=[2.4, 1, 1], hspace=0.35, wspace=0.15)
     ax0 = fig.add_subplot(gs[0, :3])
@@ -367,10 +381,10 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     for cls, r, c in truth:
         ax0.add_patch(Rectangle((c - 0.5, r - 0.5), WIN, WIN, fill=False, ec="tab:blue", lw=1.2, ls="--"))
         ax0.text(c - 0.4, r + WIN - 0.5, f"true {cls}", color="tab:blue", fontsize=8, va="top")
-    for cls, r, c, prob in detections:
+    for cls, r, c, r1, c1, prob in detections:
         ok = any(t == (cls, r, c) for t in truth)
         color = "tab:green" if ok else "tab:red"
-        ax0.add_patch(Rectangle((c - 0.5, r - 0.5), WIN, WIN, fill=False, ec=color, lw=2))
+        ax0.add_patch(Rectangle((c - 0.5, r - 0.5), c1 - c, r1 - r, fill=False, ec=color, lw=2))
         ax0.text(c - 0.4, r - 0.7, f"{cls} ({prob:.2f})", color=color, fontsize=10, weight="bold")
     ax0.set_title("canvas: dashed = placed digit, solid = detection (green right, red wrong)", fontsize=9)
     ax0.set_xlim(-0.5, W - 0.5)
@@ -382,13 +396,13 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     im = ax1.imshow(np.ma.masked_less(best, 0.02), cmap="plasma", vmin=0, vmax=1, extent=extent,
                     interpolation="nearest")
     ax1.add_patch(Rectangle((extent[0], extent[3]), w, h, fill=False, ec="0.5", lw=0.8, ls=":"))
-    for cls, r, c, _ in detections:
-        ax1.annotate(str(cls), (c + WIN / 2 - 0.5, r + WIN / 2 - 0.5), xytext=(7, -7), textcoords="offset points",
+    for cls, r, c, r1, c1, _ in detections:
+        ax1.annotate(str(cls), ((c + c1 - 1) / 2, (r + r1 - 1) / 2), xytext=(7, -7), textcoords="offset points",
                      color="black", fontsize=10, weight="bold")
     ax1.set_xlim(-0.5, W - 0.5)
     ax1.set_ylim(H - 0.5, -0.5)
     ax1.set_title(f"max digit probability ({h}x{w} map, dotted)\n"
-                  "one cell per 8x8 window, at the window centre", fontsize=9)
+                  f"one cell per {y1 - y0}x{x1 - x0} window, at the window centre", fontsize=9)
     fig.colorbar(im, ax=ax1, fraction=0.035, pad=0.02)
 
     for k in range(10):

@@ -38,13 +38,14 @@ TOL = 1e-4
 
 
 def load_converter():
+    """onnx_fc2conv's convert and cell_box, or None where the package does not import."""
     try:
-        from onnx_fc2conv import convert
+        from onnx_fc2conv import cell_box, convert
     except ImportError:
-        print("!! `from onnx_fc2conv import convert` failed:")
+        print("!! `from onnx_fc2conv import convert, cell_box` failed:")
         traceback.print_exc(limit=1, file=sys.stdout)
         return None
-    return convert
+    return convert, cell_box
 
 
 def main(argv=None) -> int:
@@ -70,12 +71,19 @@ def main(argv=None) -> int:
 
     # 3. convert ----------------------------------------------------------------------
     print("\n== 2. convert with onnx_fc2conv")
-    convert = load_converter()
+    converter = load_converter()
     fcn = None
-    if convert is not None:
+    # Where each map cell looks in the canvas: the crop-by-crop map has one cell per 8x8 crop at
+    # stride 1 by construction (crops_of); the converted map's boxes come from its window geometry.
+    crop_grid = lambda r, c: (r, c, r + dd.WIN, c + dd.WIN)  # noqa: E731
+    box_of = crop_grid
+    if converter is not None:
+        convert, cell_box = converter
         result = convert(os.path.relpath(src))  # relative to where it runs: a short label in the report
         print(result.report.render_text(verbose=True))
         fcn = result.model
+        geometry = result.report.geometry["logits"]
+        box_of = lambda r, c: cell_box(geometry, r, c)  # noqa: E731
         dst = os.path.join(OUT, "digits_fcn.onnx")
         onnx.save(fcn, dst)
         ops = " -> ".join(n.op_type for n in fcn.graph.node)
@@ -109,7 +117,7 @@ def main(argv=None) -> int:
         if logit_map.shape != ref.shape:
             print(f"!! shape mismatch: converted {list(logit_map.shape)} vs crop-by-crop {list(ref.shape)}")
             status = 1
-            logit_map = ref
+            logit_map, box_of = ref, crop_grid
         else:
             diff = float(np.abs(logit_map - ref).max())
             same = diff <= TOL
@@ -126,14 +134,15 @@ def main(argv=None) -> int:
         print(f"time (onnxruntime CPU): original, {n_crops} runs of 1 crop {t_loop * 1e3:.1f} ms | "
               f"1 run of a batch of {n_crops} crops {t_batch * 1e3:.3f} ms")
 
-    dets = dd.detect(logit_map, threshold=args.threshold)
+    dets = dd.place(dd.detect(logit_map, threshold=args.threshold), box_of)
     correct, missed, false_pos = dd.match(dets, truth, tol=0)
-    print(f"\ndetections (digit wins with p > {args.threshold}, NMS +-3 px), as (digit, row, col):")
+    print(f"\ndetections (digit wins with p > {args.threshold}, NMS +-3 cells), as (digit, row, col) of the "
+          "box's top left:")
     print(f"  placed:   {sorted(truth, key=lambda x: (x[1], x[2]))}")
-    print(f"  detected: {[(c, r, q) for c, r, q, _ in dets]}")
-    for c, r, q, prob in dets:
+    print(f"  detected: {[(c, r, q) for c, r, q, *_ in dets]}")
+    for c, r, q, r1, q1, prob in dets:
         tag = "ok" if any(tr == (c, r, q) for tr, _ in correct) else "WRONG"
-        print(f"    digit {c} at ({r:2d},{q:2d}) p={prob:.4f}  {tag}")
+        print(f"    digit {c} in box ({r:2d},{q:2d})-({r1:2d},{q1:2d}) p={prob:.4f}  {tag}")
     for m in missed:
         print(f"    missed: digit {m[0]} at ({m[1]},{m[2]})")
     print(f"found {len(correct)}/{len(truth)} placed digits with the right class and position, "
@@ -143,7 +152,7 @@ def main(argv=None) -> int:
     png = os.path.join(OUT, "digits_heatmap.png")
     which = ("the converted model, one run on the canvas" if fcn is not None
              else "the ORIGINAL model crop by crop (converter missing)")
-    dd.plot(png, canvas, logit_map, truth, dets,
+    dd.plot(png, canvas, logit_map, truth, dets, box_of,
             title=f"an 8x8 digit classifier scanning a 32x48 canvas: {len(correct)}/{len(truth)} digits found\n"
                   f"(scores from {which})")
     print(f"\nwrote {os.path.relpath(png, ROOT)} ({os.path.getsize(png) / 1024:.0f} KB)")

@@ -80,5 +80,9 @@ def test_converted_model_equals_crop_by_crop(trained, canvas, tmp_path):
     got = dd.fcn_map(dd.session(result.model), img)
     assert got.shape == ref.shape == (1, dd.N_CLASSES, 25, 41)
     assert np.abs(got - ref).max() <= 1e-4
-    correct, missed, false_pos = dd.match(dd.detect(got), truth)
+    geometry = result.report.geometry["logits"]
+    assert [(a.size, a.stride, a.offset, a.margin) for a in geometry.axes] == [(dd.WIN, 1, 0, 0)] * 2
+    placed = dd.place(dd.detect(got), lambda r, c: mod.cell_box(geometry, r, c))
+    assert all((y1 - y0, x1 - x0) == (dd.WIN, dd.WIN) for _, y0, x0, y1, x1, _ in placed)
+    correct, missed, false_pos = dd.match(placed, truth)
     assert len(correct) >= len(truth) - 1, (correct, missed)
