@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper
 
-from .geometry import tensor_geometry
 from .graph import (
     cleanup,
     is_onnx_op,
@@ -80,14 +79,13 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
     report.symbolic_inputs = {i.name: dims_list(value_dims(i)[1]) for i in graph.input if i.name in spatial_inputs}
     if not heads and token_input_axes is None:
         return None
-    original_sizes = {name: index.shape(name) for name in spatial_inputs}  # the index is of the original graph
     for i, head in enumerate(heads):
         head.outputs = [o for o in map_outputs if ctx.maps[o].head == i]
-        if spatial_inputs:  # the walk runs on the rewritten graph, through the head's Conv
-            head.geometry = {o: tensor_geometry(model, o, spatial_inputs, original_sizes) for o in head.outputs}
-        report.geometry.update(head.geometry)
-    return ConversionRecord(mode=options.mode, heads=heads, spatial_inputs=spatial_inputs,
-                            token_axes=token_input_axes)
+    record = ConversionRecord(mode=options.mode, heads=heads, spatial_inputs=spatial_inputs,
+                              token_axes=token_input_axes)
+    if spatial_inputs:  # the index is of the original graph: its input sizes are the crops
+        report.geometry = record.measure_geometry(model, {name: index.shape(name) for name in spatial_inputs})
+    return record
 
 
 def fixed_size_notes(graph: onnx.GraphProto, plan: Plan, body_heads: list[str]) -> list[str]:

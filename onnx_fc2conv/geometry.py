@@ -58,7 +58,11 @@ BROADCAST_OPS = frozenset({
     "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "Mod",
 })
 SLIDING_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})
-CHANNEL_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})  # over one axis; position-wise on axis 1
+# Over one axis from opset 13, over every axis from ``axis`` on before: position-wise where no axis
+# it runs over is an image axis (axis 1 of a map; the last of a map transposed to NHWC).
+CHANNEL_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+# Ops whose output says how large a tensor is, never what its pixels hold.
+SIZE_OPS = frozenset({"Shape", "Size"})
 WHOLE_MAP_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "InstanceNormalization"})
 
 
@@ -299,12 +303,17 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
         return inputs[0] if all(s is None for s in inputs[1:]) else _broadcast(node, inputs, label)
     if node.op_type in BROADCAST_OPS:
         return _broadcast(node, inputs, label)
+    if node.op_type in SIZE_OPS:
+        return None
     if node.op_type in CHANNEL_OPS:
-        rank = len(inputs[0] or ())
-        axis = attr(node, "axis", -1 if opset_version(walk.model) >= 13 else 1)
-        if opset_version(walk.model) >= 13 and axis % max(rank, 1) == 1:
-            return inputs[0]
-        return f"{label} runs over more than the channel axis"
+        state = inputs[0]
+        assert isinstance(state, tuple)
+        since_13 = opset_version(walk.model) >= 13
+        axis = attr(node, "axis", -1 if since_13 else 1) % len(state)
+        over = state[axis:axis + 1] if since_13 else state[axis:]
+        if any(a is not None for a in over):
+            return f"{label} runs over an image axis"
+        return state
     if node.op_type in SLIDING_OPS:
         return _sliding(walk, node, inputs, label)
     if node.op_type == "Concat":

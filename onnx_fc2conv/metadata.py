@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from .errors import InvalidModelError
-from .geometry import Geometry
+from .geometry import Geometry, tensor_geometry
 from .graph import names_in, value_dims
 from .report import Mode
 from .version import __version__
@@ -70,6 +70,15 @@ class ConversionRecord:
     token_axes: dict[str, list[int]] | None = None  # None: no token layer was converted
     output_stride: StrideRecord | None = None  # None: the maps step by the backbone's stride
     version: str = __version__
+
+    def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict) -> dict[str, Geometry]:
+        """Give each head the geometry of each of its output maps, walked on the converted ``model``
+        (through the head's Conv; see :func:`tensor_geometry`), and return them all by output.
+        ``input_sizes``: the original dims of the spatial inputs, for each axis's crop. A pass that
+        changes the backbone or a head's kernel after the rewrite calls it again."""
+        for head in self.heads:
+            head.geometry = {o: tensor_geometry(model, o, self.spatial_inputs, input_sizes) for o in head.outputs}
+        return {o: g for head in self.heads for o, g in head.geometry.items()}
 
     def to_json(self) -> str:
         data = asdict(self)

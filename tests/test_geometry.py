@@ -175,11 +175,28 @@ def test_a_resize_a_reshape_and_mismatched_strides_make_the_geometry_unknown():
     assert tensor_geometry(spatial_concat, "y").unknown == "Concat 'tile' joins maps along a spatial axis (axis 3)"
 
 
-def test_softmax_over_channels_keeps_the_geometry_and_over_the_width_does_not():
-    for axis, known in ((1, True), (3, False)):
-        m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=axis)], [vi("x", ["N", 2, 4, 4])],
-                  [vi("y", None, 0)])
-        assert tensor_geometry(m, "y").known is known
+@pytest.mark.parametrize("opset, nhwc, axis, known", [
+    (13, False, 1, True), (13, False, 3, False),
+    (11, False, 1, False),  # before opset 13 Softmax runs over every axis from `axis` on: C, H and W
+    (11, True, 3, True),  # ... so the converter runs it on NHWC, over the last axis, and transposes back
+])
+def test_softmax_keeps_the_geometry_where_it_runs_over_no_image_axis(opset, nhwc, axis, known):
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=axis)]
+    if nhwc:
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+                 helper.make_node("Softmax", ["t"], ["s"], name="sm", axis=axis),
+                 helper.make_node("Transpose", ["s"], ["y"], name="nchw", perm=[0, 3, 1, 2])]
+    geometry = tensor_geometry(model(nodes, [vi("x", ["N", 2, 4, 4])], [vi("y", None, 0)], opset=opset), "y")
+    assert geometry.unknown == (None if known else "Softmax 'sm' runs over an image axis")
+    assert _axes(geometry) == ([(1, 1, 0, 0, 4)] * 2 if known else [])
+
+
+def test_a_shape_read_from_the_map_carries_no_pixels():
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["zeros"], name="zeros"),
+             helper.make_node("Add", ["x", "zeros"], ["y"], name="add")]
+    m = model(nodes, [vi("x", ["N", 2, 4, 4])], [vi("y", None, 0)])
+    assert _axes(tensor_geometry(m, "y")) == [(1, 1, 0, 0, 4)] * 2
 
 
 # ---- cells and boxes -------------------------------------------------------------------------
@@ -335,3 +352,22 @@ def test_the_proof_runs_input_crops_where_the_backbone_does_not_pad_and_fails_on
     check = onnx_fc2conv.verify(MODELS / "lenet5.onnx", tampered)
     failed = [c for c in check.checks if not c.passed]
     assert not check and {c.check for c in failed} == {"input crops 64x64", "input crops 48x65"}
+
+
+@pytest.mark.e2e
+def test_a_pool_that_drops_the_last_row_gives_a_window_smaller_than_the_crop_and_more_cells_than_crops():
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MaxPool", ["x"], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["pool"], ["flat"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["y"], name="fc", transB=1)]
+    original = model(nodes, [vi("x", ["N", 2, 9, 9])], [vi("y", None, 0)],
+                     [init("w", weights(rng, 3, 32)), init("b", weights(rng, 3))])
+    result = onnx_fc2conv.convert(original)
+    geometry = result.report.geometry["y"]
+    assert _axes(geometry) == [(8, 2, 0, 0, 9)] * 2  # pool 2/2 on 9 rows reads 8; head 4x4: 2 + 3*2
+    assert "smaller than the 9x9 crop" in geometry.line()
+    crops = [c for c in result.report.verification.checks if c.check.startswith("input crops")]
+    assert len(crops) == 2 and all(c.passed for c in crops)
+    (cells,) = _session(result.model).run(None, {"x": np.zeros((1, 2, 18, 18), np.float32)})
+    assert cells.shape[2:] == (6, 6)  # 6 windows of 8 rows at stride 2 fit in 18, but only 5 crops of 9
+    assert cells_within(geometry, (0, 0, 18, 18)) == (range(0, 6), range(0, 6))
