@@ -173,3 +173,22 @@ def test_dense_pool_on_the_qdq_mobilenet_needs_its_size_and_then_gives_a_class_m
     assert result.report.converted[0].detail.endswith("GlobalAveragePool -> AveragePool 7x7 stride 1")
     v = result.report.verification
     assert v.max_abs_error == 0 and sum(c.compared for c in v.checks if c.check.startswith("sliding window")) >= 20
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name, output, axis", [
+    # ResNet-50 with the stride in the 3x3 convs (as torchvision's): a receptive field of 427 pixels at
+    # stride 32 (stem 7/2 pad 3 and pool 3/2 pad 1: 11 at offset -5; +8 per unit at stride 4, +16 ...),
+    # then the head's 7x7 average pool at stride 1 adds 6*32; the padding reaches 213 pixels out
+    ("onnx_light_resnet50_caffe2_op9.onnx", "gpu_0/softmax_1", (427 + 6 * 32, 32, -213, 213, 224)),
+    ("onnxmlir_mnist_pytorch_op13.onnx", "prediction", (28, 2, 0, 0, 28)),
+    ("tribuo_cnn_mnist_pytorch_op9.onnx", "output_probs", (28, 4, 0, 0, 28)),
+    # its last pool reads 13 of the 14 rows it gets: the window is smaller than the crop
+    ("onnx2c_atmega_mnist_pytorch_op9.onnx", "network_output", (13, 2, 0, 0, 14)),
+])
+def test_real_model_geometry_and_the_unpadded_ones_equal_the_original_on_their_crops(real_models, name, output, axis):
+    report = real_models.convert(name).report
+    geometry = report.geometry[output]
+    assert [(a.size, a.stride, a.offset, a.margin, a.crop) for a in geometry.axes] == [axis, axis]
+    crops = [c for c in report.verification.checks if c.check.startswith("input crops")]
+    assert len(crops) == (0 if axis[3] else 2) and all(c.passed and c.compared >= 9 for c in crops)
