@@ -49,6 +49,21 @@ def test_example_model_geometry_is_the_hand_computed_one(name, options, output, 
     assert _axes(geometry) == [expected, expected]
 
 
+@pytest.mark.parametrize("name, options", [("lenet5", {}), ("vgg_small", {}), ("torch_view_head", {}),
+                                           ("matmul_add_head", {}), ("gap_head", {"dense_pool": True})])
+def test_the_geometry_agrees_with_the_window_the_sliding_window_proof_uses(name, options):
+    """The verifier slides each head's window ``[C, *S]`` (from the conversion record) over the
+    original's feature map; walking the original graph to that map and widening it by the window
+    gives the same geometry as the walk of the converted graph, through the head's Conv."""
+    original = onnx.load(MODELS / f"{name}.onnx")
+    result = onnx_fc2conv.convert(original, verify=False, **options)
+    (head,) = read_record(result.model).heads
+    feature_map = tensor_geometry(original, head.feature_map)
+    widened = [(a.size + (w - 1) * a.stride, a.stride, a.offset, a.margin, a.crop)
+               for a, w in zip(feature_map.axes, head.window[1:])]
+    assert _axes(head.geometry[head.outputs[0]]) == widened
+
+
 def test_a_global_pool_head_has_unknown_geometry_naming_the_pool():
     geometry = onnx_fc2conv.convert(MODELS / "gap_head.onnx", verify=False).report.geometry["logits"]
     assert not geometry.known and geometry.axes == ()
