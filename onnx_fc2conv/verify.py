@@ -1,6 +1,6 @@
 """The proof: run the original and the converted model with ONNX Runtime and compare.
 
-Two checks:
+The checks:
 
 * **Original size.** The same seeded inputs (batch 2 where the batch is free) go into both models on
   every requested runtime; every output must match within ``rtol``/``atol``. Each runtime besides
@@ -10,6 +10,10 @@ Two checks:
   flattens (the feature map). On a larger input, the backbone gives a larger map; every sampled
   output position of the converted model (the corners, the centre and random ones) must equal the
   original head applied to the matching window of that map. This holds even when the backbone pads.
+* **Input crops** (fully convolutional models with a backbone that does not pad). On the same larger
+  inputs, every sampled cell whose crop of the original size lies inside the input must equal the
+  original model run on that crop, where the conversion record's window geometry places it
+  (:func:`~onnx_fc2conv.geometry.crop_box`): this proves the geometry the report gives.
 * **Sequence lengths** (token layers converted). The token axis is dynamic, so both models also run
   at two other lengths (one shorter where possible, one longer) and every output must match.
 """
@@ -292,8 +296,10 @@ def _sliding_window_checks(original, folder, record, feeds, sessions, result, se
 
 def _crop_geometries(heads, spatial: dict[str, list[int]]) -> dict[str, Geometry]:
     """The output maps whose cells stand for crops of the input: their geometry is known, the
-    backbone does not pad, the original size is static, and the image is the only input resized."""
-    return {output: g for head in heads for output, g in head.geometry.items()
+    backbone does not pad, the original size is static, and the image is the only input resized.
+    A head that flattens the image itself has no backbone: its sliding-window check already ran the
+    original model on those very crops."""
+    return {output: g for head in heads if head.feature_map not in spatial for output, g in head.geometry.items()
             if g.known and list(spatial) == [g.input] and sorted(spatial[g.input]) == sorted(g.input_axes)
             and all(a.margin == 0 and a.crop is not None for a in g.axes)}
 
