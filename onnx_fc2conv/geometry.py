@@ -15,9 +15,9 @@ the backbone's feature map, and that window reads one box of input pixels. Per s
   smaller than the crop when the backbone's pooling drops the last rows (``size < crop``), and then
   the map has a few more cells at the far edge than there are crops.
 
-A cell whose window lies inside the image sees no padding of the image (its crop lies at least
-``margin`` inside it): there the map does not depend on where the image ends, so shifting the
-image by ``k * stride`` pixels shifts the map by ``k`` cells. With padding, such a cell still differs
+A cell whose window lies inside the image sees no padding at all (every cell whose crop lies at
+least ``margin`` inside the image is one): there the map does not depend on where the image ends,
+so shifting the image by ``k * stride`` pixels shifts those cells by ``k``. With padding, such a cell still differs
 from the original model run on its crop, which sees zeros where the cell sees image pixels.
 
 The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
@@ -38,7 +38,7 @@ those ops (e.g. one whose later kernels are dilated).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import onnx
 from onnx import numpy_helper
@@ -106,13 +106,10 @@ class Geometry:
                      "rows, so the map has more cells than there are crops)")
         return text
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data) -> Geometry:
-        """The geometry in ``data`` (as :meth:`to_dict` writes it); ValueError/TypeError/KeyError
-        where it is not one."""
+        """The geometry in ``data`` (as ``dataclasses.asdict`` writes it, in a conversion record);
+        ValueError, TypeError or KeyError where it is not one."""
         if not isinstance(data, dict):
             raise TypeError(f"expected a geometry object, got {type(data).__name__}")
         axes = tuple(AxisGeometry(_int(a["size"], 1), _int(a["stride"], 1), _int(a["offset"]), _int(a["margin"], 0),
