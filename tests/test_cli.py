@@ -67,6 +67,7 @@ def test_report_json_lists_nodes_and_errors(tmp_path):
     assert [n["rule"] for n in report["nodes"]] == ["flatten_gemm", "fc_chain", "fc_chain"]
     assert report["verification"]["passed"] is True
     assert report["verification"]["checks"][0]["max_abs_error"] < 1e-5
+    assert report["geometry"]["probs"]["axes"] == [{"size": 46, "stride": 8, "offset": -7, "margin": 7, "crop": 32}] * 2
 
 
 @pytest.mark.parametrize("args, message", [
