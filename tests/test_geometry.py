@@ -386,3 +386,22 @@ def test_a_pool_that_drops_the_last_row_gives_a_window_smaller_than_the_crop_and
     (cells,) = _session(result.model).run(None, {"x": np.zeros((1, 2, 18, 18), np.float32)})
     assert cells.shape[2:] == (6, 6)  # 6 windows of 8 rows at stride 2 fit in 18, but only 5 crops of 9
     assert cells_within(geometry, (0, 0, 18, 18)) == (range(0, 6), range(0, 6))
+
+
+@pytest.mark.e2e
+def test_an_nhwc_model_gets_the_geometry_of_its_axes_1_and_2_and_the_proof_checks_its_crops():
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], name="conv", kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["n"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["n"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    original = model(nodes, [vi("x", ["N", 9, 11, 2])], [vi("y", None, 0)],
+                     [init("w", weights(rng, 4, 2, 3, 3)), init("fw", weights(rng, 5, 4 * 4 * 5)), init("fb", weights(rng, 5))])
+    result = onnx_fc2conv.convert(original)
+    assert [n.rule for n in result.report.converted] == ["nhwc_flatten"]
+    geometry = result.report.geometry["y"]  # conv 3/2 on 9x11 gives 4x5; the head 4x5 covers 3+3*2 by 3+4*2
+    assert geometry.input_axes == (1, 2) and _axes(geometry) == [(9, 2, 0, 0, 9), (11, 2, 0, 0, 11)]
+    crops = [c for c in result.report.verification.checks if c.check.startswith("input crops")]
+    assert len(crops) == 2 and all(c.passed and c.compared >= 9 for c in crops)
