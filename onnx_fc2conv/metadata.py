@@ -71,14 +71,29 @@ class ConversionRecord:
     output_stride: StrideRecord | None = None  # None: the maps step by the backbone's stride
     version: str = __version__
 
-    def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict) -> dict[str, Geometry]:
+    def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict | None = None) -> dict[str, Geometry]:
         """Give each head the geometry of each of its output maps, walked on the converted ``model``
         (through the head's Conv; see :func:`tensor_geometry`), and return them all by output.
-        ``input_sizes``: the original dims of the spatial inputs, for each axis's crop. A pass that
-        changes the backbone or a head's kernel after the rewrite calls it again."""
+        ``input_sizes``: the original dims of the spatial inputs, for each axis's crop (default: the
+        crops this record's geometry already gives). A pass that changes the backbone or a head's
+        kernel after the rewrite (dilating it, say) calls it again, or the record says what was."""
+        if input_sizes is None:
+            input_sizes = self._recorded_sizes()
         for head in self.heads:
             head.geometry = {o: tensor_geometry(model, o, self.spatial_inputs, input_sizes) for o in head.outputs}
         return {o: g for head in self.heads for o, g in head.geometry.items()}
+
+    def _recorded_sizes(self) -> dict[str, list[int | None]]:
+        """The original input sizes, axis by axis, as the crops of the recorded geometry give them."""
+        sizes: dict[str, list[int | None]] = {}
+        for geometry in (g for head in self.heads for g in head.geometry.values()):
+            if geometry.input is None:  # unknown: no axes
+                continue
+            dims = sizes.setdefault(geometry.input, [])
+            dims.extend([None] * (max(geometry.input_axes) + 1 - len(dims)))
+            for axis, a in zip(geometry.input_axes, geometry.axes):
+                dims[axis] = a.crop
+        return sizes
 
     def to_json(self) -> str:
         data = asdict(self)

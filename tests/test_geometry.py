@@ -405,3 +405,15 @@ def test_an_nhwc_model_gets_the_geometry_of_its_axes_1_and_2_and_the_proof_check
     assert geometry.input_axes == (1, 2) and _axes(geometry) == [(9, 2, 0, 0, 9), (11, 2, 0, 0, 11)]
     crops = [c for c in result.report.verification.checks if c.check.startswith("input crops")]
     assert len(crops) == 2 and all(c.passed and c.compared >= 9 for c in crops)
+
+
+def test_measuring_again_after_a_later_rewrite_keeps_the_crops_and_sees_the_new_kernels():
+    """A pass that rewrites the converted graph (a dilated head, say) measures again; the crops,
+    which the rewritten graph's symbolic input no longer says, come from the record."""
+    result = onnx_fc2conv.convert(MODELS / "lenet5.onnx", verify=False)
+    record = read_record(result.model)
+    assert record.measure_geometry(result.model) == {"logits": LENET}
+    head = next(n for n in result.model.graph.node if n.name == record.heads[0].node)
+    head.attribute.append(helper.make_attribute("dilations", [2, 2]))  # the 5x5 head now spans 9 cells
+    geometry = record.measure_geometry(result.model)["logits"]
+    assert _axes(geometry) == [(48, 4, 0, 0, 32)] * 2 and record.heads[0].geometry["logits"] == geometry
