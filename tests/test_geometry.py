@@ -417,3 +417,40 @@ def test_measuring_again_after_a_later_rewrite_keeps_the_crops_and_sees_the_new_
     head.attribute.append(helper.make_attribute("dilations", [2, 2]))  # the 5x5 head now spans 9 cells
     geometry = record.measure_geometry(result.model)["logits"]
     assert _axes(geometry) == [(48, 4, 0, 0, 32)] * 2 and record.heads[0].geometry["logits"] == geometry
+
+
+@pytest.mark.e2e
+def test_a_pixel_changes_exactly_the_cells_whose_windows_contain_it_through_padding_and_a_residual_branch():
+    """The receptive field measured: a strided padded conv, a residual block whose branch reaches 2
+    pixels further than its shortcut (the window is their union), an average pool and the head. With
+    Tanh and average pooling every weight path is live, so changing one pixel changes exactly the
+    cells whose windows contain it, near the borders too."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="stem", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c1"], ["t1"], name="tanh"),
+             helper.make_node("Conv", ["t1", "w2"], ["c2"], name="branch", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["t1", "c2"], ["r"], name="residual"),
+             helper.make_node("AveragePool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1)]
+    original = model(nodes, [vi("x", ["N", 1, 12, 12])], [vi("y", None, 0)],
+                     [init("w1", weights(rng, 3, 1, 3, 3)), init("w2", weights(rng, 3, 3, 3, 3)),
+                      init("fw", weights(rng, 4, 3 * 3 * 3))])
+    result = onnx_fc2conv.convert(original)
+    geometry = result.report.geometry["y"]
+    # stem: 3 at stride 2, offset -1; branch: 3 + 2*2 = 7 at offset -3, the union with the shortcut's
+    # [-1, 2) is [-3, 4); pool 2/2: 7 + 2 = 9 at stride 4; head 3x3: 9 + 2*4 = 17
+    assert _axes(geometry) == [(17, 4, -3, 3, 12)] * 2
+    session = _session(result.model)
+    image = rng.standard_normal((1, 1, 28, 30)).astype(np.float32)
+    (base,) = session.run(None, {"x": image})
+    for pixel in [(0, 0), (5, 7), (13, 14), (27, 29), (20, 3)]:
+        poked = image.copy()
+        poked[(0, 0, *pixel)] += 3.0
+        (moved,) = session.run(None, {"x": poked})
+        changed = np.abs(moved - base).max(axis=(0, 1)) > 1e-6
+        rows, cols = cells_containing(geometry, (*pixel, pixel[0] + 1, pixel[1] + 1), map_shape=base.shape[2:])
+        predicted = np.zeros_like(changed)
+        predicted[rows.start:rows.stop, cols.start:cols.stop] = True
+        assert (changed == predicted).all(), (pixel, np.argwhere(changed).tolist(), rows, cols)
