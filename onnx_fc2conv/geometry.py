@@ -201,9 +201,8 @@ class _Axis:
     axis: int
     size: int = 1
     stride: int = 1
-    offset: int = 0
-    pad_begin: int = 0
-    pad_end: int = 0
+    offset: int = 0  # minus the padding before it, in input pixels
+    pad_end: int = 0  # the padding after it
 
 
 @dataclass
@@ -282,7 +281,7 @@ def _geometry(state: State, name: str, input_sizes, walk: _Walk) -> Geometry:
     sizes = (input_sizes or {}).get(source) or walk.dims.get(source) or ()
     crop = lambda axis: sizes[axis] if axis < len(sizes) and isinstance(sizes[axis], int) else None  # noqa: E731
     return Geometry(source, tuple(a.axis for a in axes),
-                    tuple(AxisGeometry(a.size, a.stride, a.offset, max(a.pad_begin, a.pad_end), crop(a.axis))
+                    tuple(AxisGeometry(a.size, a.stride, a.offset, max(-a.offset, a.pad_end), crop(a.axis))
                           for a in axes))
 
 
@@ -365,8 +364,7 @@ def _union(a: _Axis, b: _Axis) -> _Axis | None:
         return None
     start = min(a.offset, b.offset)
     end = max(a.offset + a.size, b.offset + b.size)
-    return replace(a, size=end - start, offset=start, pad_begin=max(a.pad_begin, b.pad_begin),
-                   pad_end=max(a.pad_end, b.pad_end))
+    return replace(a, size=end - start, offset=start, pad_end=max(a.pad_end, b.pad_end))
 
 
 def _describe(a: _Axis | None) -> str:
@@ -413,8 +411,7 @@ def _sliding(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str)
         # ceil_mode: a last window may hang over the end by up to stride - 1 rows, read as padding.
         end += (s - 1) if ceil else 0
         out.append(replace(a, size=a.size + (k - 1) * d * a.stride, offset=a.offset - begin * a.stride,
-                           stride=a.stride * s, pad_begin=a.pad_begin + begin * a.stride,
-                           pad_end=a.pad_end + end * a.stride))
+                           stride=a.stride * s, pad_end=a.pad_end + end * a.stride))
     return tuple(out)
 
 
@@ -440,6 +437,5 @@ def _pad(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> 
                 return f"{label} pads axis {i}, which is no image axis"
             out.append(None)
             continue
-        out.append(replace(a, offset=a.offset - begin * a.stride, pad_begin=a.pad_begin + begin * a.stride,
-                           pad_end=a.pad_end + end * a.stride))
+        out.append(replace(a, offset=a.offset - begin * a.stride, pad_end=a.pad_end + end * a.stride))
     return tuple(out)
