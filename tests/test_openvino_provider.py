@@ -38,7 +38,8 @@ def test_provider_openvino_takes_part_in_every_check_of_a_fully_convolutional_mo
     openvino, cpu = _by_check(verification, "openvino"), _by_check(verification, "cpu")
     assert verification.passed and verification.skipped == []
     assert set(openvino) == {*cpu, "openvino vs cpu"} == {"original size", "sliding window 64x64",
-                                                           "sliding window 48x65", "openvino vs cpu"}
+                                                           "sliding window 48x65", "openvino vs cpu",
+                                                           "input crops 64x64", "input crops 48x65"}
     for check in openvino.values():
         assert check.passed and check.compared > 0 and 0 < check.max_abs_error < 1e-5, check.line()
     assert sum(c.compared for c in openvino.values() if c.check.startswith("sliding window")) == \
@@ -67,7 +68,7 @@ def test_without_openvino_the_report_says_skipped_and_the_cpu_proof_decides(open
     verification = convert(MODELS / "lenet5.onnx", providers=("openvino",)).report.verification
     assert verification.skipped == [NOT_INSTALLED]
     assert {c.provider for c in verification.checks} == {"cpu"}
-    assert verification.passed and len(verification.checks) == 3 and all(c.compared > 0 for c in verification.checks)
+    assert verification.passed and len(verification.checks) == 5 and all(c.compared > 0 for c in verification.checks)
     assert not [n for n in verification.notes if "OpenVINO" in n]
 
 
@@ -118,7 +119,8 @@ def test_a_converted_model_with_external_data_is_read_by_openvino_from_its_path(
     assert (tmp_path / "lenet5_fcn.onnx.data").is_file()
     result = verify(MODELS / "lenet5.onnx", out, providers=("openvino",))
     assert result.passed and {c.check for c in result.checks if c.provider == "openvino" and c.compared > 0} == {
-        "original size", "openvino vs cpu", "sliding window 64x64", "sliding window 48x65"}
+        "original size", "openvino vs cpu", "sliding window 64x64", "sliding window 48x65", "input crops 64x64",
+        "input crops 48x65"}
 
 
 def test_an_output_behind_an_identity_is_found_by_its_own_name(openvino_installed, build_models):

@@ -143,7 +143,7 @@ def test_an_fp16_model_with_fp32_io_is_proved_with_fp16_tolerances_at_every_seed
     assert verification.passed, verification.render_text(verbose=True)
     assert (verification.rtol, verification.atol) == (1e-2, 2.5e-3)  # fp16's, though the outputs are fp32
     assert 4e-4 < verification.max_abs_error < 2.5e-3  # measured 4.6e-4 to 2.0e-3: fp32's 1e-5 fails every seed
-    assert len(verification.checks) == 3
+    assert len(verification.checks) == (5 if name == "lenet5_fp16" else 3)  # LeNet-5's crops, or two lengths
     line = (f"  tolerances: float16 (output {output!r} is computed in float16 behind Cast {cast!r}), "
             "rtol 0.01 atol 0.0025")
     assert verification.render_text().splitlines()[1] == line
