@@ -118,6 +118,7 @@ def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | Non
         raise OutputStrideError("stride_mode", "--output-stride: no FC head of this model was converted")
     refined = refine_output_stride(model, record, output_stride)
     reinfer_shapes(model, {})
+    report.geometry = record.measure_geometry(model)  # the same windows, now stepping by the finer stride
     return refined
 
 

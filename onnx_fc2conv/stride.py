@@ -344,6 +344,7 @@ def coarse_model(model: onnx.ModelProto) -> onnx.ModelProto:
         for name, value in attrs.items():
             set_attr(node, name, value)
     record.output_stride = None
+    record.measure_geometry(coarse)  # its cells step by the backbone's stride again
     write_record(coarse, record)
     return coarse
 

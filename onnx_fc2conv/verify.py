@@ -549,11 +549,14 @@ def _crop_check(check, provider, output, out_map, cells, reference, result, rng)
         chosen = sorted(picked)
     worst = CheckResult(check, provider, output, True, compared=len(chosen),
                         note=f"cells of {len(cells)} whose crop lies inside the image")
+    rounding_noted = False
     for cell in chosen:
         one = _compare(check, provider, output, out_map[(slice(None), slice(None), *cell)], reference(cell),
                        result.rtol, result.atol, result.precision)
         if one.note and not one.passed:
             worst.note = f"{worst.note}; at cell {list(cell)}: {one.note}"
+        elif one.note and not rounding_noted:  # the ulp floor of a reduced precision, said once
+            worst.note, rounding_noted = f"{worst.note}; {one.note}", True
         _keep_worst(worst, one)
     return worst
 

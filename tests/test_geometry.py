@@ -454,3 +454,13 @@ def test_a_pixel_changes_exactly_the_cells_whose_windows_contain_it_through_padd
         predicted = np.zeros_like(changed)
         predicted[rows.start:rows.stop, cols.start:cols.stop] = True
         assert (changed == predicted).all(), (pixel, np.argwhere(changed).tolist(), rows, cols)
+
+
+def test_an_output_stride_steps_the_same_windows_by_the_finer_stride_and_the_coarse_model_by_the_backbones():
+    from onnx_fc2conv.stride import coarse_model
+
+    result = onnx_fc2conv.convert(MODELS / "vgg_small.onnx", verify=False, output_stride=2)
+    finer = (46, 2, -7, 7, 32)  # the receptive field and its padding stay; the cells step by 2, not 8
+    assert _axes(result.report.geometry["probs"]) == [finer] * 2
+    assert _axes(onnx_fc2conv.read_geometry(result.model)["probs"]) == [finer] * 2
+    assert _axes(onnx_fc2conv.read_geometry(coarse_model(result.model))["probs"]) == [(46, 8, -7, 7, 32)] * 2
