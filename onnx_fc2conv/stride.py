@@ -18,10 +18,11 @@ original's pads stood. Where that cannot be exact, the rewrite refuses with one 
 (a typed :class:`OutputStrideError`) before it changes the model.
 
 The walk of the backbone's strides here (:func:`walk_strides`) is the minimum this rewrite needs:
-each tensor's cumulative stride and the padding margin per axis. A fuller window geometry (size,
-stride, offset and margin of every converted output, cell <-> box) belongs in its own module; when
-there is one, this walk should read it, and :func:`crop_cells` / :func:`aligned_margin` are that
-module's cell-to-box maps at stride N.
+each tensor's cumulative stride and the padding margin per axis, for every tensor the plan dilates.
+The window geometry of the outputs (size, stride, offset and margin, cell <-> box) is
+:mod:`onnx_fc2conv.geometry`'s, walked again on the rewritten graph (the pipeline and
+:func:`coarse_model` call ``ConversionRecord.measure_geometry``); the two walks follow the same
+arithmetic, and :func:`crop_cells` / :func:`aligned_margin` could read that geometry instead.
 """
 from __future__ import annotations
 
