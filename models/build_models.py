@@ -150,6 +150,38 @@ class _Graph:
         axes_name = self.const_i64(f"{prefix}.axes", axes)
         return self.node("ReduceMean", [x, axes_name], prefix, keepdims=1)
 
+    def layer_norm(self, x: str, prefix: str, dim: int, eps: float, out: str | None = None) -> str:
+        """LayerNorm over the last axis as torch.onnx writes it: LayerNormalization from opset 17,
+        ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add below."""
+        gamma = self.init(f"{prefix}.weight", (1.0 + self.uniform((dim,), 0.1)).astype(np.float32))
+        beta = self.init(f"{prefix}.bias", self.uniform((dim,), 0.1))
+        if self.opset >= 17:
+            return self.node("LayerNormalization", [x, gamma, beta], prefix, out=out, axis=-1, epsilon=eps)
+        mean = self.reduce_mean(x, [-1], f"{prefix}.mean")
+        d = self.node("Sub", [x, mean], f"{prefix}.sub")
+        two = self.const_f(f"{prefix}.two", 2.0)
+        sq = self.node("Pow", [d, two], f"{prefix}.pow")
+        var = self.reduce_mean(sq, [-1], f"{prefix}.var")
+        e = self.const_f(f"{prefix}.eps", eps)
+        var = self.node("Add", [var, e], f"{prefix}.add_eps")
+        std = self.node("Sqrt", [var], f"{prefix}.sqrt")
+        nrm = self.node("Div", [d, std], f"{prefix}.div")
+        y = self.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
+        return self.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
+
+    def gelu(self, x: str, prefix: str) -> str:
+        """torch.onnx's exact GELU: the Gelu op from opset 20, x * 0.5 * (1 + erf(x / sqrt 2)) below."""
+        if self.opset >= 20:
+            return self.node("Gelu", [x], prefix)
+        sqrt2 = self.const_f(f"{prefix}.sqrt2", 1.4142135)
+        one = self.const_f(f"{prefix}.one", 1.0)
+        half = self.const_f(f"{prefix}.half", 0.5)
+        t = self.node("Div", [x, sqrt2], f"{prefix}.div")
+        t = self.node("Erf", [t], f"{prefix}.erf")
+        t = self.node("Add", [t, one], f"{prefix}.add")
+        t = self.node("Mul", [x, t], f"{prefix}.mul")
+        return self.node("Mul", [t, half], f"{prefix}.mul_half")
+
     def dropout(self, x: str, prefix: str, ratio: float = 0.5) -> str:
         """Inference-form Dropout: a single data input (identity at inference)."""
         if self.opset < 12:
@@ -339,22 +371,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     eps = 1e-5
 
     def layer_norm(x: str, prefix: str, out: str | None = None) -> str:
-        gamma = g.init(f"{prefix}.weight", (1.0 + g.uniform((d_model,), 0.1)).astype(np.float32))
-        beta = g.init(f"{prefix}.bias", g.uniform((d_model,), 0.1))
-        if opset >= 17:
-            return g.node("LayerNormalization", [x, gamma, beta], prefix, out=out,
-                          axis=-1, epsilon=eps)
-        mean = g.reduce_mean(x, [-1], f"{prefix}.mean")
-        d = g.node("Sub", [x, mean], f"{prefix}.sub")
-        two = g.const_f(f"{prefix}.two", 2.0)
-        sq = g.node("Pow", [d, two], f"{prefix}.pow")
-        var = g.reduce_mean(sq, [-1], f"{prefix}.var")
-        e = g.const_f(f"{prefix}.eps", eps)
-        var = g.node("Add", [var, e], f"{prefix}.add_eps")
-        std = g.node("Sqrt", [var], f"{prefix}.sqrt")
-        nrm = g.node("Div", [d, std], f"{prefix}.div")
-        y = g.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
-        return g.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
+        return g.layer_norm(x, prefix, d_model, eps, out=out)
 
     def linear(x: str, prefix: str, n_in: int, n_out: int, gain: float) -> str:
         w = g.matmul_weight(prefix, n_in, n_out, gain=gain)
@@ -387,14 +404,7 @@ def bert_layer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     a = layer_norm(a, "attention.layer_norm")
 
     f = linear(a, "ffn.intermediate", d_model, d_ff, 6.0)
-    sqrt2 = g.const_f("ffn.gelu.sqrt2", 1.4142135)
-    one = g.const_f("ffn.gelu.one", 1.0)
-    half = g.const_f("ffn.gelu.half", 0.5)
-    t = g.node("Div", [f, sqrt2], "ffn.gelu.div")
-    t = g.node("Erf", [t], "ffn.gelu.erf")
-    t = g.node("Add", [t, one], "ffn.gelu.add")
-    t = g.node("Mul", [f, t], "ffn.gelu.mul")
-    t = g.node("Mul", [t, half], "ffn.gelu.mul_half")
+    t = g.gelu(f, "ffn.gelu")
     f = linear(t, "ffn.output", d_ff, d_model, 3.0)
     f = g.node("Add", [f, a], "ffn.residual")
     layer_norm(f, "ffn.layer_norm", out="out")
@@ -580,6 +590,52 @@ def vgg_tv(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
+def convnext_blocks(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A ConvNeXt in timm's ``conv_mlp=False`` spelling: a 4x4 stride-4 stem and its LayerNorm2d, two
+    blocks whose pointwise MLP runs channels-last, and the pooled head (LayerNorm2d, Flatten, Gemm)."""
+    g = _Graph("convnext_blocks", seed=41, opset=_check_opset(opset))
+    dim, hidden, classes, eps = 16, 64, 10, 1e-6
+
+    def layer_norm_2d(x: str, prefix: str) -> str:  # timm LayerNorm2d: permute, LayerNorm, permute back
+        t = g.node("Transpose", [x], f"{prefix}.to_nhwc", perm=[0, 2, 3, 1])
+        t = g.layer_norm(t, prefix, dim, eps)
+        return g.node("Transpose", [t], f"{prefix}.to_nchw", perm=[0, 3, 1, 2])
+
+    def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:  # nn.Linear on a 4D tensor: MatMul + Add
+        y = g.node("MatMul", [x, g.matmul_weight(prefix, n_in, n_out)], f"{prefix}.matmul")
+        return g.node("Add", [y, g.bias(prefix, n_out, n_in)], f"{prefix}.add")
+
+    w = g.init("stem.0.weight", g.uniform((dim, 3, 4, 4), math.sqrt(6.0 / 48)))
+    b = g.bias("stem.0", dim, 48)
+    x = g.node("Conv", ["input", w, b], "stem.0", kernel_shape=[4, 4], strides=[4, 4], pads=[0] * 4)  # [N,16,8,8]
+    x = layer_norm_2d(x, "stem.1")
+    for i in range(2):
+        p = f"stages.0.blocks.{i}"
+        w = g.init(f"{p}.conv_dw.weight", g.uniform((dim, 1, 7, 7), math.sqrt(6.0 / 49)))
+        t = g.node("Conv", [x, w, g.bias(f"{p}.conv_dw", dim, 49)], f"{p}.conv_dw",
+                   kernel_shape=[7, 7], strides=[1, 1], pads=[3] * 4, group=dim)
+        t = g.node("Transpose", [t], f"{p}.to_nhwc", perm=[0, 2, 3, 1])           # [N,8,8,16]
+        t = g.layer_norm(t, f"{p}.norm", dim, eps)
+        t = linear(t, f"{p}.mlp.fc1", dim, hidden)
+        t = g.gelu(t, f"{p}.mlp.act")
+        t = linear(t, f"{p}.mlp.fc2", hidden, dim)
+        t = g.node("Mul", [t, g.init(f"{p}.gamma", g.uniform((dim,), 1.0))], f"{p}.gamma")
+        t = g.node("Transpose", [t], f"{p}.to_nchw", perm=[0, 3, 1, 2])           # [N,16,8,8]
+        x = g.node("Add", [t, x], f"{p}.residual")
+    x = g.node("GlobalAveragePool", [x], "head.global_pool")                      # [N,16,1,1]
+    x = layer_norm_2d(x, "head.norm")
+    x = g.node("Flatten", [x], "head.flatten", axis=1)
+    g.gemm(x, "head.fc", dim, classes, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("logits", ["N", classes])],
+        "ConvNeXt-style classifier: stem Conv 4x4/4 + LayerNorm2d, 2 blocks of depthwise Conv 7x7 -> "
+        "Transpose(0,2,3,1) -> LayerNorm -> MatMul 16->64 + Add -> GELU -> MatMul 64->16 + Add -> Mul(gamma) -> "
+        "Transpose(0,3,1,2) -> residual Add, then GlobalAveragePool -> LayerNorm2d -> Flatten -> Gemm 16->10; "
+        f"LayerNormalization is {'native' if opset >= 17 else 'decomposed (opset < 17)'}, "
+        f"GELU is {'the Gelu op' if opset >= 20 else 'the erf form'}.",
+    )
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -596,6 +652,7 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "residual_valid": residual_valid,
     "resnet_tiny": resnet_tiny,
     "vgg_tv": vgg_tv,
+    "convnext_blocks": convnext_blocks,
 }
 
 

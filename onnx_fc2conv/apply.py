@@ -157,6 +157,7 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
     new_initializers: list[onnx.TensorProto] = []
     bridge = LayoutBridge(ctx.index)  # enters and restores layouts, and keeps the token/vector runs
     extra_nodes: list[onnx.NodeProto] = []  # layouts restored for ops that need the original tensor
+    renames: dict[str, str] = {}  # map -> the name of a removed node's output that held its values
     for decision in plan.decisions:
         outcome, label = decision.outcome, decision.node.name or decision.node.output[0]
         if isinstance(outcome, Match):
@@ -167,7 +168,11 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
                 new_nodes, entry_inits, entered = bridge.enter(outcome.entry, outcome.layout, list(new_nodes))
                 new_initializers.extend(entry_inits)
                 read_maps = [entered]
-            bridge.record(label, outcome.kind, read_maps, list(outcome.maps))
+            if outcome.renames:
+                bridge.cancel(read_maps[0], label)
+                renames.update(outcome.renames)
+            else:
+                bridge.record(label, outcome.kind, read_maps, list(outcome.maps))
             replaced[id(outcome.removed[0])] = new_nodes
             removed.update(id(n) for n in outcome.removed)
             new_initializers.extend(built.initializers)
@@ -189,6 +194,7 @@ def apply_plan(graph: onnx.GraphProto, plan: Plan, report: ConversionReport) -> 
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_initializers)
+    _rename_tensors(graph, renames)
     return bridge
 
 
@@ -255,20 +261,24 @@ def _finish_layouts(ctx: RuleContext, graph: onnx.GraphProto, outputs: list[str]
         nodes, inits, restored = bridge.restore(name, layout_of(ctx.maps[name]), f"output {name}")
         graph.node.extend(nodes)
         graph.initializer.extend(inits)
-        _rename_tensor(graph, name, ctx.index.fresh_name(f"{name}_map"))
-        _rename_tensor(graph, restored, name)
+        _rename_tensors(graph, {name: ctx.index.fresh_name(f"{name}_map")})
+        _rename_tensors(graph, {restored: name})
     report.flattens_added += bridge.flattens_added
     runs = bridge.reports()
     report.runs.extend(runs)
     report.transposes_added += sum(r.transposes_added for r in runs)
+    report.transposes_removed += sum(r.transposes_removed for r in runs)
 
 
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+def _rename_tensors(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    """Every tensor ``old`` of ``names`` is called ``new`` in ``graph``'s nodes; one pass."""
+    if not names:
+        return
     for node in graph.node:
-        rename_input(node, old, new)
+        for old in names.keys() & set(node.input):
+            rename_input(node, old, names[old])
         for i, out in enumerate(node.output):
-            if out == old:
-                node.output[i] = new
+            node.output[i] = names.get(out, out)
 
 
 def reinfer_shapes(model: onnx.ModelProto, map_outputs: dict[str, int]) -> None:

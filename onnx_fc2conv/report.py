@@ -146,6 +146,7 @@ class RunReport:
     transposes_added: int = 0
     unsqueezes_added: int = 0  # size-1 axes inserted (conv2d, vector) on entry
     squeezes_added: int = 0  # and removed again on restore
+    transposes_removed: int = 0  # the model's own, where the map already is their output
 
     def absorb(self, other: RunReport) -> None:
         for name in ("starts", "converted", "passed_through", "ends"):
@@ -153,12 +154,14 @@ class RunReport:
         self.transposes_added += other.transposes_added
         self.unsqueezes_added += other.unsqueezes_added
         self.squeezes_added += other.squeezes_added
+        self.transposes_removed += other.transposes_removed
 
     def line(self) -> str:
+        removed = f", removed {self.transposes_removed} Transpose" if self.transposes_removed else ""
         return (f"run ({self.layout}) {', '.join(self.starts)} -> {', '.join(dict.fromkeys(self.ends))}: "
                 f"{len(self.converted)} FC and {len(self.passed_through)} pointwise ops, "
                 f"added {self.transposes_added} Transpose, {self.unsqueezes_added} Unsqueeze and "
-                f"{self.squeezes_added} Squeeze")
+                f"{self.squeezes_added} Squeeze{removed}")
 
 
 @dataclass
@@ -197,6 +200,7 @@ class ConversionReport:
     fully_convolutional: bool = False
     flattens_added: int = 0
     transposes_added: int = 0
+    transposes_removed: int = 0
     runs: list[RunReport] = field(default_factory=list)
     output_stride: StrideReport | None = None
     notes: list[str] = field(default_factory=list)
@@ -248,15 +252,17 @@ class ConversionReport:
         if verbose or len(self.runs) <= 3:
             lines.extend("  " + r.line() for r in self.runs)
         elif self.runs:  # compact: one line for all runs
+            removed = f", removed {self.transposes_removed} Transpose" if self.transposes_removed else ""
             lines.append(f"  {len(self.runs)} runs ({', '.join(sorted({r.layout for r in self.runs}))}): "
                          f"{sum(len(r.converted) for r in self.runs)} FC layers, added "
                          f"{sum(r.transposes_added for r in self.runs)} Transpose, "
                          f"{sum(r.unsqueezes_added for r in self.runs)} Unsqueeze and "
-                         f"{sum(r.squeezes_added for r in self.runs)} Squeeze (-v lists each run)")
+                         f"{sum(r.squeezes_added for r in self.runs)} Squeeze{removed} (-v lists each run)")
         if self.output_stride is not None:
             lines.extend("  " + line for line in self.output_stride.lines())
         if self.flattens_added or self.transposes_added:
-            lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes")
+            removed = f", removed {self.transposes_removed} Transpose" if self.transposes_removed else ""
+            lines.append(f"  added {self.flattens_added} Flatten and {self.transposes_added} Transpose nodes{removed}")
         lines.extend(f"  note: {n}" for n in self.notes)
         if self.verification is not None:
             lines.append(self.verification.render_text(verbose))

@@ -63,6 +63,13 @@ class LayoutBridge:
         report = self._reports[root]
         (report.converted if kind == "fc" else report.passed_through).append(label)
 
+    def cancel(self, name: str, reader: str) -> None:
+        """The model's own ``reader`` turns map ``name`` into what the map already is (ConvNeXt's
+        closing Transpose): it is removed, and the run ends there."""
+        report = self._reports[self._find(self._run_of[name])]
+        report.ends.append(reader)
+        report.transposes_removed += 1
+
     # ---- restoring -----------------------------------------------------------------------------
     def restore(self, name: str, layout: Layout, reader: str
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:

@@ -77,7 +77,9 @@ class Match:
     the rewrite, with their spatial rank. A head match also names the tensor it reads
     (``feature_map``) and its window ``[C, *S]``, which the verifier needs for the sliding-window
     proof. A token or vector match names the tensor its new nodes read in ``layout`` (``entry``): the
-    apply step puts it into that layout once, however many layers read it.
+    apply step puts it into that layout once, however many layers read it. ``renames`` maps a map to
+    the output of a removed node that held the same values (the model's own Transpose back to the
+    map's layout): the apply step gives the map that name, so the node goes with no replacement.
 
     Nothing is made until ``build()``: planning, ``inspect`` and disabled rules never write a kernel
     or take a name, and only the apply step calls it, once.
@@ -92,6 +94,7 @@ class Match:
     kind: Literal["fc", "pointwise", "fixup"] = "fc"
     entry: str | None = None
     layout: Layout | None = None
+    renames: dict[str, str] = field(default_factory=dict)
 
     def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> Match:
         """This match built behind ``make()``'s nodes, which are made first (so their names come

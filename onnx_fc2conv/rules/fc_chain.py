@@ -18,7 +18,8 @@ reshaped constant is a new initializer, so a weight read elsewhere is never chan
 Token and vector maps (``token_matmul``, ``vector_fc``) go the same way with kernel-1 Convs; their
 constants take the layout's own steps (``layouts.Layout.constant``: ``[D]`` -> ``[D,1]`` for conv1d
 tokens, a ``[T,D]`` table -> ``[1,D,T]``). BatchNormalization normalises axis 1, which is the token
-axis of ``[B,T,D]``, so on tokens it ends the run.
+axis of ``[B,T,D]``, so on tokens it ends the run. On a channels-last map (``channels_last_mlp``) the
+model's own ``Transpose(0,3,1,2)`` is the map itself and goes (``back_to_channels_first``).
 
 Pointwise ops passed through: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, Sigmoid, HardSigmoid,
 HardSwish, Tanh, Softplus, Softsign, Gelu, Erf, Abs, Neg, Exp, Log, Sqrt, Reciprocal, Clip, Dropout,
@@ -38,9 +39,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import attr, is_onnx_op, node_inputs, set_attr
-from ..layouts import TOKEN_LAYOUTS, Layout, flat
+from ..layouts import CHANNELS_LAST, TOKEN_LAYOUTS, Layout, flat
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
+from .channels_last_mlp import back_to_channels_first
 from .base import Built, Match, Outcome, Rule, RuleContext, Skip, node_copy
 
 # Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
@@ -70,6 +72,8 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         return None
     if op in UNARY_OPS:
         return _same_node(node, spatial_rank)
+    if op == "Transpose" and layout is CHANNELS_LAST:
+        return back_to_channels_first(ctx, node)
     if op in CONSTANT_ARG_OPS:
         if not all(ctx.index.is_constant(i) for i in node.input[1:] if i):
             return None
