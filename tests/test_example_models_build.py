@@ -41,6 +41,7 @@ EXPECTED_IO = {
     "residual_valid": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
     "resnet_tiny": ("input", ["N", 3, 64, 64], "logits", ["N", 10]),
     "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
+    "convnext_blocks": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -60,6 +61,7 @@ EXPECTED_FC = {
     "residual_valid": (1, 0),
     "resnet_tiny": (1, 0),
     "vgg_tv": (3, 0),
+    "convnext_blocks": (1, 4),
 }
 # name -> the opsets of other domains it imports
 DOMAINS = {"bert_layer_fused": [("com.microsoft", 1)]}

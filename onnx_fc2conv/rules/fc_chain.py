@@ -42,8 +42,8 @@ from ..graph import attr, is_onnx_op, node_inputs, set_attr
 from ..layouts import CHANNELS_LAST, TOKEN_LAYOUTS, Layout, flat
 from ._dense import conv_from_dense
 from ._head import QDQ_OPS, UNARY_OPS, read_fc
-from .channels_last_mlp import back_to_channels_first
 from .base import Built, Match, Outcome, Rule, RuleContext, Skip, node_copy
+from .channels_last_mlp import back_to_channels_first
 
 # Ops whose extra inputs are per-call constants that need no reshape (Clip bounds, BN statistics).
 CONSTANT_ARG_OPS = frozenset({"Clip", "BatchNormalization"})

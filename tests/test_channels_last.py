@@ -1,0 +1,93 @@
+"""ConvNeXt's channels-last MLP (``channels_last_mlp``): with --token-layout every block MatMul becomes a
+1x1 Conv on the NCHW map, the model's closing Transpose goes, and no block has more Transposes than
+before; proved at the original size and on larger inputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import load_build_models
+from graphs import init, initializer, model, ops, vi
+
+from onnx_fc2conv import convert, inspect
+
+bm = load_build_models()
+BLOCK_MATMULS = [f"stages.0.blocks.{i}.mlp.{fc}.matmul/MatMul" for i in range(2) for fc in ("fc1", "fc2")]
+OPSETS = (13, 17, 20)  # LayerNorm decomposed / LayerNormalization / and the Gelu op
+
+
+def block_ops(model: onnx.ModelProto, block: int) -> list[str]:
+    prefix = f"stages.0.blocks.{block}."
+    return [n.op_type for n in model.graph.node if n.name.startswith(prefix)]
+
+
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("opset", OPSETS)
+def test_every_convnext_block_matmul_converts_with_token_layout(opset, layout):
+    rows = {r.node: r for r in inspect(bm.convnext_blocks(opset), token_layout=layout).nodes}
+    assert [(n, rows[n].status, rows[n].rule) for n in BLOCK_MATMULS] == [
+        (n, "converts", "channels_last_mlp" if ".fc1." in n else "fc_chain") for n in BLOCK_MATMULS]
+    assert rows["head.fc/Gemm"].rule == "flatten_gemm"
+
+
+def test_without_token_layout_the_block_matmuls_name_the_flag():
+    rows = {r.node: r for r in inspect(bm.convnext_blocks(17)).nodes}
+    assert {(rows[n].reason, rows[n].detail) for n in BLOCK_MATMULS} == {
+        ("token_matmul", f"the MatMul runs on a channels-last map [N,8,8,{c}] (see --token-layout: a 1x1 Conv on "
+                         "the channels-first map)") for c in (16, 64)}
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_a_converted_block_has_as_many_transposes_as_before_and_no_matmul(opset):
+    original = bm.convnext_blocks(opset)
+    result = convert(original, token_layout="conv2d", verify=False)
+    model, report = result.model, result.report
+    assert ops(model).count("Transpose") == ops(original).count("Transpose") == 8
+    assert "MatMul" not in ops(model) and ops(model).count("Conv") == 8
+    gelu = ["Gelu"] if opset >= 20 else ["Div", "Erf", "Add", "Mul", "Mul"]
+    norm = ["LayerNormalization"] if opset >= 17 else ["ReduceMean", "Sub", "Pow", "ReduceMean", "Add", "Sqrt",
+                                                       "Div", "Mul", "Add"]
+    for block in range(2):  # the LayerNorm on the model's own NHWC tensor, then the map
+        named = block_ops(model, block)
+        assert named == ["Conv", "Transpose", *norm, "Transpose", "Conv", *gelu, "Conv", "Mul", "Add"], named
+    assert initializer(model, "stages.0.blocks.0.gamma_per_channel").shape == (16, 1, 1)
+    assert [(len(r.converted), r.transposes_added, r.transposes_removed, r.ends) for r in report.runs] == [
+        (2, 1, 1, [f"stages.0.blocks.{i}.to_nchw/Transpose"]) for i in range(2)]
+    assert (report.transposes_added, report.transposes_removed) == (2, 2)
+    assert "added 0 Flatten and 2 Transpose nodes, removed 2 Transpose" in report.render_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("opset", OPSETS)
+def test_a_converted_convnext_is_proved_at_its_size_and_on_larger_inputs(opset):
+    result = convert(bm.convnext_blocks(opset), token_layout="conv2d")
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+    assert [c.check for c in v.checks] == ["original size", "sliding window 64x64", "sliding window 48x65"]
+    assert result.report.symbolic_inputs == {"input": ["N", 3, "height", "width"]}
+
+
+@pytest.mark.e2e
+def test_a_converted_convnext_equals_the_original_run_at_a_larger_size():
+    import onnxruntime as ort
+
+    original = bm.convnext_blocks(17)
+    converted = convert(original, token_layout="conv2d").model
+    free = onnx.ModelProto()
+    free.CopyFrom(original)  # the original's blocks and global pool take any size once its input does
+    for axis, name in ((2, "height"), (3, "width")):
+        free.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    x = np.random.default_rng(3).standard_normal((2, 3, 72, 56)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+           for m in (free, converted)]
+    assert run[1].shape == (2, 10, 1, 1)
+    np.testing.assert_allclose(run[1][:, :, 0, 0], run[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_channels_last_map_without_a_closing_transpose_gets_its_layout_back():
+    w = init("w", np.arange(8 * 6, dtype=np.float32).reshape(8, 6))
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")
+    m = model([node], [vi("x", ["N", 4, 5, 8])], [vi("y", ["N", 4, 5, 6])], [w])
+    result = convert(m, token_layout="conv1d", verify=False)
+    assert ops(result.model) == ["Transpose", "Conv", "Transpose"]
+    assert (result.report.transposes_added, result.report.transposes_removed) == (2, 0)
