@@ -91,3 +91,17 @@ def test_a_channels_last_map_without_a_closing_transpose_gets_its_layout_back():
     result = convert(m, token_layout="conv1d", verify=False)
     assert ops(result.model) == ["Transpose", "Conv", "Transpose"]
     assert (result.report.transposes_added, result.report.transposes_removed) == (2, 0)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("opset, layout", [(13, None), (17, None), (17, "conv2d"), (20, "conv1d")])
+def test_dense_pool_goes_through_the_convnext_heads_layer_norm(opset, layout):
+    result = convert(bm.convnext_blocks(opset), dense_pool=True, token_layout=layout)
+    head = next(n for n in result.report.converted if n.node == "head.fc/Gemm")
+    assert (head.rule, head.detail) == ("dense_pool", "Gemm 16->10 -> Conv 10x16x1x1, GlobalAveragePool -> "
+                                                      "AveragePool 8x8 stride 1")
+    assert "GlobalAveragePool" not in ops(result.model)
+    assert len(result.report.converted) == (5 if layout else 1)
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+    assert [c.compared for c in v.checks if c.check.startswith("sliding window")] == [11, 10]
