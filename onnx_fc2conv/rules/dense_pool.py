@@ -69,10 +69,13 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
         pool, stop = _pool_before(ctx.index, outcome.feature_map)
         kept = False
         if pool is None:
-            above = _global_pool_above(ctx.index, stop[0]) if stop is not None else None
+            if stop is None:
+                return None
+            stopper, why = stop
+            above = _global_pool_above(ctx.index, stopper)
             if above is None:
                 return None
-            outcome.detail += f"; {above.op_type} {above.name!r} kept: {stop[1]}"
+            outcome.detail += f"; {above.op_type} {above.name!r} kept: {why}"
             return outcome
     else:
         return None
@@ -135,8 +138,9 @@ def _pool_before(index: GraphIndex, name: str) -> tuple[onnx.NodeProto | None, S
         name = node.input[0]
 
 
-def _global_pool_above(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The first global pool on the first-input path up from ``node``, which a head on a 1x1 map reads."""
+def _global_pool_above(index: GraphIndex, start: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The first global pool on the first-input path up from ``start``, which a head on a 1x1 map reads."""
+    node: onnx.NodeProto | None = start
     seen: set[int] = set()
     while node is not None and id(node) not in seen:
         if _is_global_pool(index, node):
