@@ -541,7 +541,7 @@ def test_squeeze_of_axes_not_known_to_be_1_is_skipped_with_reason():
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
+@pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool"), ("Squeeze", "AveragePool")])
 def test_dense_pool_widens_a_keepdims_0_reduce_head(op, dense):
     result = convert(_reduced_head(op), dense_pool=True)
     widened = next(n for n in result.model.graph.node if n.op_type == dense)

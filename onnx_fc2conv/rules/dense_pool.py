@@ -18,7 +18,8 @@ No weights change: the head's Conv is the one the other head rules build.
 
 Pools: GlobalAveragePool, GlobalMaxPool (-> MaxPool), ReduceMean / ReduceMax over every spatial
 axis with ``keepdims=1``, an AveragePool whose kernel covers its unpadded input (Caffe2's ResNet head), and the
-ReduceMean/ReduceMax with ``keepdims=0`` that ``squeeze_flatten`` keeps (-> AveragePool/MaxPool).
+ReduceMean/ReduceMax with ``keepdims=0`` that ``squeeze_flatten`` keeps (-> AveragePool/MaxPool); the head
+may read the pooled map through a Flatten, a Reshape or a Squeeze.
 Between the pool and the flatten only position-wise ops may stand (element-wise ops, per-tensor
 Q/DQ, BatchNormalization, Clip, 1x1 Conv with stride 1 and no padding, Add/Sub/Mul/Div/Pow/Max/Min/PRelu
 with a constant that broadcasts per channel, and ConvNeXt's LayerNorm2d: ``Transpose(0,2,3,1) ->
@@ -110,7 +111,7 @@ Stop = tuple[onnx.NodeProto, str]  # the node where a walk to the pool stopped, 
 def _pool_before(index: GraphIndex, name: str) -> tuple[onnx.NodeProto | None, Stop | None]:
     """The global pool that ``name`` is computed from position by position; else None and where and
     why the walk up from ``name`` stopped (None when it met no node)."""
-    flatten = [r for r in index.consumers.get(name, []) if is_onnx_op(r, "Flatten", "Reshape")]
+    flatten = [r for r in index.consumers.get(name, []) if is_onnx_op(r, "Flatten", "Reshape", "Squeeze")]
     if len(flatten) != 1:
         return None, None
     reader = flatten[0]
