@@ -636,6 +636,31 @@ def convnext_blocks(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
+def keras_mnist_cnn(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A Keras MNIST CNN as tf2onnx writes it: the NHWC input [N,28,28,1] enters NCHW through a Reshape to
+    a fixed [-1,1,28,28] (tf2onnx's spelling of the Transpose when C == 1), two Conv/Relu/MaxPool stages,
+    the Transpose back to NHWC that Keras' Flatten needs, Reshape [-1,400], MatMul + Add, Softmax."""
+    g = _Graph("keras_mnist_cnn", seed=61, opset=_check_opset(opset))
+    x = g.node("Reshape", ["input_1", g.const_i64("new_shape__21", [-1, 1, 28, 28])], "sequential/conv2d/Conv2D__6")
+    for i, (c_in, c_out) in enumerate(((1, 8), (8, 16))):
+        name = "sequential/conv2d" + (f"_{i}" if i else "")
+        x = g.conv(x, name, c_in, c_out, 3, 0)                                  # valid: 26, 11
+        x = g.node("Relu", [x], f"{name}/Relu")
+        x = g.node("MaxPool", [x], f"sequential/max_pooling2d{f'_{i}' if i else ''}/MaxPool",
+                   kernel_shape=[2, 2], strides=[2, 2])                          # 13, 5
+    x = g.node("Transpose", [x], "sequential/max_pooling2d_1/MaxPool__28", perm=[0, 2, 3, 1])  # [N,5,5,16]
+    x = g.node("Reshape", [x, g.const_i64("const_fold_opt__31", [-1, 400])], "sequential/flatten/Reshape")
+    y = g.node("MatMul", [x, g.matmul_weight("sequential/dense/MatMul", 400, 10)], "sequential/dense/MatMul")
+    y = g.node("Add", [y, g.bias("sequential/dense/BiasAdd", 10, 400)], "sequential/dense/BiasAdd")
+    g.node("Softmax", [y], "sequential/dense/Softmax", out="dense", axis=-1 if opset >= 13 else 1)
+    return g.model(
+        [_vi("input_1", ["N", 28, 28, 1])], [_vi("dense", ["N", 10])],
+        "Keras MNIST CNN in tf2onnx's spelling: Reshape [N,28,28,1] -> [-1,1,28,28] (a Transpose of a size-1 "
+        "axis), Conv 3x3 8 + Relu + MaxPool 2, Conv 3x3 16 + Relu + MaxPool 2, Transpose(0,2,3,1), "
+        "Reshape [-1,400], MatMul 400->10 + Add, Softmax.",
+    )
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -653,6 +678,7 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "resnet_tiny": resnet_tiny,
     "vgg_tv": vgg_tv,
     "convnext_blocks": convnext_blocks,
+    "keras_mnist_cnn": keras_mnist_cnn,
 }
 
 

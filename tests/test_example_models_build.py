@@ -42,6 +42,7 @@ EXPECTED_IO = {
     "resnet_tiny": ("input", ["N", 3, 64, 64], "logits", ["N", 10]),
     "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
     "convnext_blocks": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "keras_mnist_cnn": ("input_1", ["N", 28, 28, 1], "dense", ["N", 10]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -62,6 +63,7 @@ EXPECTED_FC = {
     "resnet_tiny": (1, 0),
     "vgg_tv": (3, 0),
     "convnext_blocks": (1, 4),
+    "keras_mnist_cnn": (0, 1),
 }
 # name -> the opsets of other domains it imports
 DOMAINS = {"bert_layer_fused": [("com.microsoft", 1)]}
