@@ -105,3 +105,52 @@ def test_dense_pool_goes_through_the_convnext_heads_layer_norm(opset, layout):
     v = result.report.verification
     assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
     assert [c.compared for c in v.checks if c.check.startswith("sliding window")] == [11, 10]
+
+
+def _timm_block(gamma_after_permute: bool, closing_transposes: int = 1):
+    """[N,C,H,W] -> Transpose(0,2,3,1) -> MatMul+Add -> Relu -> MatMul+Add -> (Mul gamma [C]) -> Transpose(0,3,1,2)
+    -> (Mul gamma [1,C,1,1], timm's spelling today) -> Add(x); ``closing_transposes`` Transposes read the map."""
+    rng = np.random.default_rng(8)
+    c, f = 4, 8
+    nodes = [onnx.helper.make_node("Transpose", ["x"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             onnx.helper.make_node("MatMul", ["nhwc", "w1"], ["h1"], name="fc1"),
+             onnx.helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1_bias"),
+             onnx.helper.make_node("Relu", ["h1b"], ["act"], name="act"),
+             onnx.helper.make_node("MatMul", ["act", "w2"], ["h2"], name="fc2"),
+             onnx.helper.make_node("Add", ["h2", "b2"], ["mlp"], name="fc2_bias")]
+    if gamma_after_permute:
+        nodes += [onnx.helper.make_node("Transpose", ["mlp"], ["back"], name="to_nchw", perm=[0, 3, 1, 2]),
+                  onnx.helper.make_node("Mul", ["back", "gamma4"], ["scaled"], name="gamma")]
+    else:
+        nodes += [onnx.helper.make_node("Mul", ["mlp", "gamma"], ["mlp_scaled"], name="gamma"),
+                  onnx.helper.make_node("Transpose", ["mlp_scaled"], ["scaled"], name="to_nchw", perm=[0, 3, 1, 2])]
+    nodes.append(onnx.helper.make_node("Add", ["scaled", "x"], ["y"], name="residual"))
+    outputs = [vi("y", ["N", c, 5, 6])]
+    if closing_transposes == 2:
+        nodes.append(onnx.helper.make_node("Transpose", [nodes[-2].input[0]], ["y2"], name="again", perm=[0, 3, 1, 2]))
+        outputs.append(vi("y2", ["N", c, 5, 6]))
+    inits = [init("w1", rng.standard_normal((c, f)).astype(np.float32)), init("b1", np.ones(f, np.float32)),
+             init("w2", rng.standard_normal((f, c)).astype(np.float32)), init("b2", np.ones(c, np.float32)),
+             init("gamma", rng.standard_normal(c).astype(np.float32)),
+             init("gamma4", rng.standard_normal((1, c, 1, 1)).astype(np.float32))]
+    return model(nodes, [vi("x", ["N", c, 5, 6])], outputs, inits)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("gamma_after_permute", [False, True])
+def test_a_block_keeps_its_two_transposes_with_gamma_before_or_after_the_permute(gamma_after_permute):
+    original = _timm_block(gamma_after_permute)
+    result = convert(original, token_layout="conv1d")
+    assert ops(result.model).count("Transpose") == ops(original).count("Transpose") == 2
+    assert "MatMul" not in ops(result.model)
+    assert (result.report.transposes_added, result.report.transposes_removed) == (1, 1)
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+
+
+@pytest.mark.e2e
+def test_a_map_read_by_two_closing_transposes_keeps_them_and_gets_its_layout_back():
+    result = convert(_timm_block(False, closing_transposes=2), token_layout="conv1d")
+    assert ops(result.model).count("Transpose") == 5  # the model's 3, the entry, and the layout back once for both
+    assert (result.report.transposes_added, result.report.transposes_removed) == (2, 0)
+    assert result.report.verification.passed

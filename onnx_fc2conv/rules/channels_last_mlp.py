@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attr
+from ..graph import attr, is_onnx_op
 from ..layouts import CHANNELS_LAST
 from .base import Built, Match, Outcome, Rule, RuleContext
 from .token_matmul import pointwise_layer
@@ -43,8 +43,11 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
 def back_to_channels_first(ctx: RuleContext, node: onnx.NodeProto) -> Match | None:
     """The model's ``Transpose(0,3,1,2)`` of a channels-last map: its output is the map itself, so the
     Transpose goes and the map is renamed to its output. None where the map is also a graph output
-    (it keeps its name there) or the Transpose is another one."""
-    if attr(node, "perm") != [0, 3, 1, 2] or node.input[0] in ctx.index.graph_outputs:
+    (it keeps its name there), where another such Transpose reads it too (the map has one name), or
+    the Transpose is another one."""
+    closing = [r for r in ctx.index.consumers.get(node.input[0], [])
+               if is_onnx_op(r, "Transpose") and attr(r, "perm") == [0, 3, 1, 2]]
+    if closing != [node] or node.input[0] in ctx.index.graph_outputs:
         return None
     return Match(removed=[node], maps={}, build=lambda: Built([]), kind="pointwise",
                  renames={node.input[0]: node.output[0]})
