@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import load_build_models
+from conftest import MODELS, load_build_models
 from graphs import init, initializer, model, ops, vi
 
 from onnx_fc2conv import convert, inspect
@@ -154,3 +154,25 @@ def test_a_map_read_by_two_closing_transposes_keeps_them_and_gets_its_layout_bac
     assert ops(result.model).count("Transpose") == 5  # the model's 3, the entry, and the layout back once for both
     assert (result.report.transposes_added, result.report.transposes_removed) == (2, 0)
     assert result.report.verification.passed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("exporter", ["dynamo", "ts17"])
+def test_a_torch_exported_timm_convnext_converts_every_block_layer_with_as_many_transposes(exporter):
+    original = onnx.load(str(MODELS / f"timm_convnext_{exporter}.onnx"))
+    result = convert(original, token_layout="conv2d")
+    assert len(result.report.converted) == 5 and "MatMul" not in ops(result.model)  # 2 blocks of 2, and the head
+    assert ops(result.model).count("Transpose") == ops(original).count("Transpose") == 10
+    assert [(len(r.converted), r.transposes_added, r.transposes_removed) for r in result.report.runs] == [(2, 1, 1)] * 2
+    v = result.report.verification
+    assert v.passed and v.max_abs_error < 1e-5, v.render_text(verbose=True)
+
+
+@pytest.mark.parametrize("exporter, detail", [
+    ("ts17", "GlobalAveragePool -> AveragePool 4x4 stride 1"),  # through the head's LayerNorm2d
+    ("dynamo", "ReduceMean 'node_mean' kept: Gather 'node_as_strided' between it and the head does not work on "
+               "each position alone"),  # the dynamo exporter writes adaptive_avg_pool2d's view as a Gather
+])
+def test_dense_pool_on_a_torch_exported_convnext_widens_its_pool_or_names_what_keeps_it(exporter, detail):
+    [head] = [r for r in inspect(MODELS / f"timm_convnext_{exporter}.onnx", dense_pool=True).nodes if r.op == "Gemm"]
+    assert head.rule == "dense_pool" and head.detail.endswith(detail), head.detail

@@ -182,13 +182,18 @@ def test_torch_exported_models_are_committed_small_and_keep_a_symbolic_sequence_
     """models/build_torch_models.py needs torch, so only its output is checked here: it is there, small,
     valid, and the encoder layer takes [1,T,64] with T symbolic (the case OpenVINO failed on)."""
     torch_built = load_build_models("build_torch_models").TORCH_MODELS
-    assert torch_built == ("torch_encoder_layer.onnx",)
+    assert torch_built == ("torch_encoder_layer.onnx", "timm_convnext_dynamo.onnx", "timm_convnext_ts17.onnx")
     model = onnx.load(str(MODELS_DIR / torch_built[0]))
     onnx.checker.check_model(model, full_check=True)
     assert (MODELS_DIR / torch_built[0]).stat().st_size < 300_000
     assert [(i.name, _dims(i)) for i in model.graph.input] == [("hidden", [1, "T", 64])]
     assert [(o.name, _dims(o)) for o in model.graph.output] == [("out", [1, "T", 64])]
     assert model.producer_name == "pytorch" and model.producer_version.startswith("2.13.0")
+    for name, opset in (("timm_convnext_dynamo.onnx", 20), ("timm_convnext_ts17.onnx", 17)):
+        convnext = onnx.load(str(MODELS_DIR / name))
+        onnx.checker.check_model(convnext, full_check=True)
+        assert (MODELS_DIR / name).stat().st_size < 300_000 and convnext.opset_import[0].version == opset
+        assert [(i.name, _dims(i)) for i in convnext.graph.input] == [("input", [1, 3, 32, 32])]
 
 
 @pytest.mark.e2e
