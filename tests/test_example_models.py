@@ -61,6 +61,8 @@ AT_NEWEST_OPSETS = {
     "lenet5_fp16": ({}, 3),
     "bert_layer_fp16": ({"token_layout": "conv2d"}, 6),
     "bert_layer_fused": ({"token_layout": "conv1d"}, 3),
+    "convnext_blocks": ({"token_layout": "conv2d", "dense_pool": True}, 5),
+    "keras_mnist_cnn": ({}, 1),
 }
 
 
