@@ -168,6 +168,10 @@ class _Graph:
         y = self.node("Mul", [nrm, gamma], f"{prefix}.mul_gamma")
         return self.node("Add", [y, beta], f"{prefix}.add_beta", out=out)
 
+    def gelu(self, x: str, prefix: str) -> str:
+        """torch.onnx's exact GELU: the Gelu op from opset 20, the erf form below."""
+        return self.node("Gelu", [x], prefix) if self.opset >= 20 else self.gelu_erf(x, prefix)
+
     def gelu_erf(self, x: str, prefix: str) -> str:
         """``0.5 * x * (1 + erf(x / sqrt(2)))``, as torch.onnx writes ``nn.GELU()`` before opset 20."""
         sqrt2 = self.const_f(f"{prefix}.sqrt2", 1.4142135)
@@ -729,6 +733,77 @@ def mlp_mixer(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
 
 
+def convnext_blocks(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A ConvNeXt in timm's ``conv_mlp=False`` spelling: a 4x4 stride-4 stem and its LayerNorm2d, two
+    blocks whose pointwise MLP runs channels-last, and the pooled head (LayerNorm2d, Flatten, Gemm)."""
+    g = _Graph("convnext_blocks", seed=41, opset=_check_opset(opset))
+    dim, hidden, classes, eps = 16, 64, 10, 1e-6
+
+    def layer_norm_2d(x: str, prefix: str) -> str:  # timm LayerNorm2d: permute, LayerNorm, permute back
+        t = g.node("Transpose", [x], f"{prefix}.to_nhwc", perm=[0, 2, 3, 1])
+        t = g.layer_norm(t, prefix, dim, eps)
+        return g.node("Transpose", [t], f"{prefix}.to_nchw", perm=[0, 3, 1, 2])
+
+    def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:  # nn.Linear on a 4D tensor: MatMul + Add
+        y = g.node("MatMul", [x, g.matmul_weight(prefix, n_in, n_out)], f"{prefix}.matmul")
+        return g.node("Add", [y, g.bias(prefix, n_out, n_in)], f"{prefix}.add")
+
+    w = g.init("stem.0.weight", g.uniform((dim, 3, 4, 4), math.sqrt(6.0 / 48)))
+    b = g.bias("stem.0", dim, 48)
+    x = g.node("Conv", ["input", w, b], "stem.0", kernel_shape=[4, 4], strides=[4, 4], pads=[0] * 4)  # [N,16,8,8]
+    x = layer_norm_2d(x, "stem.1")
+    for i in range(2):
+        p = f"stages.0.blocks.{i}"
+        w = g.init(f"{p}.conv_dw.weight", g.uniform((dim, 1, 7, 7), math.sqrt(6.0 / 49)))
+        t = g.node("Conv", [x, w, g.bias(f"{p}.conv_dw", dim, 49)], f"{p}.conv_dw",
+                   kernel_shape=[7, 7], strides=[1, 1], pads=[3] * 4, group=dim)
+        t = g.node("Transpose", [t], f"{p}.to_nhwc", perm=[0, 2, 3, 1])           # [N,8,8,16]
+        t = g.layer_norm(t, f"{p}.norm", dim, eps)
+        t = linear(t, f"{p}.mlp.fc1", dim, hidden)
+        t = g.gelu(t, f"{p}.mlp.act")
+        t = linear(t, f"{p}.mlp.fc2", hidden, dim)
+        t = g.node("Mul", [t, g.init(f"{p}.gamma", g.uniform((dim,), 1.0))], f"{p}.gamma")
+        t = g.node("Transpose", [t], f"{p}.to_nchw", perm=[0, 3, 1, 2])           # [N,16,8,8]
+        x = g.node("Add", [t, x], f"{p}.residual")
+    x = g.node("GlobalAveragePool", [x], "head.global_pool")                      # [N,16,1,1]
+    x = layer_norm_2d(x, "head.norm")
+    x = g.node("Flatten", [x], "head.flatten", axis=1)
+    g.gemm(x, "head.fc", dim, classes, out="logits")
+    return g.model(
+        [_vi("input", ["N", 3, 32, 32])], [_vi("logits", ["N", classes])],
+        "ConvNeXt-style classifier: stem Conv 4x4/4 + LayerNorm2d, 2 blocks of depthwise Conv 7x7 -> "
+        "Transpose(0,2,3,1) -> LayerNorm -> MatMul 16->64 + Add -> GELU -> MatMul 64->16 + Add -> Mul(gamma) -> "
+        "Transpose(0,3,1,2) -> residual Add, then GlobalAveragePool -> LayerNorm2d -> Flatten -> Gemm 16->10; "
+        f"LayerNormalization is {'native' if opset >= 17 else 'decomposed (opset < 17)'}, "
+        f"GELU is {'the Gelu op' if opset >= 20 else 'the erf form'}.",
+    )
+
+
+def keras_mnist_cnn(opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A Keras MNIST CNN as tf2onnx writes it: the NHWC input [N,28,28,1] enters NCHW through a Reshape to
+    a fixed [-1,1,28,28] (tf2onnx's spelling of the Transpose when C == 1), two Conv/Relu/MaxPool stages,
+    the Transpose back to NHWC that Keras' Flatten needs, Reshape [-1,400], MatMul + Add, Softmax."""
+    g = _Graph("keras_mnist_cnn", seed=61, opset=_check_opset(opset))
+    x = g.node("Reshape", ["input_1", g.const_i64("new_shape__21", [-1, 1, 28, 28])], "sequential/conv2d/Conv2D__6")
+    for i, (c_in, c_out) in enumerate(((1, 8), (8, 16))):
+        name = "sequential/conv2d" + (f"_{i}" if i else "")
+        x = g.conv(x, name, c_in, c_out, 3, 0)                                  # valid: 26, 11
+        x = g.node("Relu", [x], f"{name}/Relu")
+        x = g.node("MaxPool", [x], f"sequential/max_pooling2d{f'_{i}' if i else ''}/MaxPool",
+                   kernel_shape=[2, 2], strides=[2, 2])                          # 13, 5
+    x = g.node("Transpose", [x], "sequential/max_pooling2d_1/MaxPool__28", perm=[0, 2, 3, 1])  # [N,5,5,16]
+    x = g.node("Reshape", [x, g.const_i64("const_fold_opt__31", [-1, 400])], "sequential/flatten/Reshape")
+    y = g.node("MatMul", [x, g.matmul_weight("sequential/dense/MatMul", 400, 10)], "sequential/dense/MatMul")
+    y = g.node("Add", [y, g.bias("sequential/dense/BiasAdd", 10, 400)], "sequential/dense/BiasAdd")
+    g.node("Softmax", [y], "sequential/dense/Softmax", out="dense", axis=-1 if opset >= 13 else 1)
+    return g.model(
+        [_vi("input_1", ["N", 28, 28, 1])], [_vi("dense", ["N", 10])],
+        "Keras MNIST CNN in tf2onnx's spelling: Reshape [N,28,28,1] -> [-1,1,28,28] (a Transpose of a size-1 "
+        "axis), Conv 3x3 8 + Relu + MaxPool 2, Conv 3x3 16 + Relu + MaxPool 2, Transpose(0,2,3,1), "
+        "Reshape [-1,400], MatMul 400->10 + Add, Softmax.",
+    )
+
+
 BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "seed_fc": seed_fc,
     "seed_mlp": seed_mlp,
@@ -747,6 +822,8 @@ BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "vgg_tv": vgg_tv,
     "gpt2_blocks": gpt2_blocks,
     "mlp_mixer": mlp_mixer,
+    "convnext_blocks": convnext_blocks,
+    "keras_mnist_cnn": keras_mnist_cnn,
 }
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TORCH_MODELS = ("torch_encoder_layer.onnx", "hf_gpt2_torchscript.onnx", "hf_gpt2_dynamo.onnx")
+TORCH_MODELS = ("torch_encoder_layer.onnx", "hf_gpt2_torchscript.onnx", "hf_gpt2_dynamo.onnx",
+                "timm_convnext_dynamo.onnx", "timm_convnext_ts17.onnx")
 D_MODEL, HEADS, FFN = 64, 4, 128
 
 
@@ -87,6 +88,51 @@ def _drop_stack_traces(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def timm_convnext(path: Path, dynamo: bool) -> None:
+    """A 2-stage ConvNeXt (dims 16 and 32, one block each, 10 classes, input [1,3,32,32]) written with
+    the torch ops of timm 1.0's ``ConvNeXt(conv_mlp=False)`` (stem, LayerNorm2d, ConvNeXtBlock with
+    ``ls_init_value``, the downsample, ``NormMlpClassifierHead``) so that no timm is needed; exported by
+    the dynamo exporter (opset 20 here: LayerNormalization, Gelu) or by the TorchScript one at opset 17."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class LayerNorm2d(nn.LayerNorm):  # timm.layers.LayerNorm2d
+        def forward(self, x):
+            x = x.permute(0, 2, 3, 1)
+            x = functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+
+    class Block(nn.Module):  # timm ConvNeXtBlock, conv_mlp=False: the MLP runs channels-last
+        def __init__(self, dim):
+            super().__init__()
+            self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.fc1, self.act, self.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+            self.gamma = nn.Parameter(torch.rand(dim) * 2 - 1)  # trained-like, not the 1e-6 it starts at
+
+        def forward(self, x):
+            shortcut = x
+            x = self.conv_dw(x).permute(0, 2, 3, 1)
+            x = self.fc2(self.act(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)
+            return x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut
+
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16, eps=1e-6), Block(16),
+        LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 32, 2, stride=2), Block(32),
+        nn.AdaptiveAvgPool2d(1), LayerNorm2d(32, eps=1e-6), nn.Flatten(1), nn.Linear(32, 10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        if dynamo:
+            torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                              external_data=False).save(str(path))
+            _drop_stack_traces(path)
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["logits"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
@@ -95,6 +141,8 @@ def main() -> None:
     torch_encoder_layer(args.out / TORCH_MODELS[0])
     hf_gpt2(args.out / TORCH_MODELS[1], dynamo=False)
     hf_gpt2(args.out / TORCH_MODELS[2], dynamo=True)
+    timm_convnext(args.out / TORCH_MODELS[3], dynamo=True)
+    timm_convnext(args.out / TORCH_MODELS[4], dynamo=False)
     for name in TORCH_MODELS:
         print(f"wrote {args.out / name}")
 

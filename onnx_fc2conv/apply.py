@@ -33,7 +33,7 @@ from .report import ConversionReport, NodeReport, OutputChange, dims_list
 from .rules import Match, RuleContext
 from .rules._head import elementwise_path
 from .runs import LayoutBridge
-from .spatial import SPATIAL_NAMES, make_spatial_inputs_symbolic, token_axes
+from .spatial import SPATIAL_NAMES, make_spatial_inputs_symbolic, reshapes_as_transposes, token_axes
 
 
 def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) -> ConversionRecord | None:
@@ -67,8 +67,12 @@ def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) 
                            for t in graph.initializer if t.name not in listed)
 
     report.fully_convolutional = bool(heads) and not options.keep_output_shape and not blocked
-    spatial_inputs = (make_spatial_inputs_symbolic(index, graph, heads, options.input_shapes)
-                      if report.fully_convolutional else {})
+    spatial_inputs: dict[str, list[int]] = {}
+    if report.fully_convolutional:
+        moved = reshapes_as_transposes(index, graph, [h.feature_map for h in heads])
+        spatial_inputs, kept = make_spatial_inputs_symbolic(index, graph, heads, options.input_shapes)
+        report.notes.extend([f"Reshape {name!r} only moves a size-1 axis: it is now the Transpose it is, which "
+                             "takes any size" for name in moved] + kept)
     cleanup(graph)
     toposort(graph)
     before = {o.name: value_dims(o)[1] for o in graph.output}

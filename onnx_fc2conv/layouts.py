@@ -5,7 +5,8 @@ A map is the channels-first tensor a Conv reads and writes. Where the original m
 * ``[N, F]`` after a flattened feature map: ``flat``, ``[N, F, *S]`` (the head's window grid);
 * ``[N, D]`` in a plain MLP: ``vector``, ``[N, D, 1, 1]``;
 * ``[B, T, D]`` tokens: ``conv1d``, ``[B, D, T]``, or ``conv2d``, ``[B, D, 1, T]`` (tokens on the last
-  axis: Qualcomm HTP runs a height-1 conv far faster than a width-1 one, pytorch/executorch#13091).
+  axis: Qualcomm HTP runs a height-1 conv far faster than a width-1 one, pytorch/executorch#13091);
+* ``[N, H, W, C]`` channels-last maps (ConvNeXt's MLP): ``channels_last``, the ``[N, C, H, W]`` map.
 
 Each layout is a list of steps from the original tensor into the map, and the steps back, in the
 plainest ops that do the job, since downstream compilers pattern-match what we write: ``Unsqueeze`` /
@@ -84,6 +85,8 @@ TOKEN_LAYOUTS = {
     "conv2d": Layout("conv2d", 3, 2, (("transpose", (0, 2, 1)), ("unsqueeze", (2,))),
                      (("squeeze", (2,)), ("transpose", (0, 2, 1)))),
 }
+
+CHANNELS_LAST = Layout("channels_last", 4, 2, (("transpose", (0, 3, 1, 2)),), (("transpose", (0, 2, 3, 1)),))
 
 
 def _steps(index: GraphIndex, name: str, steps: tuple[Step, ...], base: str):

@@ -198,7 +198,10 @@ def _default_skip(index: GraphIndex, node: onnx.NodeProto) -> Skip:
     dims = index.shape(node.input[0])
     if is_onnx_op(node, "MatMul") and dims is not None and len(dims) == 3:
         return Skip("token_matmul")
-    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) > 3:
+    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) == 4:
+        return Skip("token_matmul", f"the MatMul runs on a channels-last map {format_dims(dims)} (see --token-layout: "
+                                    "a 1x1 Conv on the channels-first map)")
+    if is_onnx_op(node, "MatMul") and dims is not None and len(dims) > 4:
         return Skip("token_matmul", f"the MatMul runs on a rank-{len(dims)} tensor {format_dims(dims)}; the token "
                                     "layouts take [B,T,D]")
     weight = index.producer.get(node.input[1])

@@ -105,8 +105,10 @@ class LayoutBridge:
     def cancel_inverse_transposes(self, graph: onnx.GraphProto) -> None:
         """Remove each Transpose the bridge added together with the model's own Transpose next to it
         when the two perms compose to the identity, and the tensor between them has no other reader
-        and is no graph output (nor is the pair's output): the readers of the pair's output read its
-        input instead. The run counts one Transpose fewer added and one of the model's removed."""
+        and is no graph output: the readers of the pair's output read its input instead. Where the
+        pair's output is a graph output (a ConvNeXt block's closing Transpose at the end of a backbone),
+        its input takes that name, when it is a node's output and no graph output itself. The run
+        counts one Transpose fewer added and one of the model's removed."""
         producer = producers(graph)
         readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
@@ -125,6 +127,8 @@ class LayoutBridge:
             for reader in moved:
                 rename_input(reader, result, source)
             readers[source] = [r for r in readers[source] if r is not first] + moved
+            if result in outputs:
+                self._rename(source, result, producer, readers)
             gone.update((id(first), id(second)))
             report = self._reports[self._find(run)]
             report.transposes_added -= 1
@@ -147,11 +151,23 @@ class LayoutBridge:
             candidates.append((added, after[0]))
         for first, second in candidates:
             model_own = second if first is added else first
+            source, result = first.input[0], second.output[0]
+            named = result not in outputs or (source in producer and source not in outputs)
             if (is_onnx_op(model_own, "Transpose") and model_own.output[0] not in self._transposes
-                    and first.output[0] not in outputs and second.output[0] not in outputs
-                    and _undo(first, second)):
+                    and first.output[0] not in outputs and named and _undo(first, second)):
                 return first, second
         return None
+
+    @staticmethod
+    def _rename(old: str, new: str, producer: dict[str, onnx.NodeProto],
+                readers: dict[str, list[onnx.NodeProto]]) -> None:
+        """Tensor ``old`` is called ``new`` by the node that writes it and by its readers."""
+        node = producer.pop(old)
+        node.output[list(node.output).index(old)] = new
+        producer[new] = node
+        readers[new] = readers.pop(old, [])
+        for reader in readers[new]:
+            rename_input(reader, old, new)
 
     # ---- report --------------------------------------------------------------------------------
     def reports(self) -> list[RunReport]:

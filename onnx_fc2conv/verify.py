@@ -37,6 +37,7 @@ from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismat
 from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
+from .spatial import reshapes_as_transposes
 from .stride import aligned_margin, coarse_model, crop_cells
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
@@ -169,7 +170,7 @@ def _prove(original, original_folder, converted, converted_folder, converted_pat
         why = problem or f"the converted model carries no conversion record ({METADATA_KEY!r} metadata)"
         result.skipped.append(f"sliding window and sequence lengths: not run: {why}")
     elif record.heads and record.mode == "fully_convolutional" and record.spatial_inputs:
-        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index.types,
+        _sliding_window_checks(original, original_folder, record, feeds, sessions, result, seed, index,
                                expected_session)
     elif record.heads and record.mode == "fully_convolutional":
         result.skipped.append("sliding window: no input size to grow (a path is blocked, or no input's "
@@ -262,14 +263,18 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
     return [[2 * s for s in size], [-(-3 * s // 2) if i % 2 == 0 else 2 * s + 1 for i, s in enumerate(size)]]
 
 
-def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, types, original_session) -> None:
-    spatial = record.spatial_inputs
+def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, index: GraphIndex,
+                           original_session) -> None:
+    spatial, types = record.spatial_inputs, index.types
     heads = [h for h in record.heads if h.outputs]
     if not heads:
         result.skipped.append("sliding window: no converted head reaches a graph output")
         return
-    backbone = _session(cut_model(original, [], [h.feature_map for h in heads], types, free_axes=spatial),
-                        "cpu", folder)
+    # The original's backbone on larger inputs, with its Reshapes that only move a size-1 axis run as the
+    # Transposes they are (the same values at its own size), as the conversion does.
+    cut = cut_model(original, [], [h.feature_map for h in heads], types, free_axes=spatial)
+    reshapes_as_transposes(index, cut.graph, [h.feature_map for h in heads])
+    backbone = _session(cut, "cpu", folder)
     head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, types, batch_free=True,
                                         spatial_free=None in h.window), "cpu", folder) for h in heads]
     rng = np.random.default_rng(seed + 1)

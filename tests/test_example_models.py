@@ -63,6 +63,8 @@ AT_NEWEST_OPSETS = {
     "bert_layer_fused": ({"token_layout": "conv1d"}, 3),
     "gpt2_blocks": ({"token_layout": "conv1d"}, 8),
     "mlp_mixer": ({"token_layout": "conv2d"}, 8),
+    "convnext_blocks": ({"token_layout": "conv2d", "dense_pool": True}, 5),
+    "keras_mnist_cnn": ({}, 1),
 }
 
 

@@ -43,6 +43,8 @@ EXPECTED_IO = {
     "vgg_tv": ("input", ["N", 3, 48, 48], "logits", ["N", 10]),
     "gpt2_blocks": ("hidden", ["B", "T", 32], "out", ["B", "T", 32]),
     "mlp_mixer": ("patches", ["N", 16, 32], "out", ["N", 16, 32]),
+    "convnext_blocks": ("input", ["N", 3, 32, 32], "logits", ["N", 10]),
+    "keras_mnist_cnn": ("input_1", ["N", 28, 28, 1], "dense", ["N", 10]),
 }
 
 # name -> (number of Gemm nodes, number of MatMul nodes whose right operand is an initializer)
@@ -64,6 +66,8 @@ EXPECTED_FC = {
     "vgg_tv": (3, 0),
     "gpt2_blocks": (8, 0),
     "mlp_mixer": (0, 8),
+    "convnext_blocks": (1, 4),
+    "keras_mnist_cnn": (0, 1),
 }
 # name -> the opsets of other domains it imports
 DOMAINS = {"bert_layer_fused": [("com.microsoft", 1)]}
@@ -182,19 +186,25 @@ def test_torch_exported_models_are_committed_small_and_keep_a_symbolic_sequence_
     """models/build_torch_models.py needs torch, so only its output is checked here: it is there, small,
     valid, and the encoder layer takes [1,T,64] with T symbolic (the case OpenVINO failed on)."""
     torch_built = load_build_models("build_torch_models").TORCH_MODELS
-    assert torch_built == ("torch_encoder_layer.onnx", "hf_gpt2_torchscript.onnx", "hf_gpt2_dynamo.onnx")
+    assert torch_built == ("torch_encoder_layer.onnx", "hf_gpt2_torchscript.onnx", "hf_gpt2_dynamo.onnx",
+                           "timm_convnext_dynamo.onnx", "timm_convnext_ts17.onnx")
     model = onnx.load(str(MODELS_DIR / torch_built[0]))
     onnx.checker.check_model(model, full_check=True)
     assert (MODELS_DIR / torch_built[0]).stat().st_size < 300_000
     assert [(i.name, _dims(i)) for i in model.graph.input] == [("hidden", [1, "T", 64])]
     assert [(o.name, _dims(o)) for o in model.graph.output] == [("out", [1, "T", 64])]
     assert model.producer_name == "pytorch" and model.producer_version.startswith("2.13.0")
-    for name in torch_built[1:]:  # Hugging Face GPT-2 blocks on [B,T,32], both symbolic
+    for name in torch_built[1:3]:  # Hugging Face GPT-2 blocks on [B,T,32], both symbolic
         gpt2 = onnx.load(str(MODELS_DIR / name))
         onnx.checker.check_model(gpt2, full_check=True)
         assert (MODELS_DIR / name).stat().st_size < 300_000
         assert [(i.name, _dims(i)) for i in gpt2.graph.input] == [("hidden", ["B", "T", 32])]
         assert sum(n.op_type == "Gemm" for n in gpt2.graph.node) == 8
+    for name, opset in (("timm_convnext_dynamo.onnx", 20), ("timm_convnext_ts17.onnx", 17)):
+        convnext = onnx.load(str(MODELS_DIR / name))
+        onnx.checker.check_model(convnext, full_check=True)
+        assert (MODELS_DIR / name).stat().st_size < 300_000 and convnext.opset_import[0].version == opset
+        assert [(i.name, _dims(i)) for i in convnext.graph.input] == [("input", [1, 3, 32, 32])]
 
 
 @pytest.mark.e2e

@@ -11,7 +11,7 @@ import pytest
 from graphs import init, initializer, model, ops, vi, weights
 from onnx import TensorProto, helper
 
-from onnx_fc2conv import convert
+from onnx_fc2conv import convert, inspect
 
 C, H, W, F = 4, 3, 2, 5  # the feature map [N,C,H,W] (H != W, so a swapped axis cannot pass) and the features
 K = C * H * W
@@ -427,9 +427,72 @@ def test_dense_pool_leaves_a_head_whose_pool_output_is_read_elsewhere():
     m = _pooled_classifier("GlobalAveragePool")
     m.graph.output.append(vi("pooled", ["N", C, 1, 1]))
     result = convert(m, dense_pool=True)
-    assert [n.rule for n in result.report.converted] == ["reshape_flatten"]
+    assert [(n.rule, n.detail) for n in result.report.converted] == [
+        ("dense_pool", "Gemm 6->5 -> Conv 5x6x1x1; GlobalAveragePool 'GlobalAveragePool_pooled' kept: its output is "
+                       "also read by a graph output")]
     assert "GlobalAveragePool" in ops(result.model)
     assert_proved(result, windows=False)
+
+
+def _pool_then(between, between_inits=(), opset=17):
+    """fmap [N,C,H,W] -> GlobalAveragePool -> ``between`` (from "pooled" to "mid") -> Flatten -> Gemm."""
+    rng = np.random.default_rng(19)
+    head = [node("GlobalAveragePool", ["fmap"], "pooled"), *between, node("Flatten", ["mid"], "flat", axis=1),
+            node("Gemm", ["flat", "w", "b"], "y", transB=1)]
+    return head_model(head, [*between_inits, init("w", weights(rng, F, C)), init("b", weights(rng, F))], opset=opset)
+
+
+def _layer_norm_2d(opset):
+    """timm's LayerNorm2d on "pooled": Transpose(0,2,3,1) -> LayerNorm (native, or its opset-13 form) -> back."""
+    rng = np.random.default_rng(20)
+    inits = [init("ln.g", 1 + weights(rng, C)), init("ln.b", weights(rng, C)), init("ln.eps", np.array(1e-6, np.float32)),
+             init("ln.two", np.array(2, np.float32))]
+    if opset >= 17:
+        norm = [node("LayerNormalization", ["nhwc", "ln.g", "ln.b"], "normed", axis=-1, epsilon=1e-6)]
+    else:
+        norm = [node("ReduceMean", ["nhwc"], "mean", axes=[-1]), node("Sub", ["nhwc", "mean"], "centred"),
+                node("Pow", ["centred", "ln.two"], "sq"), node("ReduceMean", ["sq"], "var", axes=[-1]),
+                node("Add", ["var", "ln.eps"], "var_eps"), node("Sqrt", ["var_eps"], "std"),
+                node("Div", ["centred", "std"], "unit"), node("Mul", ["unit", "ln.g"], "scaled"),
+                node("Add", ["scaled", "ln.b"], "normed")]
+    return [node("Transpose", ["pooled"], "nhwc", perm=[0, 2, 3, 1]), *norm,
+            node("Transpose", ["normed"], "mid", perm=[0, 3, 1, 2])], inits
+
+
+def _batch_norm():
+    rng = np.random.default_rng(21)
+    stats = [init("bn.scale", 1 + weights(rng, C)), init("bn.bias", weights(rng, C)), init("bn.mean", weights(rng, C)),
+             init("bn.var", 0.5 + np.abs(weights(rng, C)))]
+    ops_ = [node("BatchNormalization", ["pooled", "bn.scale", "bn.bias", "bn.mean", "bn.var"], "bn"),
+            node("Mul", ["bn", "gain"], "gained"), node("Clip", ["gained", "lo", "hi"], "mid")]
+    return ops_, [*stats, init("gain", weights(rng, C, 1, 1)), init("lo", np.array(-1, np.float32)),
+                  init("hi", np.array(1, np.float32))]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("between, opset", [("layer_norm_2d", 17), ("layer_norm_2d", 13), ("batch_norm", 13)])
+def test_dense_pool_goes_through_ops_that_work_on_each_position_alone(between, opset):
+    nodes, inits = _layer_norm_2d(opset) if between == "layer_norm_2d" else _batch_norm()
+    result = convert(_pool_then(nodes, inits, opset), dense_pool=True)
+    assert [(n.rule, n.detail) for n in result.report.converted] == [
+        ("dense_pool", f"Gemm {C}->{F} -> Conv {F}x{C}x1x1, GlobalAveragePool -> AveragePool {H}x{W} stride 1")]
+    assert "GlobalAveragePool" not in ops(result.model)
+    v = assert_proved(result)
+    assert v.max_abs_error < 1e-5
+
+
+@pytest.mark.parametrize("between, stopper", [
+    ([node("Conv", ["pooled", "c.w"], "mid", kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+     "Conv 'Conv_mid' between it and the head does not work on each position alone"),
+    ([node("Transpose", ["pooled"], "nhwc", perm=[0, 2, 3, 1]), node("Softmax", ["nhwc"], "soft", axis=2),
+      node("Transpose", ["soft"], "mid", perm=[0, 3, 1, 2])],
+     "Softmax 'Softmax_soft' between it and the head does not work on each position alone"),
+])
+def test_dense_pool_names_the_op_that_keeps_the_global_pool(between, stopper):
+    m = _pool_then(between, [init("c.w", np.ones((C, C, 3, 3), np.float32))])
+    [row] = inspect(m, dense_pool=True).nodes
+    assert (row.rule, row.detail) == ("dense_pool", f"Gemm {C}->{F} -> Conv {F}x{C}x1x1; GlobalAveragePool "
+                                                    f"'GlobalAveragePool_pooled' kept: {stopper}")
 
 
 # ---- squeeze_flatten: Squeeze and keepdims=0 reduce heads -------------------------------------
@@ -478,7 +541,7 @@ def test_squeeze_of_axes_not_known_to_be_1_is_skipped_with_reason():
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool")])
+@pytest.mark.parametrize("op, dense", [("ReduceMean", "AveragePool"), ("ReduceMax", "MaxPool"), ("Squeeze", "AveragePool")])
 def test_dense_pool_widens_a_keepdims_0_reduce_head(op, dense):
     result = convert(_reduced_head(op), dense_pool=True)
     widened = next(n for n in result.model.graph.node if n.op_type == dense)

@@ -58,11 +58,23 @@ def test_a_weight_quantized_in_blocks_is_skipped_for_its_blocks():
     assert row.detail == "DequantizeLinear 'dq' quantizes the weight in blocks of 32"
 
 
-def test_a_rank_4_matmul_is_told_that_token_layouts_take_rank_3():
+def test_a_rank_4_matmul_is_a_1x1_conv_with_token_layout_and_names_that_flag_without():
     x = graphs.vi("x", ["B", 2, "T", 8])
     w = graphs.init("w", np.ones((8, 6), np.float32))
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="a")
     m = graphs.model([node], [x], [graphs.vi("y", ["B", 2, "T", 6])], [w])
     [row] = inspect(m, token_layout="conv1d").nodes
-    assert (row.reason, row.detail) == ("token_matmul", "the MatMul runs on a rank-4 tensor [B,2,T,8]; the token "
+    assert (row.status, row.rule, row.detail) == ("converts", "channels_last_mlp", "MatMul 8->6 -> Conv 6x8x1x1")
+    [row] = inspect(m).nodes
+    assert (row.reason, row.detail) == ("token_matmul", "the MatMul runs on a channels-last map [B,2,T,8] (see "
+                                                        "--token-layout: a 1x1 Conv on the channels-first map)")
+
+
+def test_a_rank_5_matmul_is_told_that_token_layouts_take_rank_3():
+    x = graphs.vi("x", ["B", 2, 3, "T", 8])
+    w = graphs.init("w", np.ones((8, 6), np.float32))
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="a")
+    m = graphs.model([node], [x], [graphs.vi("y", ["B", 2, 3, "T", 6])], [w])
+    [row] = inspect(m, token_layout="conv1d").nodes
+    assert (row.reason, row.detail) == ("token_matmul", "the MatMul runs on a rank-5 tensor [B,2,3,T,8]; the token "
                                                         "layouts take [B,T,D]")

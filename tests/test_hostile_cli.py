@@ -134,7 +134,7 @@ def test_report_json_that_is_a_folder_is_refused_before_any_work(lenet, no_work)
 # ---- 5. usage errors are one line --------------------------------------------------------------
 
 RULES = ("'dense_pool', 'token_rows', 'nhwc_flatten', 'flatten_gemm', 'reshape_flatten', 'matmul_add', 'squeeze_flatten', "
-         "'token_matmul', 'vector_fc', 'fc_chain', 'axis_fixups'")
+         "'token_matmul', 'channels_last_mlp', 'vector_fc', 'fc_chain', 'axis_fixups'")
 
 
 @pytest.mark.parametrize("args, message", [

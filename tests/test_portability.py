@@ -47,6 +47,10 @@ EXAMPLE_MODES = {
     "torch_encoder_layer.onnx": [CONV1D, CONV2D],  # added by issue 16 item 1; its case skips where it is absent
     **{f"{name}.onnx": [CONV1D, CONV2D] for name in  # test_gpt2_and_mixer.py's
        ("gpt2_blocks", "mlp_mixer", "hf_gpt2_torchscript", "hf_gpt2_dynamo")},
+    "convnext_blocks.onnx": [FCN, CONV2D, {**CONV2D, **DENSE}],  # test_channels_last.py
+    "timm_convnext_dynamo.onnx": [CONV2D],
+    "timm_convnext_ts17.onnx": [CONV2D],
+    "keras_mnist_cnn.onnx": [FCN],  # test_size_one_reshape.py
 }
 # ../shared/models: the modes of test_token_vector_models.py and test_real_models.py's dense-pool
 # tests, besides the default, drop-in and TOKEN_AND_VECTOR modes every model of COVERAGE is run in.

@@ -6,6 +6,7 @@ what follows. ``--skip-rule NAME`` turns one off by name.
 """
 from . import (
                axis_fixups,
+               channels_last_mlp,
                dense_pool,
                fc_chain,
                flatten_gemm,
@@ -30,6 +31,7 @@ RULES: tuple[Rule, ...] = (
     matmul_add.RULE,
     squeeze_flatten.RULE,
     token_matmul.RULE,
+    channels_last_mlp.RULE,
     vector_fc.RULE,
     fc_chain.RULE,
     axis_fixups.RULE,

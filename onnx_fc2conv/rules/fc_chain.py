@@ -19,7 +19,9 @@ Token and vector maps (``token_matmul``, ``token_rows``, ``vector_fc``) go the s
 Convs, a GPT-2 layer on a token map too (its Reshapes go, see ``token_rows.on_map``); their
 constants take the layout's own steps (``layouts.Layout.constant``: ``[D]`` -> ``[D,1]`` for conv1d
 tokens, a ``[T,D]`` table -> ``[1,D,T]``). BatchNormalization normalises axis 1, which is the token
-axis of ``[B,T,D]``, so on tokens it ends the run.
+axis of ``[B,T,D]``, so on tokens it ends the run. A channels-last map (``channels_last_mlp``) ends at
+the model's own ``Transpose(0,3,1,2)``: it and the Transpose back the run adds there undo each other,
+and both go (``runs.LayoutBridge.cancel_inverse_transposes``).
 
 Pointwise ops passed through: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, Sigmoid, HardSigmoid,
 HardSwish, Tanh, Softplus, Softsign, Gelu, Erf, Abs, Neg, Exp, Log, Sqrt, Reciprocal, Clip, Dropout,

@@ -59,13 +59,19 @@ def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
 
 
 def on_spatial_axes(index, node: onnx.NodeProto, rank: int) -> bool:
-    """Whether the Squeeze / Reduce* ``node`` works on exactly axes 2.. of its rank-``rank`` input
-    (``axes`` an attribute, or an input from Squeeze-13 / ReduceMean-18)."""
+    """Whether the Squeeze / Reduce* ``node`` works on exactly axes 2.. of its rank-``rank`` input."""
+    axes = reduce_axes(index, node, rank)
+    return axes is not None and axes == list(range(2, rank))
+
+
+def reduce_axes(index, node: onnx.NodeProto, rank: int) -> list[int] | None:
+    """The sorted axes a Squeeze / Reduce* ``node`` works on (``axes`` an attribute, or an input from
+    Squeeze-13 / ReduceMean-18); None where they are not given or not constant."""
     axes = attr(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = index.constant(node.input[1])
         axes = None if value is None else [int(a) for a in value.reshape(-1)]
-    return axes is not None and sorted(a % rank for a in axes) == list(range(2, rank))
+    return None if axes is None else sorted(a % rank for a in axes)
 
 
 def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, dims: tuple[Dim, ...]) -> Match | Skip:

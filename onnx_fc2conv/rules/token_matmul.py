@@ -28,14 +28,20 @@ from dataclasses import replace
 import onnx
 
 from ..graph import is_onnx_op
-from ..layouts import TOKEN_LAYOUTS
+from ..layouts import TOKEN_LAYOUTS, Layout
 from ._dense import conv_from_dense, read_matmul_add
 from .base import Outcome, Rule, RuleContext, Skip
 
 
 def apply(ctx: RuleContext, node: onnx.NodeProto) -> Outcome:
     layout = TOKEN_LAYOUTS.get(ctx.options.token_layout or "")
-    if layout is None or not is_onnx_op(node, "MatMul"):
+    return None if layout is None else pointwise_layer(ctx, node, layout)
+
+
+def pointwise_layer(ctx: RuleContext, node: onnx.NodeProto, layout: Layout) -> Outcome:
+    """``node`` as a kernel-1 Conv on the map of its input in ``layout``, when it is a MatMul with a
+    constant weight on a tensor of the layout's rank; the match names the tensor to put into it."""
+    if not is_onnx_op(node, "MatMul"):
         return None
     dims = ctx.index.shape(node.input[0])
     if dims is None or len(dims) != layout.original_rank:
