@@ -55,27 +55,28 @@ def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _background_from_canvases(digits: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n windows of random multi-digit canvases, each >= MIN_BG_SHIFT away from every digit."""
+def _background_from_canvases(digits: np.ndarray, n: int, rng: np.random.Generator, win: int = WIN,
+                              min_shift: int = MIN_BG_SHIFT, size: int = 24) -> np.ndarray:
+    """n windows (win x win) of random size x size canvases of 1-3 of the digits (each win x win),
+    each window >= min_shift away from every digit."""
     out = []
-    size = 24
     while len(out) < n:
         canvas = np.zeros((size, size), np.float32)
         pos = []
         for _ in range(rng.integers(1, 4)):
             for _try in range(20):
-                r, c = rng.integers(0, size - WIN + 1, size=2)
-                if all(max(abs(r - r2), abs(c - c2)) >= WIN for r2, c2 in pos):
+                r, c = rng.integers(0, size - win + 1, size=2)
+                if all(max(abs(r - r2), abs(c - c2)) >= win for r2, c2 in pos):
                     pos.append((int(r), int(c)))
-                    canvas[r:r + WIN, c:c + WIN] = digits[rng.integers(len(digits))]
+                    canvas[r:r + win, c:c + win] = digits[rng.integers(len(digits))]
                     break
-        # windows may hang over the canvas edge by up to WIN-1 (zero padding), so
+        # windows may hang over the canvas edge by up to win-1 (zero padding), so
         # digits can also be seen only partly from outside
-        padded = np.pad(canvas, WIN - 1)
+        padded = np.pad(canvas, win - 1)
         for _ in range(8):
-            r, c = rng.integers(-(WIN - 1), size, size=2)
-            if all(max(abs(r - r2), abs(c - c2)) >= MIN_BG_SHIFT for r2, c2 in pos):
-                out.append(padded[r + WIN - 1:r + 2 * WIN - 1, c + WIN - 1:c + 2 * WIN - 1])
+            r, c = rng.integers(-(win - 1), size, size=2)
+            if all(max(abs(r - r2), abs(c - c2)) >= min_shift for r2, c2 in pos):
+                out.append(padded[r + win - 1:r + 2 * win - 1, c + win - 1:c + 2 * win - 1])
     return np.stack(out[:n])
 
 
