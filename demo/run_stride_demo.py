@@ -27,7 +27,6 @@ sys.path.insert(0, HERE)
 if ROOT not in sys.path:
     sys.path.insert(1, ROOT)  # the converter package, installed or not
 
-import digits_demo as dd  # noqa: E402
 import stride_demo as sd  # noqa: E402
 
 OUT = os.path.join(HERE, "out")
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
 
     print(f"\ndetections (p > 0.9, NMS over half a window), right = right class and box within {sd.JITTER} px:")
     print(f"  placed: {sorted(truth, key=lambda x: (x[1], x[2]))}")
-    for name, s in scans.items():
+    for s in scans.values():
         errors = sd.position_errors(s.correct)
         print(f"  stride {s.stride}: detected {[(c, y, x) for c, y, x, *_ in s.detections]}")
         print(f"    found {len(s.correct)}/{len(truth)}, box off by {errors} px, "

@@ -20,11 +20,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import digits_demo as dd
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-import digits_demo as dd
 
 WIN = 16  # crop size the classifier sees: the 8x8 digits upsampled 2x
 UPSAMPLE = WIN // dd.WIN
@@ -231,9 +230,9 @@ def plot(path: str, canvas: np.ndarray, panels, truth, title: str = ""):
     """Side by side, one panel per (label, Scan): the canvas, the best-digit probability of each cell
     drawn at the centre of the box it sees (cell_box), and the placed detections' boxes
     (green: right class within JITTER px; red: wrong)."""
-    from onnx_fc2conv import cell_box
-
     import matplotlib
+
+    from onnx_fc2conv import cell_box
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,7 +250,7 @@ def plot(path: str, canvas: np.ndarray, panels, truth, title: str = ""):
         ax.imshow(canvas[0, 0], cmap="gray_r", vmin=0, vmax=2.5, interpolation="nearest")
         im = ax.imshow(np.ma.masked_less(p, 0.02), cmap="plasma", vmin=0, vmax=1, alpha=0.85,
                        extent=(left, left + w * step_x, top + h * step_y, top), interpolation="nearest")
-        for cls, r, c in truth:
+        for _, r, c in truth:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), WIN, WIN, fill=False, ec="tab:blue", lw=1, ls="--"))
         right = [d for _, d in result.correct]
         for detection in result.detections:
