@@ -357,6 +357,16 @@ def shape_str(value_info) -> str:
     return "[" + ", ".join(d.dim_param if d.dim_param else str(d.dim_value) for d in dims) + "]"
 
 
+def map_extent(box_of, h: int, w: int) -> tuple[float, float, float, float]:
+    """Where imshow draws an h x w map over the canvas (left, right, bottom, top): map cell (r, c)
+    scores the window box_of(r, c), so it is drawn one stride wide at the window's centre and the
+    map lines up with the canvas (pixel k spans k-0.5..k+0.5)."""
+    y0, x0, y1, x1 = box_of(0, 0)
+    step_y, step_x = box_of(1, 1)[0] - y0, box_of(1, 1)[1] - x0
+    top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
+    return (left, left + w * step_x, top + h * step_y, top)
+
+
 def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections, box_of, title: str = ""):
     """Canvas with ground truth and placed detections (see place), the best-digit score map and
     per-class maps, each cell drawn at the centre of the box ``box_of(row, col)`` it sees."""
@@ -369,12 +379,8 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     p = softmax(logit_map[0], axis=0)
     h, w = p.shape[1:]
     H, W = canvas.shape[2:]
-    # map cell (r, c) scores the window box_of(r, c): draw it at the window centre so the maps
-    # line up with the canvas (pixel k spans k-0.5..k+0.5; a cell is one stride wide)
+    extent = map_extent(box_of, h, w)
     y0, x0, y1, x1 = box_of(0, 0)
-    step_y, step_x = box_of(1, 1)[0] - y0, box_of(1, 1)[1] - x0
-    top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
-    extent = (left, left + w * step_x, top + h * step_y, top)
     fig = plt.figure(figsize=(12, 7.6), dpi=90)
     gs = fig.add_gridspec(3, 5, height_ratios=[2.4, 1, 1], hspace=0.35, wspace=0.15)
     ax0 = fig.add_subplot(gs[0, :3])

@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     scans = {}
     status = 0
     for name, output_stride in (("coarse", None), ("fine", FINE)):
-        s = scans[name] = sd.scan(t.model, t.model, canvas, truth, output_stride)
+        s = scans[name] = sd.scan(t.model, canvas, truth, output_stride)
         h, w = s.logit_map.shape[2:]
+        print(s.report)
         print(f"{name}: windows {s.geometry.line()}; map {list(s.logit_map.shape)} "
               f"(cells inside the canvas by the geometry: {s.cells_inside[0]}x{s.cells_inside[1]})")
         ok = s.crop_max_diff <= TOL and (h, w) == s.cells_inside

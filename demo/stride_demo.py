@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import digits_demo as dd
+
+if TYPE_CHECKING:
+    from onnx_fc2conv import Geometry
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -194,7 +198,8 @@ class Scan:
     """One converted model run once on the canvas, checked against the original on crops."""
 
     stride: int  # input pixels between neighbouring cells, from the conversion's geometry
-    geometry: object  # onnx_fc2conv.Geometry of the map
+    geometry: Geometry  # of the map: the conversion report's
+    report: str  # the conversion report, as text
     logit_map: np.ndarray  # [1, 11, h, w]
     cells_inside: tuple[int, int]  # cells whose window lies inside the canvas (cells_within), per axis
     crop_max_diff: float  # max |map - original model on the cell's crop| over every cell
@@ -204,10 +209,10 @@ class Scan:
     false_pos: list
 
 
-def scan(model: onnx.ModelProto, original: onnx.ModelProto, canvas: np.ndarray, truth,
-         output_stride: int | None = None, threshold: float = 0.9) -> Scan:
-    """Convert ``model`` (at the backbone's stride, or ``output_stride``), run it on the canvas, compare
-    each cell with ``original`` on the crop it stands for, and detect the digits."""
+def scan(model: onnx.ModelProto, canvas: np.ndarray, truth, output_stride: int | None = None,
+         threshold: float = 0.9) -> Scan:
+    """Convert ``model`` (at the backbone's stride, or ``output_stride``), run it once on the canvas,
+    compare each cell with ``model`` itself run on the crop the cell stands for, and detect the digits."""
     from onnx_fc2conv import cell_box, cells_within, convert, crop_box
 
     result = convert(model, output_stride=output_stride)
@@ -216,13 +221,13 @@ def scan(model: onnx.ModelProto, original: onnx.ModelProto, canvas: np.ndarray, 
     h, w = logit_map.shape[2:]
     inside = cells_within(geometry, (0, 0, *canvas.shape[2:]))
     crops = crops_at(canvas, [crop_box(geometry, i, j) for i in range(h) for j in range(w)])
-    ref = run(dd.session(original), crops).reshape(h, w, -1).transpose(2, 0, 1)[None]
+    ref = run(dd.session(model), crops).reshape(h, w, -1).transpose(2, 0, 1)[None]
     stride = geometry.axes[0].stride
     box_of = lambda r, c: cell_box(geometry, r, c)  # noqa: E731
     # NMS over half a window: 2 cells at stride 4, 8 at stride 1
     detections = dd.place(dd.detect(logit_map, threshold, nms_radius=max(1, WIN // 2 // stride)), box_of)
     correct, missed, false_pos = dd.match(detections, truth, tol=JITTER)
-    return Scan(stride, geometry, logit_map, (len(inside[0]), len(inside[1])),
+    return Scan(stride, geometry, result.report.render_text(), logit_map, (len(inside[0]), len(inside[1])),
                 float(np.abs(logit_map - ref).max()), detections, correct, missed, false_pos)
 
 
@@ -242,14 +247,10 @@ def plot(path: str, canvas: np.ndarray, panels, truth, title: str = ""):
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), dpi=80)
     for ax, (label, result) in zip(axes, panels):
         p = dd.softmax(result.logit_map[0], axis=0)[:dd.BACKGROUND].max(0)
-        h, w = p.shape
-        # cell (r, c) drawn one stride wide at the centre of the window it sees
-        y0, x0, y1, x1 = cell_box(result.geometry, 0, 0)
-        step_y, step_x = (b - a for a, b in zip((y0, x0), cell_box(result.geometry, 1, 1)[:2]))
-        top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
+        extent = dd.map_extent(lambda r, c: cell_box(result.geometry, r, c), *p.shape)  # noqa: B023
         ax.imshow(canvas[0, 0], cmap="gray_r", vmin=0, vmax=2.5, interpolation="nearest")
-        im = ax.imshow(np.ma.masked_less(p, 0.02), cmap="plasma", vmin=0, vmax=1, alpha=0.85,
-                       extent=(left, left + w * step_x, top + h * step_y, top), interpolation="nearest")
+        im = ax.imshow(np.ma.masked_less(p, 0.02), cmap="plasma", vmin=0, vmax=1, alpha=0.85, extent=extent,
+                       interpolation="nearest")
         for _, r, c in truth:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), WIN, WIN, fill=False, ec="tab:blue", lw=1, ls="--"))
         right = [d for _, d in result.correct]

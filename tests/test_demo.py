@@ -100,7 +100,7 @@ def strided():
     with threadpool_limits(1):  # as `trained` above
         t = sd.build()
     img, truth = sd.make_canvas(t.x_test, t.y_test)
-    return t, img, truth, {stride: sd.scan(t.model, t.model, img, truth, stride) for stride in (None, 1)}
+    return t, img, truth, {stride: sd.scan(t.model, img, truth, stride) for stride in (None, 1)}
 
 
 def test_strided_classifier_trains_only_the_head_on_fixed_filters(strided):
