@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) demo/run_demo.py
+	$(PY) demo/run_stride_demo.py
 
 fuzz: $(STAMP)
 	FC2CONV_FUZZ_EXAMPLES=$${FC2CONV_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -m fuzz -p no:cacheprovider tests/test_properties.py

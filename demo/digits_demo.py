@@ -55,27 +55,28 @@ def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _background_from_canvases(digits: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n windows of random multi-digit canvases, each >= MIN_BG_SHIFT away from every digit."""
+def _background_from_canvases(digits: np.ndarray, n: int, rng: np.random.Generator, win: int = WIN,
+                              min_shift: int = MIN_BG_SHIFT, size: int = 24) -> np.ndarray:
+    """n windows (win x win) of random size x size canvases of 1-3 of the digits (each win x win),
+    each window >= min_shift away from every digit."""
     out = []
-    size = 24
     while len(out) < n:
         canvas = np.zeros((size, size), np.float32)
         pos = []
         for _ in range(rng.integers(1, 4)):
             for _try in range(20):
-                r, c = rng.integers(0, size - WIN + 1, size=2)
-                if all(max(abs(r - r2), abs(c - c2)) >= WIN for r2, c2 in pos):
+                r, c = rng.integers(0, size - win + 1, size=2)
+                if all(max(abs(r - r2), abs(c - c2)) >= win for r2, c2 in pos):
                     pos.append((int(r), int(c)))
-                    canvas[r:r + WIN, c:c + WIN] = digits[rng.integers(len(digits))]
+                    canvas[r:r + win, c:c + win] = digits[rng.integers(len(digits))]
                     break
-        # windows may hang over the canvas edge by up to WIN-1 (zero padding), so
+        # windows may hang over the canvas edge by up to win-1 (zero padding), so
         # digits can also be seen only partly from outside
-        padded = np.pad(canvas, WIN - 1)
+        padded = np.pad(canvas, win - 1)
         for _ in range(8):
-            r, c = rng.integers(-(WIN - 1), size, size=2)
-            if all(max(abs(r - r2), abs(c - c2)) >= MIN_BG_SHIFT for r2, c2 in pos):
-                out.append(padded[r + WIN - 1:r + 2 * WIN - 1, c + WIN - 1:c + 2 * WIN - 1])
+            r, c = rng.integers(-(win - 1), size, size=2)
+            if all(max(abs(r - r2), abs(c - c2)) >= min_shift for r2, c2 in pos):
+                out.append(padded[r + win - 1:r + 2 * win - 1, c + win - 1:c + 2 * win - 1])
     return np.stack(out[:n])
 
 
@@ -356,6 +357,16 @@ def shape_str(value_info) -> str:
     return "[" + ", ".join(d.dim_param if d.dim_param else str(d.dim_value) for d in dims) + "]"
 
 
+def map_extent(box_of, h: int, w: int) -> tuple[float, float, float, float]:
+    """Where imshow draws an h x w map over the canvas (left, right, bottom, top): map cell (r, c)
+    scores the window box_of(r, c), so it is drawn one stride wide at the window's centre and the
+    map lines up with the canvas (pixel k spans k-0.5..k+0.5)."""
+    y0, x0, y1, x1 = box_of(0, 0)
+    step_y, step_x = box_of(1, 1)[0] - y0, box_of(1, 1)[1] - x0
+    top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
+    return (left, left + w * step_x, top + h * step_y, top)
+
+
 def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections, box_of, title: str = ""):
     """Canvas with ground truth and placed detections (see place), the best-digit score map and
     per-class maps, each cell drawn at the centre of the box ``box_of(row, col)`` it sees."""
@@ -368,12 +379,8 @@ def plot(path: str, canvas: np.ndarray, logit_map: np.ndarray, truth, detections
     p = softmax(logit_map[0], axis=0)
     h, w = p.shape[1:]
     H, W = canvas.shape[2:]
-    # map cell (r, c) scores the window box_of(r, c): draw it at the window centre so the maps
-    # line up with the canvas (pixel k spans k-0.5..k+0.5; a cell is one stride wide)
+    extent = map_extent(box_of, h, w)
     y0, x0, y1, x1 = box_of(0, 0)
-    step_y, step_x = box_of(1, 1)[0] - y0, box_of(1, 1)[1] - x0
-    top, left = (y0 + y1 - 1 - step_y) / 2, (x0 + x1 - 1 - step_x) / 2
-    extent = (left, left + w * step_x, top + h * step_y, top)
     fig = plt.figure(figsize=(12, 7.6), dpi=90)
     gs = fig.add_gridspec(3, 5, height_ratios=[2.4, 1, 1], hspace=0.35, wspace=0.15)
     ax0 = fig.add_subplot(gs[0, :3])
