@@ -79,6 +79,27 @@ def test_streamed_output_has_the_tensors_of_the_in_memory_conversion(tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]  # no staging left
 
 
+def test_inplace_streamed_conversion_replaces_the_pair_it_reads_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "CHUNK_BYTES", SMALL_CHUNK)
+    src = tmp_path / "model.onnx"
+    onnx.save(conv_flatten_gemm(channels=16, spatial=(6, 6), features=67, trans_b=0), str(src), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    expected = arrays(convert(onnx.load(str(src)), verify=False).model)
+    convert(src, src, inplace=True, verify=False)  # reads model.onnx.data while it writes the new one
+    written = arrays(onnx.load(str(src)))
+    assert written.keys() == expected.keys() and all(np.array_equal(written[n], v) for n, v in expected.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_weights_the_rewrite_does_not_touch_are_copied_as_they_are(tmp_path):
+    original = conv_flatten_gemm(channels=16, spatial=(6, 6), features=67)
+    src = save_external(conv_flatten_gemm(channels=16, spatial=(6, 6), features=67), tmp_path / "in" / "model.onnx")
+    result = convert(src, tmp_path / "out.onnx", exclude=("fc",), verify=False)  # nothing converts
+    assert [n.op_type for n in result.model.graph.node][-1] == "Gemm"
+    written, expected = arrays(onnx.load(str(tmp_path / "out.onnx"))), arrays(original)
+    assert written.keys() == expected.keys() and all(np.array_equal(written[n], v) for n, v in expected.items())
+    assert "fc.w" in external_names(tmp_path / "out.onnx")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("k_by_f, conv_shape, perm, alpha", [
     (True, (37, 5, 3, 7), None, 1.0),  # MatMul [K,F]: a plain transpose, odd sizes
