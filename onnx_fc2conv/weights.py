@@ -33,7 +33,6 @@ from .safety import tensor_bytes
 # Bytes of weight one step of a streamed copy or transpose holds (the memory it needs, twice over
 # for a transposed block: the slice read and the block written).
 CHUNK_BYTES = 64 << 20
-PAGE_BYTES = 4096
 # Kernels rearranged chunk by chunk: the float types numpy computes with (Conv takes these; others
 # are read whole, as a rule's build reads any constant).
 STREAMED_KERNEL_TYPES: dict[int, type] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -162,24 +161,38 @@ class DataFile:
             self.copy(folder / info.location, info.offset or 0, info.length or tensor_bytes(source) or 0)
             return self.size - start  # the same bytes: a copy
         dtype = np.dtype(STREAMED_KERNEL_TYPES.get(source.data_type) or f"V{_itemsize(source)}")
-        out_f = recipe.conv_shape[0]
-        row_bytes = math.prod(recipe.conv_shape[1:]) * dtype.itemsize
-        block = max(1, CHUNK_BYTES // max(row_bytes, 1))
-        per_page = max(1, PAGE_BYTES // dtype.itemsize)
-        if recipe.weight_is_k_by_f and block >= per_page:  # a slice of columns: whole pages of each stored row
-            block = block // per_page * per_page
+        stored = (folder / info.location, dtype, info.offset or 0, tuple(source.dims))
+        out_f, k = recipe.conv_shape[0], math.prod(recipe.conv_shape[1:])
+        block = max(1, CHUNK_BYTES // max(k * dtype.itemsize, 1))
         for f0 in range(0, out_f, block):
             f1 = min(out_f, f0 + block)
-            # A map per block, dropped after it: the pages it touched leave the process with it.
-            weight = np.memmap(folder / info.location, dtype, "r", offset=info.offset or 0, shape=tuple(source.dims))
-            rows = kernel_rows(weight[:, f0:f1].T if recipe.weight_is_k_by_f else weight[f0:f1],
-                               recipe.conv_shape, recipe.flatten_perm)
-            del weight
+            if recipe.weight_is_k_by_f:  # columns f0:f1, transposed (a contiguous block transposes fast)
+                rows = _read_block(*stored, slice(0, k), slice(f0, f1)).T
+            else:
+                rows = _read_block(*stored, slice(f0, f1), slice(0, k))
+            rows = kernel_rows(rows, recipe.conv_shape, recipe.flatten_perm)
             if recipe.alpha != 1.0:
                 rows = (rows * recipe.alpha).astype(dtype)
             self.write(rows)
             del rows
         return self.size - start
+
+
+def _read_block(path: Path, dtype: np.dtype, offset: int, shape: tuple[int, ...], rows: slice,
+                cols: slice) -> np.ndarray:
+    """A copy of ``array[rows, cols]`` of the 2-D ``array`` stored at ``offset`` in ``path``, read
+    through a memory map of one band of rows at a time. A map is dropped after its band: the pages it
+    touched (the kernel maps whole runs of them around each one read) leave the process with it, so
+    the memory this takes stays the block and a band, however large the tensor."""
+    width = shape[1]
+    block = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
+    band = max(1, CHUNK_BYTES // (width * dtype.itemsize))
+    for r0 in range(rows.start, rows.stop, band):
+        r1 = min(rows.stop, r0 + band)
+        mapped = np.memmap(path, dtype, "r", offset=offset + r0 * width * dtype.itemsize, shape=(r1 - r0, width))
+        block[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
+        del mapped
+    return block
 
 
 def _itemsize(tensor: onnx.TensorProto) -> int:
