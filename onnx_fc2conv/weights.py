@@ -23,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -125,7 +126,7 @@ class DataFile:
 
     def copy(self, source: Path, offset: int, length: int) -> None:
         """``length`` bytes of ``source`` from ``offset``, copied by the kernel where it can."""
-        with open(source, "rb", buffering=0) as src:
+        with open_source(source) as src:
             done = 0
             while done < length:
                 count = min(CHUNK_BYTES, length - done)
@@ -187,12 +188,19 @@ def _read_block(path: Path, dtype: np.dtype, offset: int, shape: tuple[int, ...]
     width = shape[1]
     block = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
     band = max(1, CHUNK_BYTES // (width * dtype.itemsize))
-    for r0 in range(rows.start, rows.stop, band):
-        r1 = min(rows.stop, r0 + band)
-        mapped = np.memmap(path, dtype, "r", offset=offset + r0 * width * dtype.itemsize, shape=(r1 - r0, width))
-        block[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
-        del mapped
+    with open_source(path) as source:
+        for r0 in range(rows.start, rows.stop, band):
+            r1 = min(rows.stop, r0 + band)
+            mapped = np.memmap(source, dtype, "r", offset=offset + r0 * width * dtype.itemsize, shape=(r1 - r0, width))
+            block[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
+            del mapped
     return block
+
+
+def open_source(path: Path) -> BinaryIO:
+    """IN's data file, unbuffered, for reading; not through a symbolic link (the locations were
+    checked when the model was read; a link put there since is refused, not followed)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
 
 
 def _itemsize(tensor: onnx.TensorProto) -> int:

@@ -4,6 +4,7 @@ weights the rewrite does not touch are copied too, and inspect and the planning 
 constants they fold (see onnx_fc2conv/weights.py)."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
@@ -130,6 +131,19 @@ def test_streamed_copy_gives_the_same_bytes_in_chunks(tmp_path, monkeypatch, cop
     weight_file(tmp_path, payload, lead=7)
     written = write_one(tmp_path, lambda data: data.copy(tmp_path / "w.bin", 7, payload.nbytes))
     assert written == payload.tobytes()
+
+
+def test_a_data_file_swapped_for_a_link_after_the_checks_is_not_followed(tmp_path):
+    payload = np.arange(3000, dtype=np.float32).reshape(1, 3000)  # a MatMul weight [K=1, F=3000]
+    source = weight_file(tmp_path, payload, lead=0)
+    (tmp_path / "w.bin").rename(tmp_path / "elsewhere.bin")
+    (tmp_path / "w.bin").symlink_to(tmp_path / "elsewhere.bin")
+    recipe = KernelRecipe(source, True, (3000, 1, 1, 1))
+    for write in (lambda data: data.copy(tmp_path / "w.bin", 0, payload.nbytes),
+                  lambda data: data.write_kernel(recipe, tmp_path)):
+        with pytest.raises(OSError) as refused:
+            write_one(tmp_path, write)
+        assert refused.value.errno == errno.ELOOP
 
 
 def weight_file(folder: Path, array: np.ndarray, lead: int) -> onnx.TensorProto:
