@@ -101,6 +101,20 @@ def test_weights_the_rewrite_does_not_touch_are_copied_as_they_are(tmp_path):
     assert "fc.w" in external_names(tmp_path / "out.onnx")
 
 
+def test_a_failed_install_of_a_streamed_model_leaves_the_previous_pair(tmp_path, replace_fails):
+    from onnx_fc2conv.errors import OutputError
+
+    src = save_external(CASES["Gemm [K,F]: transposed"](), tmp_path / "in" / "model.onnx")
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    (tmp_path / "out.onnx.data").write_bytes(b"previous data")
+    replace_fails(lambda src, dst: dst.endswith("out.onnx"))  # the data file is in place, OUT fails
+    with pytest.raises(OutputError, match="No space left on device"):
+        convert(src, out, verify=False)
+    assert out.read_bytes() == b"previous" and (tmp_path / "out.onnx.data").read_bytes() == b"previous data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("k_by_f, conv_shape, perm, alpha", [
     (True, (37, 5, 3, 7), None, 1.0),  # MatMul [K,F]: a plain transpose, odd sizes
