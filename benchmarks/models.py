@@ -121,6 +121,16 @@ def wide_external(path: Path, **kwargs) -> Path:
     return vgg(path, convs=WIDE_CONVS, fcs=WIDE_FCS, external_data=True, **kwargs)
 
 
+def wide_external_k_by_f(path: Path, **kwargs) -> Path:
+    """The 3 GB model with its FC weights stored ``[K,F]``: every kernel is a transposed copy."""
+    return wide_external(path, weights_k_by_f=True, **kwargs)
+
+
+def vgg16_k_by_f_external(path: Path, **kwargs) -> Path:
+    """VGG16 with external data and its FC weights stored ``[K,F]``."""
+    return vgg(path, weights_k_by_f=True, external_data=True, **kwargs)
+
+
 def vgg16_head(path: Path, **kwargs) -> Path:
     """VGG16's classifier alone, reading the 512x7x7 feature map: where converted and original differ."""
     return vgg(path, convs=(), fcs=VGG16_FCS, image=7, channels_in=512, **kwargs)

@@ -30,6 +30,9 @@ P6  a finer output stride: one run of the P2 net converted with ``--output-strid
     images, the maps interleaved), at N = 4, 2 and 1, in interleaved rounds (median of the per-round
     ratios); the values must be equal on every cell whose window lies inside the image by the padding
     margin. Target: the one run is faster (> 1x).
+P7  external data streamed: ``onnx-fc2conv IN OUT --no-verify`` of an external-data model against
+    ``cp`` of its files, interleaved, and its peak RSS against the weight bytes, on VGG16 with [K,F]
+    weights and the 3 GB model with [F,K] and [K,F] weights. Targets: time and peak RSS <= 1.2x.
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ README = HERE / "README.md"
 PLOTS = HERE / "plots"
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5, "inspect": 1.1,
-           "finer_stride": 1.0}
+           "finer_stride": 1.0,
+           "stream_time": 1.2, "stream_rss": 1.2}
 
 
 @dataclass
@@ -382,6 +386,49 @@ def onnx_load(path: Path):
     return onnx.load(str(path))
 
 
+# ---- P7: external data streamed -------------------------------------------------------------------------
+
+def p7(work: Path, large: bool, reps: int) -> tuple[list[Row], dict]:
+    cases = [("VGG16 external data, FC weights [K,F]", "vgg16_kf_external.onnx", "vgg16_k_by_f_external")]
+    if large:
+        cases += [("3 GB external data, FC weights [F,K]", "wide.onnx", "wide_external"),
+                  ("3 GB external data, FC weights [K,F]", "wide_kf.onnx", "wide_external_k_by_f")]
+    rows, raw = [], {}
+    for label, name, builder in cases:
+        src = build_in_child(builder, work / name)
+        case_rows, raw[name] = stream_cost(label, src, work, reps)
+        _remove(src)
+        rows += case_rows
+    return rows, raw
+
+
+def stream_cost(label: str, src: Path, work: Path, reps: int) -> tuple[list[Row], dict]:
+    """``onnx-fc2conv IN OUT --no-verify`` of an external-data model against ``cp`` of its files,
+    interleaved as in P1 (the ratio is the median of the per-round ratios), and the conversion's peak
+    RSS against the bytes of IN's weights (its data file)."""
+    weight_bytes = models.files_of(src)[1].stat().st_size
+    out, copies = work / f"streamed_{src.name}", work / f"cp_{src.stem}"
+    convert_cmd = [sys.executable, "-m", "onnx_fc2conv", str(src), str(out), "--no-verify", "-q"]
+    cp_cmd = ["cp", *(str(p) for p in models.files_of(src)), str(copies)]
+    ours, cps = [], []
+    for _ in range(reps):
+        copies.mkdir()
+        cps.append(run_child(cp_cmd))
+        shutil.rmtree(copies)
+        ours.append(run_child(convert_cmd))
+        _remove(out)
+    time_ratio = paired_ratio([t for t, _ in ours], [t for t, _ in cps])
+    ot, ct = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in cps)
+    peak, weight_mib = max(r for _, r in ours), weight_bytes / (1 << 20)
+    rss_ratio = peak / weight_mib
+    return [
+        Row("P7", f"{label}: time, convert --no-verify / cp of its files", f"{ot:.1f} s / {ct:.1f} s", time_ratio,
+            f"<= {TARGETS['stream_time']}x", time_ratio <= TARGETS["stream_time"]),
+        Row("P7", f"{label}: peak RSS, convert --no-verify / weight bytes", f"{peak:,.0f} / {weight_mib:,.0f} MiB",
+            rss_ratio, f"<= {TARGETS['stream_rss']}x", rss_ratio <= TARGETS["stream_rss"]),
+    ], {"weight_bytes": weight_bytes, "convert": ours, "cp": cps}
+
+
 def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
     """This run's rows and figures, plus those of the parts it did not run from the last results
     (``--only``), so the table and results.json always hold every part; the returned ``when`` says
@@ -456,14 +503,14 @@ def _short(text: str, width: int = 70) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6", help="comma-separated parts to run (default: all)")
-    parser.add_argument("--no-large", action="store_true", help="P1 without the 3 GB external-data model")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--no-large", action="store_true", help="P1 and P7 without the 3 GB external-data models")
     parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
     parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     args = parser.parse_args()
     parts = {p.strip().upper() for p in args.only.split(",")}
-    need = (12 if "P1" in parts and not args.no_large else 5 if "P5" in parts else 3) << 30
+    need = (12 if parts & {"P1", "P7"} and not args.no_large else 5 if "P5" in parts else 3) << 30
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     free = shutil.disk_usage(out).free
@@ -482,7 +529,8 @@ def main() -> int:
         for part, fn in (("P1", lambda: p1(work, not args.no_large, args.p1_reps)),
                          ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps)),
                          ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work)),
-                         ("P6", lambda: p6(work, args.reps))):
+                         ("P6", lambda: p6(work, args.reps)),
+                         ("P7", lambda: p7(work, not args.no_large, args.p1_reps))):
             if part in parts:
                 start = time.perf_counter()
                 part_rows, raw[part] = fn()

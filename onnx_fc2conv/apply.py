@@ -34,16 +34,19 @@ from .rules import Match, RuleContext
 from .rules._head import elementwise_path
 from .runs import LayoutBridge
 from .spatial import SPATIAL_NAMES, make_spatial_inputs_symbolic, reshapes_as_transposes, token_axes
+from .weights import ExternalWeights
 
 
-def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport) -> ConversionRecord | None:
+def rewrite(model: onnx.ModelProto, options: Options, report: ConversionReport,
+            weights: ExternalWeights | None = None) -> ConversionRecord | None:
     """Plan the rules, replace the matched nodes, put a Flatten back where a map meets an op that
     needs the flat tensor, do the same inside If/Loop/Scan bodies; then finish the outputs, clean up
     and re-infer shapes. Returns the conversion record the verifier needs (None when no head or token
-    layer converted); the model is left exactly as it came when nothing converts."""
+    layer converted); the model is left exactly as it came when nothing converts. ``weights``: the
+    model was read without its large external weights (see :mod:`onnx_fc2conv.weights`)."""
     graph = model.graph
     toposort(graph)
-    index = GraphIndex(model, options.input_shapes)
+    index = GraphIndex(model, options.input_shapes, weights=weights)
     plan = plan_graph(index, options)
     ctx, heads = plan.ctx, plan.heads
     report.nodes.extend(plan.node_reports())

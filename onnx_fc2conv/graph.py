@@ -24,7 +24,7 @@ Dim = int | str | None  # static size, symbolic name, or unknown
 # Initializers with more elements than this are not copied into the shape-inference skeleton; they
 # are declared as typed graph inputs instead, which is all shape inference needs of a weight. (The
 # count comes from the dims: ``ByteSize()`` of a big tensor costs as much as serializing it.)
-_SKELETON_MAX_ELEMENTS = 1 << 14
+SKELETON_MAX_ELEMENTS = 1 << 14
 
 
 # The two names of ONNX's own operator set.
@@ -153,7 +153,7 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | 
             pinned = input_shapes[inp.name]  # None keeps the declared (symbolic) dim
             set_shape(new, [p if p is not None else d for p, d in zip(pinned, declared or (None,) * len(pinned))])
     for init in g.initializer:
-        if math.prod(init.dims) <= _SKELETON_MAX_ELEMENTS:
+        if math.prod(init.dims) <= SKELETON_MAX_ELEMENTS:
             sg.initializer.append(init)
         elif init.name not in input_names:
             sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
 from .errors import Fc2ConvError
 from .graph import (
@@ -30,6 +30,7 @@ from .graph import (
     value_dims,
 )
 from .modelcheck import infer_value_types, log, symbolic_shape_inference
+from .weights import ExternalWeights, read_external
 
 # Constant values up to this size are cached; larger ones (weights) are read on demand.
 _CACHE_MAX_BYTES = 1 << 20
@@ -55,12 +56,16 @@ class GraphIndex:
     are unique across every scope."""
 
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[Dim, ...]] | None = None,
-                 outer: GraphIndex | None = None, data_folder: Path | None = None):
+                 outer: GraphIndex | None = None, data_folder: Path | None = None,
+                 weights: ExternalWeights | None = None):
         self.model = model
         self.outer = outer
-        # Where the external data of a model read without it lives (``inspect``): a constant the
-        # rules need (a bias, a scale) is read from there when asked, the rest never.
-        self.data_folder: Path | None = outer.data_folder if outer is not None else data_folder
+        # Where the external data of a model read without it lives (``inspect``, a conversion
+        # written to a file): a constant the rules need (a bias, a scale) is read from there when
+        # asked, the rest never. ``weights`` takes the kernels a build makes from that data at write time.
+        self.weights: ExternalWeights | None = outer.weights if outer is not None else weights
+        self.data_folder: Path | None = (outer.data_folder if outer is not None
+                                         else weights.folder if weights is not None else data_folder)
         self.unfolded: dict[str, str] = {}  # constant -> why it was not folded, for the skip message
         self.graph = model.graph
         self.opset = opset_version(model)
@@ -211,10 +216,7 @@ class GraphIndex:
     def _initializer_value(self, tensor: onnx.TensorProto) -> np.ndarray:
         if self.data_folder is None or not uses_external_data(tensor):
             return numpy_helper.to_array(tensor)
-        copy = onnx.TensorProto()  # the model keeps its reference; only this value is read
-        copy.CopyFrom(tensor)
-        load_external_data_for_tensor(copy, str(self.data_folder))
-        return numpy_helper.to_array(copy)
+        return numpy_helper.to_array(read_external(tensor, self.data_folder))  # the model keeps its reference
 
     def _fold_too_large(self, node: onnx.NodeProto, name: str, values: list) -> str | None:
         """Why folding ``node`` must not run: its output (by shape inference, or ConstantOfShape's

@@ -4,9 +4,11 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,9 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
 from .errors import InvalidModelError, OutputError, first_line
-from .safety import check_external_data, external_data_path
+from .graph import SKELETON_MAX_ELEMENTS
+from .safety import check_external_data, external_data_path, tensor_bytes
+from .weights import DataFile, ExternalWeights, read_external
 
 PathLike = str | os.PathLike
 
@@ -74,44 +78,116 @@ def read_model(source: PathLike | onnx.ModelProto, *,
     return model, external
 
 
-def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = False) -> None:
-    """Write ``model`` to ``path`` atomically: temp files in the same folder, then renames, so a
-    failure leaves neither a partial OUT nor a temp file behind, and OUT with its data file is
-    either the previous pair or the new one.
+def read_streamed(source: PathLike) -> tuple[onnx.ModelProto, ExternalWeights | None]:
+    """:func:`read_model` for a conversion written to a file: a model with external data is read
+    without its large weights, whose top-level initializers keep their references (the returned
+    :class:`ExternalWeights` knows the folder; :func:`save_model` copies them from there). Its
+    other external tensors are read now: those small enough for shape inference to use their values
+    (the ones the skeleton keeps), and those inside If/Loop/Scan bodies or Constant nodes. The
+    weights are None when the model has no external data."""
+    model, external = read_model(source, load_external_data=False)
+    if not external:
+        return model, None
+    folder = Path(source).parent
+    kept = {t.name for t in model.graph.initializer
+            if uses_external_data(t) and math.prod(t.dims) > SKELETON_MAX_ELEMENTS}
+    try:
+        for tensor in _get_all_tensors(model):
+            if uses_external_data(tensor) and tensor.name not in kept:
+                tensor.CopyFrom(read_external(tensor, folder))
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+        raise InvalidModelError(f"{source}: cannot read its external data ({first_line(exc)})") from None
+    return model, ExternalWeights(folder)
 
-    With ``external_data``, or when the weights pass protobuf's 2 GB limit, tensors of 1 KB and more
+
+def save_model(model: onnx.ModelProto, path: PathLike, external_data: bool = False,
+               weights: ExternalWeights | None = None) -> None:
+    """Write ``model`` to ``path`` atomically: the files are written in a staging folder beside
+    OUT, then renamed into place, so a failure leaves neither a partial OUT nor a temp file behind,
+    and OUT with its data file is either the previous pair or the new one.
+
+    With ``external_data``, with ``weights`` (the model still refers to IN's external data, see
+    :func:`read_streamed`), or when the weights pass protobuf's 2 GB limit, tensors of 1 KB and more
     go to ``<OUT>.data`` beside OUT (one file, each tensor at a 4 KB-aligned offset) and OUT holds
     the graph; when no tensor is that large, no data file is written. ``model`` itself is not changed.
     """
+    staged = stage_model(model, path, external_data, weights)
+    try:
+        staged.install()
+    finally:
+        staged.discard()
+
+
+@dataclass
+class StagedModel:
+    """OUT written in its staging folder, its data file beside it under its final name (so the pair
+    can be read and run as it will be installed), and the model as written (its large tensors
+    referring to the data file). :meth:`install` puts it in place; :meth:`discard` removes what is
+    left of the staging folder (call it either way)."""
+
+    path: Path  # OUT as staged
+    target: Path  # OUT
+    model: onnx.ModelProto
+
+    def install(self) -> None:
+        data_path = external_data_path(self.target)
+        staged_data = self.path.with_name(data_path.name)
+        temps: list[str] = []
+        try:
+            with _lock_beside(self.target):
+                _install(str(self.path), self.target, str(staged_data) if staged_data.exists() else None,
+                         data_path, temps)
+        except OSError as exc:
+            raise OutputError(f"{self.target}: cannot write ({exc.strerror or first_line(exc)})") from None
+        finally:
+            for leftover in temps:
+                Path(leftover).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def stage_model(model: onnx.ModelProto, path: PathLike, external_data: bool = False,
+                weights: ExternalWeights | None = None) -> StagedModel:
+    """The first step of :func:`save_model`: OUT and its data file written in a new staging folder
+    beside ``path`` (nothing of it is left when this raises)."""
     path = Path(path)
     if not path.parent.exists():
         raise OutputError(f"{path}: the folder {path.parent} does not exist")
     data_path = external_data_path(path)
     if data_path.is_dir():
         raise OutputError(f"{data_path}: is a directory; OUT's weights would be written there")
-    temps: list[str] = []
+    staging = _staging_beside(path)
     try:
-        model_tmp = _temp_beside(path, temps)
-        data_tmp = None
-        if external_data or needs_external_data(model):
-            data_tmp = _temp_beside(data_path, temps)
-            with open(data_tmp, "wb") as data:
-                shell = _with_external_data(model, data, data_path.name)
-                if data.tell() == 0:  # every tensor stayed inline: no data file to install
-                    data_tmp = None
-            blob = shell.SerializeToString()
-        else:
-            blob = model.SerializeToString()
+        return _write_staged(model, path, staging, external_data or weights is not None or needs_external_data(model),
+                             weights)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_staged(model: onnx.ModelProto, path: Path, staging: Path, external: bool,
+                  weights: ExternalWeights | None) -> StagedModel:
+    """OUT (and its data file when ``external`` and some tensor goes there) in the staging folder."""
+    model_tmp, data_tmp = staging / path.name, staging / external_data_path(path).name
+    try:
+        shell = model
+        if external:
+            fd = os.open(data_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                data = DataFile(fd, DATA_ALIGNMENT)
+                shell = _with_external_data(model, data, data_tmp.name, weights)
+            finally:
+                os.close(fd)
+            if data.size == 0:  # every tensor stayed inline: no data file to install
+                data_tmp.unlink()
+        blob = shell.SerializeToString()
         with open(model_tmp, "wb") as f:
             f.write(blob)
         del blob
-        with _lock_beside(path):
-            _install(model_tmp, path, data_tmp, data_path, temps)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
-    finally:
-        for leftover in temps:
-            Path(leftover).unlink(missing_ok=True)
+    return StagedModel(model_tmp, path, shell)
 
 
 def _install(model_tmp: str, path: Path, data_tmp: str | None, data_path: Path, temps: list[str]) -> None:
@@ -203,28 +279,40 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return payload_bytes(model) > PROTOBUF_LIMIT - GRAPH_HEADROOM
 
 
-def _with_external_data(model: onnx.ModelProto, data, location: str) -> onnx.ModelProto:
+def _with_external_data(model: onnx.ModelProto, data: DataFile, location: str,
+                        weights: ExternalWeights | None) -> onnx.ModelProto:
     """A copy of ``model`` whose large initializers point into ``data`` (written here), without
     copying their payload: everything but the initializers is copied, then each initializer is
-    either copied (small) or replaced by a reference."""
+    either copied (small) or replaced by a reference. An initializer that still refers to IN's
+    external data is copied file to file, and a kernel with a recipe in ``weights`` is made from
+    IN's file block by block (see :mod:`onnx_fc2conv.weights`): neither is held in memory."""
     shell = onnx.ModelProto()
     _copy_fields(model, shell, skip="graph")
     _copy_fields(model.graph, shell.graph, skip="initializer")
     for init in model.graph.initializer:
+        recipe = weights.recipes.get(init.name) if weights is not None else None
+        in_source = uses_external_data(init)
         size = math.prod(init.dims) * _itemsize(init.data_type)
-        if init.data_type == onnx.TensorProto.STRING or size < EXTERNAL_MIN_BYTES:
+        if recipe is None and not in_source and (init.data_type == onnx.TensorProto.STRING
+                                                 or size < EXTERNAL_MIN_BYTES):
             shell.graph.initializer.append(init)
             continue
-        offset = -data.tell() % DATA_ALIGNMENT + data.tell()
-        data.seek(offset)
-        payload = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
-        data.write(payload)
+        offset = data.start_tensor()
+        if recipe is not None and weights is not None:
+            data.write_kernel(recipe, weights.folder)
+        elif in_source and weights is not None:
+            info = ExternalDataInfo(init)
+            data.copy(weights.folder / info.location, info.offset or 0,
+                      info.length if info.length is not None else tensor_bytes(init) or 0)
+        else:
+            payload = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
+            data.write(payload)
+            del payload
         ref = shell.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims,
                                           doc_string=init.doc_string)
         ref.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(data.size - offset))):
             ref.external_data.add(key=key, value=value)
-        del payload
     return shell
 
 
@@ -244,6 +332,15 @@ def _itemsize(data_type: int) -> int:
     if data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return 0
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def _staging_beside(path: Path) -> Path:
+    """A new folder in ``path``'s folder for the files of one write (the final renames stay on one
+    filesystem), named like a temp file of ``path``."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{_name_start(path)}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
 
 
 def _temp_beside(path: Path, temps: list[str]) -> str:

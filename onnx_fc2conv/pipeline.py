@@ -17,7 +17,7 @@ from .graph import opset_version
 from .inputs import check_input_options
 from .metadata import ConversionRecord, read_record, write_record
 from .modelcheck import check_input_model, check_output_model
-from .modelio import PathLike, needs_external_data, payload_bytes, read_model, save_model
+from .modelio import PathLike, load_model, needs_external_data, payload_bytes, read_streamed, save_model, stage_model
 from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
@@ -57,6 +57,11 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     ``exclude``, ``input_shapes``, ``token_layout``, ``vector_fc``, ``output_stride``: see :class:`Options`) come as
     ``options``, as keywords, or both (keywords win). ``input_data`` (a dict of arrays, or an
     ``.npz`` path) feeds the original-size check; its arrays pin input shapes too.
+
+    A model with external data written to ``output_path`` is never loaded whole: its weights are
+    streamed from IN's data files to OUT's, the kernels that need a transpose made block by block
+    (:mod:`onnx_fc2conv.weights`), and OUT is proved as written before it is installed. Its
+    ``result.model`` is then the graph as written, its large tensors referring to ``<OUT>.data``.
     """
     options = Options.from_keywords(options, rule_options)
     check_tolerances(rtol, atol)
@@ -71,7 +76,9 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     progress.large = not isinstance(model, onnx.ModelProto) and Path(model).is_file() and \
         Path(model).stat().st_size >= LARGE_MODEL_BYTES
     with progress.step("load", f"loading {label}"):
-        work, had_external_data = read_model(model)
+        # Written to a file, a model with external data is read without its large weights (weights
+        # says where they are): they go from IN's files to OUT's when OUT is written.
+        work, weights = read_streamed(model) if output_path is not None else (load_model(model), None)
         input_passes_full_check = check_input_model(work, label)
         input_data = check_input_options(work, options.input_shapes, input_data)
         options = replace(options, input_shapes={**{name: value.shape for name, value in input_data.items()},
@@ -82,7 +89,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
 
     with progress.step("rewrite", f"rewriting {label} ({megabytes(size)} of weights)"):
         report = ConversionReport(model=label, opset=opset_version(work), mode=options.mode)
-        record = rewrite(work, options, report)
+        record = rewrite(work, options, report, weights)
         if options.output_stride is not None:
             report.output_stride = _refine_output_stride(work, record, options.output_stride, report)
         if record is not None:
@@ -96,16 +103,23 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
         check_output_model(work, strict=input_passes_full_check)
 
     result = ConversionResult(work, report)
-    if verify and report.converted:
-        with progress.step("verify", "verifying with ONNX Runtime"):
-            report.verification = run_verification(model, work, providers=providers, rtol=rtol, atol=atol,
-                                                   input_shapes=options.input_shapes, input_data=input_data,
-                                                   seed=seed)
-        if not report.verification:
-            report.seconds = seconds
-            raise VerificationFailed(report.verification.summary(), result)
+    prove = verify and bool(report.converted)
+    if weights is not None and output_path is not None:  # OUT written first, from IN's files, proved, installed
+        with progress.step("save", f"writing {output_path} (weights in {external_data_path(Path(output_path)).name})"):
+            staged = stage_model(work, output_path, weights=weights)
+        try:
+            result.model = staged.model
+            if prove:
+                _prove(model, staged.path, result, options, progress, providers, rtol, atol, input_data, seed)
+            staged.install()
+        finally:
+            staged.discard()
+        report.seconds = seconds
+        return result
+    if prove:
+        _prove(model, work, result, options, progress, providers, rtol, atol, input_data, seed)
     if output_path is not None:
-        external = external_data or had_external_data or needs_external_data(work)
+        external = external_data or needs_external_data(work)
         where = f" (weights in {external_data_path(Path(output_path)).name})" if external else ""
         with progress.step("save", f"writing {output_path}{where}"):
             save_model(work, output_path, external_data=external)
@@ -120,6 +134,19 @@ def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | Non
     reinfer_shapes(model, {})
     report.geometry = record.measure_geometry(model)  # the same windows, now stepping by the finer stride
     return refined
+
+
+def _prove(model, converted, result: ConversionResult, options: Options, progress: Progress, providers, rtol, atol,
+           input_data, seed: int) -> None:
+    """Verify ``converted`` (the rewritten model, or its staged file) against ``model``; raise
+    :class:`VerificationFailed` (after recording the steps' times) when it fails."""
+    report = result.report
+    with progress.step("verify", "verifying with ONNX Runtime"):
+        report.verification = run_verification(model, converted, providers=providers, rtol=rtol, atol=atol,
+                                               input_shapes=options.input_shapes, input_data=input_data, seed=seed)
+    if not report.verification:
+        report.seconds = progress.seconds
+        raise VerificationFailed(report.verification.summary(), result)
 
 
 def _fold_batch(model: onnx.ModelProto, record: ConversionRecord, report: ConversionReport) -> None:

@@ -30,7 +30,8 @@ def no_work(monkeypatch):
     """Loading IN fails the test: each refusal here must come before any work."""
     import onnx_fc2conv.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "read_model", lambda *a: pytest.fail("IN was loaded before the refusal"))
+    for reader in ("read_streamed", "load_model"):  # with an OUT, and without
+        monkeypatch.setattr(pipeline, reader, lambda *a: pytest.fail("IN was loaded before the refusal"))
 
 
 def invoke(*args):

@@ -60,7 +60,7 @@ def test_inplace_replaces_in_with_the_converted_model(lenet):
 def test_missing_output_folder_is_a_clear_error_before_any_work(lenet, monkeypatch):
     import onnx_fc2conv.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "read_model", lambda *a: pytest.fail("loaded before checking OUT"))
+    monkeypatch.setattr(pipeline, "read_streamed", lambda *a: pytest.fail("loaded before checking OUT"))
     out = lenet.parent / "no" / "such" / "out.onnx"
     result = CliRunner().invoke(main, [str(lenet), str(out)])
     assert result.exit_code == 2

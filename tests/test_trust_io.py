@@ -222,7 +222,7 @@ def test_out_data_that_is_a_directory_is_refused_before_any_work(tmp_path, lenet
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("where", ["onnx_fc2conv.pipeline.read_model", "onnx_fc2conv.verify.make_inputs",
+@pytest.mark.parametrize("where", ["onnx_fc2conv.pipeline.read_streamed", "onnx_fc2conv.verify.make_inputs",
                                    "onnx_fc2conv.modelio._with_external_data", "onnx_fc2conv.inspection.inspect"])
 def test_ctrl_c_at_any_point_is_interrupted_and_exit_130(tmp_path, lenet, monkeypatch, where):
     module, name = where.rsplit(".", 1)

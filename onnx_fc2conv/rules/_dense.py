@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
+from ..weights import KernelRecipe, kernel_rows
 from .base import Built, Match, Skip
 
 CONV_BFLOAT16_SINCE = 22  # Conv-1 and Conv-11 take float16, float and double only
@@ -164,12 +165,7 @@ def kernel_layout(w: np.ndarray, weight_is_k_by_f: bool, conv_shape: tuple[int, 
     ``perm=[0,2,3,1]``): axis ``j`` of the rows is axis ``perm[j]`` of ``x``, so the kernel is the
     rows reshaped to ``[F, *x.shape[perm[1:]]]`` and transposed back to x's axis order.
     """
-    w = w.T if weight_is_k_by_f else w
-    if flatten_perm is not None:
-        perm = list(flatten_perm)
-        rows = (conv_shape[0], *(conv_shape[p] for p in perm[1:]))
-        w = w.reshape(rows).transpose([0, *(perm.index(axis) for axis in range(1, len(perm)))])
-    return np.ascontiguousarray(w).reshape(conv_shape)
+    return kernel_rows(w.T if weight_is_k_by_f else w, conv_shape, flatten_perm).reshape(conv_shape)
 
 
 def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...],
@@ -179,10 +175,18 @@ def _conv_weight(index: GraphIndex, dense: Dense, conv_shape: tuple[int, ...],
     With ``W`` stored ``[F, K]`` in the map's order and ``alpha = 1`` the kernel has the same bytes
     as ``W``: when only this layer reads ``W``, the rewrite just gives it the kernel's dims (no copy
     of a weight that may be hundreds of MB). Otherwise a new initializer is written: the original is
-    never mutated, as other nodes may read it."""
+    never mutated, as other nodes may read it. When ``W`` stays in IN's external data (a conversion
+    written to a file) that initializer is a placeholder, made from IN's file block by block when
+    OUT is written (:mod:`onnx_fc2conv.weights`), so the weight is never read whole."""
     owned = index.owned_initializer(dense.weight)
     if owned is not None and not dense.weight_is_k_by_f and dense.alpha == 1.0 and flatten_perm is None:
         return dense.weight, [], {dense.weight: conv_shape}
+    source = index.initializers.get(dense.weight)
+    if (index.weights is not None and source is not None
+            and index.weights.streams(source, dense.weight_is_k_by_f, dense.alpha)):
+        name = index.fresh_name(f"{dense.name}.weight")  # made from IN's file when OUT is written
+        recipe = KernelRecipe(source, dense.weight_is_k_by_f, conv_shape, flatten_perm, dense.alpha)
+        return name, [index.weights.kernel(name, recipe)], {}
     w = kernel_layout(index.known_constant(dense.weight), dense.weight_is_k_by_f, conv_shape, flatten_perm)
     if dense.alpha != 1.0:
         w = (w * dense.alpha).astype(w.dtype)
