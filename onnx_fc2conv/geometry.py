@@ -33,11 +33,13 @@ Branches that meet (Add, Mul, Concat on the channel axis, ...) must step alike; 
 are the union of theirs. Any op it cannot follow (Resize, Reshape, a global pool, ...) makes the
 geometry unknown, with that op named, and never a wrong number. The converter runs it from each
 converted output of the rewritten graph, through the head's Conv; it works on any graph made of
-those ops (e.g. one whose later kernels are dilated).
+those ops (e.g. one whose later kernels are dilated). :func:`map_samplings` is the same walk over
+every tensor, giving each map's cumulative stride and the padding before and after it (what
+``--output-stride`` plans its rewrite from, telling the walk which ops it can rewrite).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -205,15 +207,18 @@ class _Axis:
     pad_end: int = 0  # the padding after it
 
 
+State = tuple["_Axis | None", ...] | str | None  # per tensor axis; a str: why unknown; None: no geometry
+
+
 @dataclass
 class _Walk:
     model: onnx.ModelProto
     spatial: Mapping[str, Sequence[int]] | None
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
     dims: dict[str, tuple | None] = field(default_factory=dict)
     constants: dict[str, onnx.TensorProto] = field(default_factory=dict)
-
-
-State = tuple["_Axis | None", ...] | str | None  # per tensor axis; a str: why unknown; None: no geometry
+    states: dict[str, State] = field(default_factory=dict)
+    stopped: dict[str, onnx.NodeProto | None] = field(default_factory=dict)  # per unknown tensor: the node
 
 
 def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[str, Sequence[int]] | None = None,
@@ -224,23 +229,82 @@ def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[s
     ``spatial_inputs`` names the graph-input axes that are image axes (default: axes 2.. of every
     graph input); ``input_sizes`` gives the original input dims for the ``crop`` of each axis
     (default: the graph inputs' declared dims, where static)."""
+    walk = _walk(model, spatial_inputs, upstream_of=name)
+    return _geometry(walk.states.get(name), name, input_sizes, walk)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a map ``[N, C, *S]`` samples its input, per spatial axis: its cumulative stride (input
+    pixels per cell), and its padding margin, how far padding reaches into it from each border
+    (``margin_begin`` is minus the walk's offset; ``margin_end`` the padding after)."""
+
+    stride: tuple[int, ...]
+    margin_begin: tuple[int, ...]
+    margin_end: tuple[int, ...]
+
+
+@dataclass
+class SamplingWalk:
+    """Each map's :class:`Sampling`; ``unknown`` names, per image-derived tensor whose sampling the
+    walk cannot follow (or that is no map ``[N, C, *S]``), the node that stopped it (None: a graph
+    input without a shape)."""
+
+    sampling: dict[str, Sampling] = field(default_factory=dict)
+    unknown: dict[str, onnx.NodeProto | None] = field(default_factory=dict)
+
+
+def map_samplings(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]],
+                  follows: Callable[[onnx.NodeProto], bool] | None = None) -> SamplingWalk:
+    """The sampling of every tensor of ``model``'s graph computed from the ``spatial_inputs``, by the
+    same walk as :func:`tensor_geometry`. ``follows``: the ops a caller can handle (a rewrite that
+    must change each op it meets); any other op that reads a map stops the walk there."""
+    walk = _walk(model, spatial_inputs, follows=follows)
+    found = SamplingWalk()
+    for name, state in walk.states.items():
+        if isinstance(state, str):
+            found.unknown[name] = walk.stopped.get(name)
+        elif state is not None and name not in spatial_inputs:
+            sampling = _sampling(state)
+            if sampling is None:
+                found.unknown[name] = walk.producer.get(name)
+            else:
+                found.sampling[name] = sampling
+    for name, axes in spatial_inputs.items():  # the inputs themselves: every axis of theirs a spatial one
+        if not isinstance(walk.states.get(name), str):
+            found.sampling[name] = Sampling((1,) * len(axes), (0,) * len(axes), (0,) * len(axes))
+    return found
+
+
+def _sampling(state: tuple) -> Sampling | None:
+    """A map's sampling from its walk state; None where it is no map [N, C, *S] of one input."""
+    spatial = state[2:]
+    if len(state) < 3 or state[0] is not None or state[1] is not None or any(a is None for a in spatial) \
+            or len({(a.input, a.axis) for a in spatial}) < len(spatial) or len({a.input for a in spatial}) > 1:
+        return None
+    return Sampling(tuple(a.stride for a in spatial), tuple(-a.offset for a in spatial),
+                    tuple(a.pad_end for a in spatial))
+
+
+def _walk(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]] | None, upstream_of: str | None = None,
+          follows: Callable[[onnx.NodeProto], bool] | None = None) -> _Walk:
+    """Walk ``model``'s graph in topological order (only the nodes ``upstream_of`` needs, when given),
+    giving each tensor its state."""
     graph = model.graph
-    walk = _Walk(model, spatial_inputs)
+    walk = _Walk(model, spatial_inputs, producer=producers(graph))
     for vi in [*graph.input, *graph.value_info, *graph.output]:
         walk.dims.setdefault(vi.name, value_dims(vi)[1])
     for tensor in graph.initializer:
         walk.dims[tensor.name] = tuple(tensor.dims)
         walk.constants[tensor.name] = tensor
     initializers = set(walk.constants)
-    _, nodes = upstream(producers(graph), [name])
-    needed = {id(n) for n in nodes}
-    states: dict[str, State] = {}
+    needed = None if upstream_of is None else {id(n) for n in upstream(walk.producer, [upstream_of])[1]}
     for inp in graph.input:
         if inp.name not in initializers:
-            states[inp.name] = _input_state(walk, inp.name)
+            walk.states[inp.name] = _input_state(walk, inp.name)
     for position in topological_order(graph):
         node = graph.node[position]
-        if id(node) not in needed:
+        if needed is not None and id(node) not in needed:
             continue
         if is_onnx_op(node, "Constant"):
             value = attr(node, "value")
@@ -248,10 +312,18 @@ def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[s
                 walk.constants[node.output[0]] = value
                 walk.dims[node.output[0]] = tuple(value.dims)
             continue
-        state = _node_state(walk, node, [states.get(i) if i else None for i in node.input])
+        inputs = [walk.states.get(i) if i else None for i in node.input]
+        stopped = next((walk.stopped.get(i) for i, s in zip(node.input, inputs) if isinstance(s, str)), node)
+        if follows is not None and not is_onnx_op(node, *SIZE_OPS) and not any(isinstance(s, str) for s in inputs) \
+                and any(s is not None for s in inputs) and not follows(node):
+            state: State = f"{node.op_type} {node.name or node.output[0]!r}: the caller cannot follow this op"
+        else:
+            state = _node_state(walk, node, inputs)
         for out in node.output:
-            states[out] = state
-    return _geometry(states.get(name), name, input_sizes, walk)
+            walk.states[out] = state
+            if isinstance(state, str):
+                walk.stopped[out] = stopped
+    return walk
 
 
 def _input_state(walk: _Walk, name: str) -> State:
@@ -288,6 +360,8 @@ def _geometry(state: State, name: str, input_sizes, walk: _Walk) -> Geometry:
 def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State:
     """The state of ``node``'s outputs from its inputs' states."""
     label = f"{node.op_type} {node.name or node.output[0]!r}"
+    if is_onnx_op(node, *SIZE_OPS):
+        return None  # a map's size, whatever is known of its windows
     unknown = next((s for s in inputs if isinstance(s, str)), None)
     if unknown is not None:
         return unknown
@@ -299,8 +373,6 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
         return inputs[0] if all(s is None for s in inputs[1:]) else _broadcast(node, inputs, label)
     if node.op_type in BROADCAST_OPS:
         return _broadcast(node, inputs, label)
-    if node.op_type in SIZE_OPS:
-        return None
     if node.op_type in CHANNEL_OPS:
         state = inputs[0]
         assert isinstance(state, tuple)
@@ -376,6 +448,8 @@ def _sliding(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str)
     state = inputs[0]
     if not isinstance(state, tuple):
         return f"{label} slides over a tensor that is no image map"
+    if any(s is not None for s in inputs[1:]):
+        return f"{label}: its kernel or bias is computed from the image"
     spatial = len(state) - 2
     if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
         weight = walk.dims.get(node.input[3 if node.op_type == "QLinearConv" else 1])

@@ -17,24 +17,23 @@ original's cells exactly: the dilated kernel reads the same cells, the scaled pa
 original's pads stood. Where that cannot be exact, the rewrite refuses with one of STRIDE_REASONS
 (a typed :class:`OutputStrideError`) before it changes the model.
 
-The walk of the backbone's strides here (:func:`walk_strides`) is the minimum this rewrite needs:
-each tensor's cumulative stride and the padding margin per axis, for every tensor the plan dilates.
-The window geometry of the outputs (size, stride, offset and margin, cell <-> box) is
-:mod:`onnx_fc2conv.geometry`'s, walked again on the rewritten graph (the pipeline and
-:func:`coarse_model` call ``ConversionRecord.measure_geometry``); the two walks follow the same
-arithmetic, and :func:`crop_cells` / :func:`aligned_margin` could read that geometry instead.
+The sampling of each tensor (its cumulative stride and padding margin) is
+:mod:`onnx_fc2conv.geometry`'s walk (:func:`~onnx_fc2conv.geometry.map_samplings`), told which ops
+the rewrite can carry (:func:`_dilatable`); the window geometry of the outputs is that walk again on
+the rewritten graph (the pipeline and :func:`coarse_model` call ``ConversionRecord.measure_geometry``),
+and the verifier's crops of the finer map are a :class:`~onnx_fc2conv.geometry.Geometry` too
+(:func:`crop_geometry`), read with geometry's cell and box functions.
 """
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-from dataclasses import dataclass, field
 
 import onnx
 
 from .errors import OutputStrideError
-from .graph import attr, is_onnx_op, op_label, opset_version, producers, set_attr, topological_order
+from .geometry import AxisGeometry, Geometry, Sampling, SamplingWalk, map_samplings
+from .graph import attr, is_onnx_op, op_label, opset_version, producers, set_attr
 from .metadata import ConversionRecord, StrideRecord, read_record, write_record
 from .report import StrideReport
 
@@ -64,78 +63,20 @@ POSITIONWISE_OPS = frozenset({
 AXIS_OPS = frozenset({"Concat", "Softmax", "LogSoftmax"})
 
 
-@dataclass
-class Sampling:
-    """A tensor's cumulative stride in input pixels per spatial axis, and its padding margin: how far,
-    in input pixels, padding reaches into it from each border (the sum of each layer's pads times the
-    stride of what it reads)."""
-
-    stride: tuple[int, ...]
-    margin_begin: tuple[int, ...]
-    margin_end: tuple[int, ...]
-
-
-@dataclass
-class StrideWalk:
-    """Each image-derived tensor's :class:`Sampling`; ``unknown`` names, per tensor whose sampling the
-    walk cannot follow, the node that stopped it."""
-
-    sampling: dict[str, Sampling] = field(default_factory=dict)
-    unknown: dict[str, onnx.NodeProto] = field(default_factory=dict)
-
-
-def walk_strides(graph: onnx.GraphProto, spatial_inputs: dict[str, list[int]], opset: int) -> StrideWalk:
-    """Follow every tensor computed from the spatial graph inputs, in topological order."""
-    walk = StrideWalk()
-    for name, axes in spatial_inputs.items():
-        zeros = (0,) * len(axes)
-        walk.sampling[name] = Sampling((1,) * len(axes), zeros, zeros)
-    nodes = list(graph.node)
-    for position in topological_order(graph):
-        node = nodes[position]
-        if is_onnx_op(node, "Shape", "Size"):  # a map's size, not a map: an op that uses it is judged itself
-            continue
-        reached = [n for n in node.input if n in walk.sampling]
-        stopped = [n for n in node.input if n in walk.unknown]
-        if stopped:
-            walk.unknown.update((out, walk.unknown[stopped[0]]) for out in node.output)
-            continue
-        if not reached:
-            continue
-        sampling = _node_sampling(node, [walk.sampling[n] for n in reached], opset)
-        if sampling is None:
-            walk.unknown.update((out, node) for out in node.output)
-        else:
-            walk.sampling[node.output[0]] = sampling
-    return walk
-
-
-def _node_sampling(node: onnx.NodeProto, inputs: list[Sampling], opset: int) -> Sampling | None:
-    """What ``node`` writes, from what it reads; None where the walk cannot follow it.
-
-    A Softmax before opset 13 flattens every axis from ``axis`` on, so it is positionwise from 13 only."""
-    first = inputs[0]
-    rank = len(first.stride)
-    if is_onnx_op(node, *STRIDED_OPS):
-        if len(inputs) > 1:  # a kernel computed from the image
-            return None
-        strides = tuple(attr(node, "strides", [1] * rank))
-        pads = tuple(attr(node, "pads", [0] * (2 * rank)))
-        if attr(node, "auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER"):  # pads that depend on the size:
-            kernel = attr(node, "kernel_shape", [1] * rank)  # at most (k - 1) * d on a side
-            pads = tuple((k - 1) * d for k, d in zip(kernel, attr(node, "dilations", [1] * rank))) * 2
-        return Sampling(tuple(c * s for c, s in zip(first.stride, strides)),
-                        tuple(m + p * c for m, p, c in zip(first.margin_begin, pads[:rank], first.stride)),
-                        tuple(m + p * c for m, p, c in zip(first.margin_end, pads[rank:], first.stride)))
-    if not is_onnx_op(node) or node.op_type not in POSITIONWISE_OPS:
-        return None
-    if any(s.stride != first.stride for s in inputs):
-        return None
-    if node.op_type in AXIS_OPS and (attr(node, "axis", 1 if node.op_type == "Concat" else -1) not in (1, -1 - rank)
-                                     or node.op_type != "Concat" and opset < 13):
-        return None
-    return Sampling(first.stride, tuple(max(s.margin_begin[a] for s in inputs) for a in range(rank)),
-                    tuple(max(s.margin_end[a] for s in inputs) for a in range(rank)))
+def _dilatable(rank: int, opset: int):
+    """Which ops the rewrite can carry a finer sampling through: the strided ones (their strides,
+    dilations and pads change) and the positionwise ones (they keep their form); the geometry walk
+    stops at any other. A Softmax before opset 13 flattens every axis from ``axis`` on, so it is
+    positionwise from 13 only."""
+    def follows(node: onnx.NodeProto) -> bool:
+        if is_onnx_op(node, *STRIDED_OPS):
+            return True
+        if not is_onnx_op(node) or node.op_type not in POSITIONWISE_OPS:
+            return False
+        return node.op_type not in AXIS_OPS or (
+            attr(node, "axis", 1 if node.op_type == "Concat" else -1) in (1, -1 - rank)
+            and (node.op_type == "Concat" or opset >= 13))
+    return follows
 
 
 def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
@@ -151,7 +92,8 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
                if not record.spatial_inputs else "the maps read more than one spatial input")
         raise OutputStrideError("stride_mode", f"--output-stride: {why}")
     graph = model.graph
-    walk = walk_strides(graph, record.spatial_inputs, opset_version(model))
+    (axes,) = record.spatial_inputs.values()
+    walk = map_samplings(model, record.spatial_inputs, _dilatable(len(axes), opset_version(model)))
     backbone = _backbone_stride(walk, [h.feature_map for h in heads])
     rank = len(backbone.stride)
     finer = output_stride * rank if len(output_stride) == 1 else output_stride
@@ -188,12 +130,15 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
     return report
 
 
-def _backbone_stride(walk: StrideWalk, feature_maps: list[str]) -> Sampling:
+def _backbone_stride(walk: SamplingWalk, feature_maps: list[str]) -> Sampling:
     """The feature maps' common sampling; refuses where the walk could not follow one, or they differ."""
     found = []
     for name in feature_maps:
         if name in walk.unknown:
             node = walk.unknown[name]
+            if node is None:
+                raise OutputStrideError("stride_op", f"--output-stride: the backbone's stride cannot be followed "
+                                        f"to {name!r}: the spatial input has no shape")
             direct = "Global" in node.op_type and name in node.output
             hint = " (--dense-pool makes a global pool before a head slide)" if direct else ""
             raise OutputStrideError("stride_op", f"--output-stride: the backbone's stride cannot be followed "
@@ -350,22 +295,14 @@ def coarse_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return coarse
 
 
-def crop_cells(map_shape: tuple[int, ...], image: tuple[int, ...], original: tuple[int, ...],
-               stride: StrideRecord) -> list[tuple[int, ...]]:
-    """The cells of a finer map on an ``image``-sized input whose crop of the ``original`` size at
-    ``cell * N``, with the padding margin around it (the begin side rounded up to the backbone's
-    stride), lies inside the image."""
-    ranges = []
-    for axis, (cells, size, crop) in enumerate(zip(map_shape, image, original)):
-        n = stride.stride[axis]
-        first = -(-aligned_margin(stride, axis) // n)
-        last = min(cells - 1, (size - crop - stride.margin_end[axis]) // n)
-        ranges.append(range(first, last + 1))
-    return list(itertools.product(*ranges))
-
-
-def aligned_margin(stride: StrideRecord, axis: int) -> int:
-    """The margin kept before a crop, rounded up to the backbone's stride so the crop's feature map
-    cells fall on the same input pixels as the whole image's."""
-    s = stride.backbone_stride[axis]
-    return math.ceil(stride.margin_begin[axis] / s) * s
+def crop_geometry(stride: StrideRecord, name: str, axes: list[int], original: list[int]) -> Geometry:
+    """The finer map's cells as the verifier's reference runs see them: cell ``i`` stands for the
+    crop of the ``original`` size at ``i * N`` (its :func:`~onnx_fc2conv.geometry.crop_box`), and
+    the original backbone reads that crop with the padding margin around it (its
+    :func:`~onnx_fc2conv.geometry.cell_box`), the begin side rounded up to the backbone's stride so
+    the crop's feature map cells fall on the same input pixels as the whole image's. Without
+    padding, the box is the crop."""
+    begins = [math.ceil(b / s) * s for b, s in zip(stride.margin_begin, stride.backbone_stride)]
+    return Geometry(name, tuple(axes), tuple(AxisGeometry(crop + begin + end, n, -begin, max(begin, end), crop)
+                                             for crop, begin, end, n in zip(original, begins, stride.margin_end,
+                                                                            stride.stride)))

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from .errors import CouldNotVerify, first_line
-from .geometry import Geometry, crop_box
+from .geometry import Geometry, cell_box, cells_within, crop_box
 from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
@@ -38,7 +38,7 @@ from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 from .spatial import reshapes_as_transposes
-from .stride import aligned_margin, coarse_model, crop_cells
+from .stride import coarse_model, crop_geometry
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
 RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
@@ -367,8 +367,7 @@ def _input_crops_check(check, provider, output, out_map, geometry: Geometry, ori
                                 "the geometry places in the input")
 
     def reference(cell):
-        box = crop_box(geometry, *cell)
-        crop = _crop(image, geometry.input_axes, box[:len(cell)], [e - s for s, e in zip(box, box[len(cell):])])
+        crop = _box(image, geometry.input_axes, crop_box(geometry, *cell))
         return _run(original_session, {**feeds, geometry.input: crop})[output]
 
     cells = list(itertools.product(*(range(c) for c in counts)))
@@ -462,7 +461,8 @@ def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_
             fine_sessions[provider] = session
     coarse_session = _session(coarse, "cpu", folder)
     original_size = [feeds[name].shape[a] for a in axes]
-    pad = [aligned_margin(stride, a) + stride.margin_end[a] for a in range(len(axes))]
+    crops = crop_geometry(stride, name, axes, original_size)
+    pad = [a.size - a.crop for a in crops.axes]  # type: ignore[operator]
     rng = np.random.default_rng(seed + 3)
     sizes = [original_size] + [[s + p for s, p in zip(size, pad)] for size in larger_sizes(original_size)]
     padded = any(pad)
@@ -485,16 +485,17 @@ def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_
                                                            got[output], want[output], stride, result))
                 if number == 0:
                     continue
-                cells = crop_cells(got[output].shape[2:], tuple(size), tuple(original_size), stride)
+                cells = list(itertools.product(*cells_within(crops, (0,) * len(size) + tuple(size),
+                                                             got[output].shape[2:])))
                 if not cells:
                     result.skipped.append(f"stride {every} crops {text}: no cell's crop lies inside the image")
                     continue
                 if padded:
                     head = next(h for h in heads if output in h.outputs)
-                    reference = _margin_reference(backbone, head_sessions[heads.index(head)], head, large, name, axes,
-                                                  original_size, stride, index.types, output)
+                    reference = _margin_reference(backbone, head_sessions[heads.index(head)], head, large, crops,
+                                                  stride, index.types, output)
                 else:
-                    reference = _crop_reference(whole, large, name, axes, original_size, stride, output)
+                    reference = _crop_reference(whole, large, crops, output)
                 result.checks.append(_crop_check(f"stride {every} crops {text}", provider, output, got[output],
                                                  cells, reference, result, rng))
 
@@ -510,35 +511,34 @@ def _phase_zero_check(check, provider, output, got, want, stride, result) -> Che
     return _compare(check, provider, output, phase, want, result.rtol, result.atol, result.precision)
 
 
-def _crop_reference(session, feeds, name, axes, original_size, stride, output):
+def _crop_reference(session, feeds, crops: Geometry, output):
     """The original model's output on the crop of the original size at ``cell * N``."""
     def reference(cell):
-        crop = _crop(feeds[name], axes, [i * n for i, n in zip(cell, stride.stride)], original_size)
-        return _run(session, {**feeds, name: crop})[output]
+        return _run(session, {**feeds, crops.input: _box(feeds[crops.input], crops.input_axes,
+                                                         crop_box(crops, *cell))})[output]
     return reference
 
 
-def _margin_reference(backbone, head_session, head, feeds, name, axes, original_size, stride, types, output):
+def _margin_reference(backbone, head_session, head, feeds, crops: Geometry, stride, types, output):
     """The original backbone on the crop at ``cell * N`` with the padding margin around it, and the
     original head on the window of its map at the margin."""
-    margin = [aligned_margin(stride, a) for a in range(len(axes))]
     map_size = list(types[head.feature_map][1][2:])
     extra = {k: v for k, v in feeds.items() if k in {i.name for i in head_session.get_inputs()}}
 
     def reference(cell):
-        start = [i * n - m for i, n, m in zip(cell, stride.stride, margin)]
-        size = [s + m + e for s, m, e in zip(original_size, margin, stride.margin_end)]
-        fmap = _run(backbone, {**feeds, name: _crop(feeds[name], axes, start, size)})[head.feature_map]
-        window = fmap[(slice(None), slice(None), *(slice(m // s, m // s + w)
-                                                   for m, s, w in zip(margin, stride.backbone_stride, map_size)))]
+        box = _box(feeds[crops.input], crops.input_axes, cell_box(crops, *cell))
+        fmap = _run(backbone, {**feeds, crops.input: box})[head.feature_map]
+        window = fmap[(slice(None), slice(None), *(slice(-a.offset // s, -a.offset // s + w)
+                                                   for a, s, w in zip(crops.axes, stride.backbone_stride, map_size)))]
         return _run(head_session, {**extra, head.feature_map: window})[output]
     return reference
 
 
-def _crop(value: np.ndarray, axes, start, size) -> np.ndarray:
+def _box(value: np.ndarray, axes, box) -> np.ndarray:
+    """The part of ``value`` in ``box`` (starts, then ends, as geometry's boxes) on its ``axes``."""
     index = [slice(None)] * value.ndim
-    for axis, begin, length in zip(axes, start, size):
-        index[axis] = slice(begin, begin + length)
+    for axis, begin, end in zip(axes, box[:len(box) // 2], box[len(box) // 2:]):
+        index[axis] = slice(begin, end)
     return value[tuple(index)]
 
 
