@@ -19,6 +19,7 @@ from onnx import helper
 import onnx_fc2conv
 from onnx_fc2conv import AxisGeometry, Geometry, cell_box, cells_containing, cells_within, crop_box, tensor_geometry
 from onnx_fc2conv.errors import InvalidModelError
+from onnx_fc2conv.geometry import Sampling, map_samplings
 from onnx_fc2conv.metadata import METADATA_KEY, ConversionRecord, HeadRecord, read_record, record_mismatch
 
 MODELS = ROOT / "models"
@@ -464,3 +465,34 @@ def test_an_output_stride_steps_the_same_windows_by_the_finer_stride_and_the_coa
     assert _axes(result.report.geometry["probs"]) == [finer] * 2
     assert _axes(onnx_fc2conv.read_geometry(result.model)["probs"]) == [finer] * 2
     assert _axes(onnx_fc2conv.read_geometry(coarse_model(result.model))["probs"]) == [(46, 8, -7, 7, 32)] * 2
+
+
+# ---- every map's sampling (what --output-stride plans from) ----------------------------------------
+
+def test_map_samplings_gives_each_map_its_stride_and_the_padding_before_and_after_it():
+    m = _backbone(("Conv", {"pads": [2, 1, 0, 3]}, (3, 3)), ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                  ("Conv", {"pads": [1, 1, 1, 1], "strides": [2, 2]}, (3, 3)))
+    walk = map_samplings(m, {"x": [2, 3]})
+    assert walk.sampling["x"] == Sampling((1, 1), (0, 0), (0, 0))
+    assert walk.sampling["n1"] == Sampling((1, 1), (2, 1), (0, 3))
+    assert walk.sampling["n2"] == Sampling((2, 2), (2, 1), (0, 3))
+    assert walk.sampling["y"] == Sampling((4, 4), (4, 3), (2, 5))  # pad 1 at stride 2 on each side
+    geometry = tensor_geometry(m, "y")  # the same walk: the padding before is minus the offset
+    assert [-a.offset for a in geometry.axes] == [4, 3]
+    assert [a.margin for a in geometry.axes] == [max(b, e) for b, e in zip((4, 3), (2, 5))]
+    assert walk.unknown == {}
+
+
+def test_map_samplings_stops_at_an_op_the_caller_cannot_follow_and_names_that_node_downstream():
+    m = _backbone(("Conv", {}, (3, 3)), ("Tanh", {}), ("Relu", {}))
+    walk = map_samplings(m, {"x": [2, 3]}, follows=lambda node: node.op_type != "Tanh")
+    assert walk.sampling["n1"] == Sampling((1, 1), (0, 0), (0, 0))
+    assert {name: node.name for name, node in walk.unknown.items()} == {"n2": "n2", "y": "n2"}
+    assert "y" in map_samplings(m, {"x": [2, 3]}).sampling  # the walk itself follows Tanh
+
+
+def test_a_conv_whose_kernel_is_computed_from_the_image_has_unknown_geometry():
+    nodes = [helper.make_node("Conv", ["x", "x"], ["y"], name="conv")]  # a 4x4 kernel: the image itself
+    m = model(nodes, [vi("x", [2, 2, 4, 4])], [vi("y", None, 0)])
+    assert tensor_geometry(m, "y").unknown == "Conv 'conv': its kernel or bias is computed from the image"
+    assert map_samplings(m, {"x": [2, 3]}).unknown["y"].name == "conv"

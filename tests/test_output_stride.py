@@ -310,3 +310,37 @@ def test_real_models_prove_at_a_finer_stride(name, stride):
     v = convert(path, output_stride=stride).report.verification
     finer_crops = sum(c.compared for c in v.checks if c.check.startswith("stride ") and " crops " in c.check)
     assert v.passed and finer_crops == 48, v.render_text(True)
+
+
+# ---- the margins are the geometry's ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("layers", "margin_begin", "margin_end"), [
+    # SAME_UPPER 3x3 at stride 1 pads 1 on each side; pad 1 at stride 2 adds 2 (not the bound (k-1)*d = 2 a side)
+    ([("Conv", dict(kernel_shape=[3, 3], auto_pad="SAME_UPPER")), pool(), conv(pad=1), pool()], [3, 3], [3, 3]),
+    # SAME_LOWER 4x4: 2 before, 1 after
+    ([("Conv", dict(kernel_shape=[4, 4], auto_pad="SAME_LOWER")), pool(), conv(pad=1), pool()], [4, 4], [3, 3]),
+    # a ceil_mode pool at stride 1 may hang 1 row over the end: read as padding after
+    ([conv(), pool(ceil_mode=1), conv(pad=1), pool()], [2, 2], [3, 3]),
+], ids=["same_upper", "same_lower", "ceil_mode"])
+def test_the_recorded_margins_are_the_padding_the_geometry_walk_finds(layers, margin_begin, margin_end):
+    result = convert(_backbone(layers, size=17 if "ceil_mode" in str(layers) else 16), verify=False, output_stride=2)
+    stride = read_record(result.model).output_stride
+    assert (stride.margin_begin, stride.margin_end) == (margin_begin, margin_end)
+    (geometry,) = result.report.geometry.values()
+    assert [-a.offset for a in geometry.axes] == margin_begin
+
+
+def test_a_same_padded_stride_before_the_refined_layers_is_refused_naming_it():
+    """Its padding depends on the input size, so no margin holds at every size."""
+    with pytest.raises(OutputStrideError, match=r"through Conv 'layer0' .*\[stride_op\]"):
+        convert(_backbone([("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")), conv(pad=1),
+                           pool()]), verify=False, output_stride=2)
+
+
+@pytest.mark.e2e
+def test_a_ceil_mode_pool_before_the_refined_layers_proves_with_its_overhang_in_the_margin():
+    result = convert(_backbone([conv(), pool(ceil_mode=1), conv(pad=1), pool()], size=17), output_stride=2)
+    v = result.report.verification
+    assert v.passed, v.render_text(verbose=True)
+    crops = [c for c in v.checks if c.check.startswith("stride ") and " crops " in c.check]
+    assert len(crops) == 2 and all(c.compared == 24 for c in crops)
