@@ -96,10 +96,15 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     """
     check_tolerances(rtol, atol)
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
-    original_path = None if isinstance(original, onnx.ModelProto) else Path(original)
-    converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
-    original, original_folder = _graph_and_folder(original)
-    converted, converted_folder = _graph_and_folder(converted)
+    with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as spill:
+        original, original_folder, original_path = _graph_on_file(original, Path(spill) / "original")
+        converted, converted_folder, converted_path = _graph_on_file(converted, Path(spill) / "converted")
+        return _verify(original, original_folder, original_path, converted, converted_folder, converted_path,
+                       providers, rtol, atol, input_shapes, input_data, seed)
+
+
+def _verify(original, original_folder, original_path, converted, converted_folder, converted_path, providers, rtol,
+            atol, input_shapes, input_data, seed) -> VerificationResult:
     record = read_record(converted)
     if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
         return _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers,
@@ -589,12 +594,26 @@ def _crop_check(check, provider, output, out_map, cells, reference, result, rng)
 
 # ---- running and comparing ---------------------------------------------------------------------
 
-def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
-    """A model given by path is read without its external data, and the folder ONNX Runtime reads
-    that data from: the tool never holds a second copy of the weights just to run them."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    return read_model(model, load_external_data=False)[0], Path(model).parent
+def _graph_on_file(model, spill: Path) -> tuple[onnx.ModelProto, Path | None, Path | None]:
+    """The graph of ``model`` (a path or a ModelProto), the folder ONNX Runtime reads its external
+    data from, and its file (None, None for a small model in memory).
+
+    A model given by path is read without its external data: the tool never holds a second copy of
+    the weights just to run them. One whose weights in memory reach LARGE_MODEL_BYTES (a ModelProto,
+    or a file with its weights inline) is first written to ``spill`` with external data and read back
+    the same way: the proof then drops the copy it read, makes no other (its cuts of the model refer
+    to that file too), and ONNX Runtime maps the weights from there."""
+    path = None
+    if not isinstance(model, onnx.ModelProto):
+        path = Path(model)
+        model = read_model(path, load_external_data=False)[0]
+    if sum(t.ByteSize() for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL) \
+            >= LARGE_MODEL_BYTES:
+        spill.mkdir()
+        path = spill / "model.onnx"
+        save_model(model, path, external_data=True)
+        model = read_model(path, load_external_data=False)[0]
+    return model, None if path is None else path.parent, path
 
 
 def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, path: Path | None = None):
@@ -672,7 +691,8 @@ def _has_float64(model: onnx.ModelProto) -> bool:
 def memory_note(large: list[str]) -> str:
     """The report's line on how the proof kept its memory down, for the ``large`` models it names."""
     return (f"memory: {' and '.join(large)}: ONNX Runtime was given each model as a file and mapped its weights "
-            "from there; its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False); the "
+            "from there (one with its weights inline or in memory written to a temporary file with external data "
+            "first); its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False); the "
             "original's session was released before the converted model's was built")
 
 

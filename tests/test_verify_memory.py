@@ -18,16 +18,19 @@ verify_module = importlib.import_module("onnx_fc2conv.verify")  # the package's 
 
 class SessionLog:
     """Every InferenceSession the proof builds: what it was given (a path, or "bytes"), its options,
-    and the sources of the sessions alive when it was built."""
+    and the sources of the sessions alive when it was built; the size of each model given as bytes."""
 
     def __init__(self, monkeypatch):
         self.built: list[tuple[str, list[str], ort.SessionOptions]] = []
         self.alive: dict[int, str] = {}
+        self.byte_sizes: list[int] = []
         real, log = ort.InferenceSession, self
 
         class CountedSession(real):
             def __init__(self, source, options=None, **kwargs):
                 name = source if isinstance(source, str) else "bytes"
+                if name == "bytes":
+                    log.byte_sizes.append(len(source))
                 log.built.append((name, sorted(log.alive.values()), options))
                 super().__init__(source, options, **kwargs)
                 log.alive[id(self)] = name
@@ -77,7 +80,10 @@ def test_a_large_model_is_proved_from_files_with_the_arena_off_and_the_report_sa
                                   convert(conv_flatten_gemm(channels=8, spatial=(4, 4), features=64),
                                           verify=False).model)
     assert result.passed
-    assert all(Path(name).name == "model.onnx" for name, _, _ in log.built)  # in memory: written as a file first
+    # in memory: written to a file with external data first, given by path; its cuts refer to that file
+    assert [Path(name).parent.name for name, _, _ in log.built[:2]] == ["original", "converted"]
+    weights = sum(t.ByteSize() for t in conv_flatten_gemm(channels=8, spatial=(4, 4), features=64).graph.initializer)
+    assert log.byte_sizes and max(log.byte_sizes) < weights / 2
     assert all(options.enable_cpu_mem_arena is False for _, _, options in log.built)
     (note,) = [n for n in result.notes if n.startswith("memory:")]
     assert "the original (" in note and "the converted model (" in note
