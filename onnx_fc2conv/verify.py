@@ -607,8 +607,7 @@ def _graph_on_file(model, spill: Path) -> tuple[onnx.ModelProto, Path | None, Pa
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
         model = read_model(path, load_external_data=False)[0]
-    if sum(t.ByteSize() for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL) \
-            >= LARGE_MODEL_BYTES:
+    if payload_bytes(model, in_memory=True) >= LARGE_MODEL_BYTES:
         spill.mkdir()
         path = spill / "model.onnx"
         save_model(model, path, external_data=True)
