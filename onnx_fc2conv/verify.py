@@ -73,14 +73,6 @@ PROTOBUF_TENSOR_LIMIT = 1 << 31  # bytes of one initializer ONNX Runtime embeds
 FLOAT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
 RANDOM_POSITIONS = 6
 MAX_CROP_CELLS = 24  # cells of a finer map compared against the original on crops, per size
-# Measured on VGG16 (528 MiB of float32 weights, external data, ONNX Runtime 1.32): building the converted
-# model's session peaks at 3.2x its weights (the NCHWc transform writes a reordered copy of every Conv kernel,
-# which the session copies again) and holds 1.1x; the original's peaks at 1.7x (prepacking copies each Gemm
-# weight). Turning those off (session.disable_prepacking, NchwcTransformer) would keep the weights in the
-# memory map of their file, but it changes which kernels compute: the outputs move, and the converted VGG16
-# then misses fp32's atol (1.7e-5 against 1e-5) on one sliding-window check. So the proof keeps ONNX
-# Runtime's kernels and only releases memory: sessions one at a time where it can, each model given as a file,
-# and the CPU arena off for large models (allocation only: the outputs are bit for bit the same).
 
 
 def verify(original, converted, *, providers=("cpu",), rtol: float | None = None, atol: float | None = None,
@@ -645,9 +637,18 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if needs_nchwc_off(model):
         opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
+    # Measured on VGG16 (528 MiB of float32 weights, external data, ONNX Runtime 1.32): building the converted
+    # model's session peaks at 3.2x its weights (the NCHWc transform writes a reordered copy of every Conv
+    # kernel, which the session copies again) and holds 1.1x; the original's peaks at 1.7x (prepacking copies
+    # each Gemm weight). Turning those off (session.disable_prepacking, NchwcTransformer) keeps a session's
+    # weights in the memory map of their file, but it changes which kernels compute (off for some sessions
+    # only, the converted VGG16 missed fp32's atol on one sliding-window check, 1.7e-5 against 1e-5), and the
+    # proof still peaked at 3.2x, in the sliding-window runs (the plain Conv kernel's im2col buffers). So a
+    # large model keeps ONNX Runtime's kernels and only the CPU arena goes (allocation only: the outputs are
+    # bit for bit the same), so that the activations of the larger inputs go back when a run ends.
     large = payload_bytes(model) >= LARGE_MODEL_BYTES
     if large:
-        opts.enable_cpu_mem_arena = False  # the activations of the larger inputs go back when a run ends
+        opts.enable_cpu_mem_arena = False
     try:
         if path is not None:
             return ort.InferenceSession(str(path), opts, providers=[name])
