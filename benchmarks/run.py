@@ -33,6 +33,10 @@ P6  a finer output stride: one run of the P2 net converted with ``--output-strid
 P7  external data streamed: ``onnx-fc2conv IN OUT --no-verify`` of an external-data model against
     ``cp`` of its files, interleaved, and its peak RSS against the weight bytes, on VGG16 with [K,F]
     weights and the 3 GB model with [F,K] and [K,F] weights. Targets: time and peak RSS <= 1.2x.
+P8  the proof's memory: ``onnx-fc2conv IN OUT`` (convert and verify) in a child process, its peak RSS
+    against the weight bytes, on VGG16 with external data and with its weights inline (read whole),
+    and the peak RSS of an ONNX Runtime session of the converted model alone (built and run once, its
+    default options), the floor a proof with ONNX Runtime's kernels cannot go under. Target <= 2.0x.
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ PLOTS = HERE / "plots"
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = {"time": 1.3, "rss": 1.2, "dense": 8.0, "batch1": 1.1, "batch32_folded": 1.5, "inspect": 1.1,
            "finer_stride": 1.0,
-           "stream_time": 1.2, "stream_rss": 1.2}
+           "stream_time": 1.2, "stream_rss": 1.2, "prove_rss": 2.0}
 
 
 @dataclass
@@ -432,6 +436,47 @@ def stream_cost(label: str, src: Path, work: Path, reps: int) -> tuple[list[Row]
     ], {"weight_bytes": weight_bytes, "convert": ours, "cp": cps}
 
 
+# ---- P8: the proof's memory ------------------------------------------------------------------------------
+
+def p8(work: Path) -> tuple[list[Row], dict]:
+    cases = [("VGG16 external data", "vgg16_external.onnx", "vgg16", True),
+             ("VGG16 weights inline", "vgg16.onnx", "vgg16", False)]
+    rows, raw = [], {}
+    for label, name, builder, external in cases:
+        src = work / name
+        subprocess.run([sys.executable, "-c", f"import models; models.{builder}({str(src)!r}, external_data={external})"],
+                       cwd=HERE, check=True)
+        case_rows, raw[name] = prove_cost(label, src, work, [2, 3, 224, 224])
+        _remove(src)
+        rows += case_rows
+    return rows, raw
+
+
+SESSION_OF = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1]); "
+              "s.run(None, {s.get_inputs()[0].name: np.zeros([int(d) for d in sys.argv[2:]], np.float32)})")
+
+
+def prove_cost(label: str, src: Path, work: Path, input_shape: list[int]) -> tuple[list[Row], dict]:
+    """``onnx-fc2conv IN OUT`` (converted and proved) in a child process: its time and peak RSS against
+    the bytes of IN's weights (its data file, or the whole file where they are inline), and the peak
+    RSS of a child that builds an ONNX Runtime session of OUT and runs it once on ``input_shape``
+    (the floor)."""
+    files = models.files_of(src)
+    weight_bytes = files[-1].stat().st_size
+    out = work / f"proved_{src.name}"
+    seconds, peak = run_child([sys.executable, "-m", "onnx_fc2conv", str(src), str(out), "-q"])
+    _, session_peak = run_child([sys.executable, "-c", SESSION_OF, str(out), *map(str, input_shape)])
+    _remove(out)
+    weight_mib = weight_bytes / (1 << 20)
+    ratio = peak / weight_mib
+    return [
+        Row("P8", f"{label}: peak RSS, convert + verify / weight bytes ({seconds:.1f} s)",
+            f"{peak:,.0f} / {weight_mib:,.0f} MiB", ratio, f"<= {TARGETS['prove_rss']}x", ratio <= TARGETS["prove_rss"]),
+        Row("P8", f"{label}: peak RSS, one ORT session of OUT / weight bytes (the floor)",
+            f"{session_peak:,.0f} / {weight_mib:,.0f} MiB", session_peak / weight_mib, "-", None),
+    ], {"weight_bytes": weight_bytes, "seconds": seconds, "peak_rss_mib": peak, "session_peak_rss_mib": session_peak}
+
+
 def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
     """This run's rows and figures, plus those of the parts it did not run from the last results
     (``--only``), so the table and results.json always hold every part; the returned ``when`` says
@@ -506,7 +551,7 @@ def _short(text: str, width: int = 70) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7,P8", help="comma-separated parts to run (default: all)")
     parser.add_argument("--no-large", action="store_true", help="P1 and P7 without the 3 GB external-data models")
     parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
     parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
@@ -533,7 +578,7 @@ def main() -> int:
                          ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps)),
                          ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work)),
                          ("P6", lambda: p6(work, args.reps)),
-                         ("P7", lambda: p7(work, not args.no_large, args.p1_reps))):
+                         ("P7", lambda: p7(work, not args.no_large, args.p1_reps)), ("P8", lambda: p8(work))):
             if part in parts:
                 start = time.perf_counter()
                 part_rows, raw[part] = fn()

@@ -263,10 +263,13 @@ def write_text_atomically(path: Path, text: str) -> None:
             Path(leftover).unlink(missing_ok=True)
 
 
-def payload_bytes(model: onnx.ModelProto) -> int:
-    """The bytes of the model's initializers, from their dims (no data is touched)."""
+def payload_bytes(model: onnx.ModelProto, in_memory: bool = False) -> int:
+    """The bytes of the model's initializers (with ``in_memory``, of those whose data is in the
+    proto, not in external data), from their dims (no data is touched)."""
     total = 0
     for init in model.graph.initializer:
+        if in_memory and uses_external_data(init):
+            continue
         if init.data_type == onnx.TensorProto.STRING:
             total += sum(len(s) for s in init.string_data)
         else:

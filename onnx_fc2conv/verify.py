@@ -34,7 +34,8 @@ from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
 from .inputs import input_specs, make_inputs
 from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismatch
-from .modelio import needs_external_data, read_model, save_model
+from .modelio import needs_external_data, payload_bytes, read_model, save_model
+from .progress import LARGE_MODEL_BYTES, megabytes
 from .report import CheckResult, VerificationResult
 from .safety import check_tolerances
 from .spatial import reshapes_as_transposes
@@ -87,33 +88,44 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     """
     check_tolerances(rtol, atol)
     providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
-    converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
-    original, original_folder = _graph_and_folder(original)
-    converted, converted_folder = _graph_and_folder(converted)
+    with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as spill:
+        original, original_folder, original_path = _graph_on_file(original, Path(spill) / "original")
+        converted, converted_folder, converted_path = _graph_on_file(converted, Path(spill) / "converted")
+        return _verify(original, original_folder, original_path, converted, converted_folder, converted_path,
+                       providers, rtol, atol, input_shapes, input_data, seed)
+
+
+def _verify(original, original_folder, original_path, converted, converted_folder, converted_path, providers, rtol,
+            atol, input_shapes, input_data, seed) -> VerificationResult:
     record = read_record(converted)
     if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
-        return _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol,
-                      input_shapes, input_data, seed)[0]
+        return _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers,
+                      rtol, atol, input_shapes, input_data, seed)[0]
     # A finer map: today's proof of the stride-S conversion it came from, then the finer map against
     # that conversion (phase 0) and against the original on crops.
     coarse = coarse_model(converted)
-    result, feeds, index = _prove(original, original_folder, coarse, converted_folder, None, providers, rtol, atol,
-                                  input_shapes, input_data, seed)
+    result, feeds, index = _prove(original, original_folder, original_path, coarse, converted_folder, None, providers,
+                                  rtol, atol, input_shapes, input_data, seed)
     _output_stride_checks(original, original_folder, coarse, converted, converted_folder, converted_path, record,
                           providers, feeds, index, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
 
 
-def _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol, input_shapes,
-           input_data, seed) -> tuple[VerificationResult, dict, GraphIndex]:
-    """Today's proof of ``converted`` (read from ``converted_path`` where it is a file): the original
-    size, the sliding window, the sequence lengths. Returns the result, the original-size inputs and
-    the index of the original."""
+def _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers, rtol, atol,
+           input_shapes, input_data, seed) -> tuple[VerificationResult, dict, GraphIndex]:
+    """Today's proof of ``converted`` (read from ``converted_path`` where it is a file, as the original
+    from ``original_path``): the original size, the sliding window, the sequence lengths. Returns the
+    result, the original-size inputs and the index of the original.
+
+    The original's session is released once its outputs at the original size are kept, before the
+    converted model's sessions are built, and built again only for a check that needs it (sequence
+    lengths, input crops): the two models' weights are never in memory at once for that check."""
     index = GraphIndex(original, data_folder=original_folder)  # one index of the original serves every check
     feeds, summaries = make_inputs(original, seed=seed, shapes=input_shapes, data=input_data, index=index)
+    expected_session = LazySession(lambda: _session(original, "cpu", original_folder, original_path))
     try:
-        expected_session = _session(original, "cpu", original_folder)
+        expected_session.build()
     except Exception as exc:  # noqa: BLE001 - e.g. an op or opset this onnxruntime has no kernel for
         raise CouldNotVerify(f"could not verify: onnxruntime cannot load the original model: "
                              f"{first_line(exc)}") from None
@@ -123,6 +135,7 @@ def _prove(original, original_folder, converted, converted_folder, converted_pat
         raise CouldNotVerify(
             f"could not verify: the original model fails on synthesised inputs: {first_line(exc)}; "
             "pass --input-data or --input-shape") from None
+    expected_session.release()
     precision, precision_source = computation_precision(index)
     if rtol is not None and atol is not None:
         precision_source = "set by the caller"
@@ -134,6 +147,11 @@ def _prove(original, original_folder, converted, converted_folder, converted_pat
                             "ran with that transform off, and your sessions need it off too: "
                             "SessionOptions.add_session_config_entry('optimization.disable_specified_optimizers', "
                             "'NchwcTransformer')")
+    large = [f"{what} ({megabytes(payload_bytes(model))} of weights)"
+             for what, model in (("the original", original), ("the converted model", converted))
+             if payload_bytes(model) >= LARGE_MODEL_BYTES]
+    if large:
+        result.notes.append(memory_note(large))
 
     sessions = {}
     for provider in providers:
@@ -568,19 +586,34 @@ def _crop_check(check, provider, output, out_map, cells, reference, result, rng)
 
 # ---- running and comparing ---------------------------------------------------------------------
 
-def _graph_and_folder(model) -> tuple[onnx.ModelProto, Path | None]:
-    """A model given by path is read without its external data, and the folder ONNX Runtime reads
-    that data from: the tool never holds a second copy of the weights just to run them."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    return read_model(model, load_external_data=False)[0], Path(model).parent
+def _graph_on_file(model, spill: Path) -> tuple[onnx.ModelProto, Path | None, Path | None]:
+    """The graph of ``model`` (a path or a ModelProto), the folder ONNX Runtime reads its external
+    data from, and its file (None, None for a small model in memory).
+
+    A model given by path is read without its external data: the tool never holds a second copy of
+    the weights just to run them. One whose weights in memory reach LARGE_MODEL_BYTES (a ModelProto,
+    or a file with its weights inline) is first written to ``spill`` with external data and read back
+    the same way: the proof then drops the copy it read, makes no other (its cuts of the model refer
+    to that file too), and ONNX Runtime maps the weights from there."""
+    path = None
+    if not isinstance(model, onnx.ModelProto):
+        path = Path(model)
+        model = read_model(path, load_external_data=False)[0]
+    if payload_bytes(model, in_memory=True) >= LARGE_MODEL_BYTES:
+        spill.mkdir()
+        path = spill / "model.onnx"
+        save_model(model, path, external_data=True)
+        model = read_model(path, load_external_data=False)[0]
+    return model, None if path is None else path.parent, path
 
 
 def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, path: Path | None = None):
     """A session for ``model`` on ``provider`` (one of RUNTIMES), None where that runtime is not
     available; ``folder`` is where its external-data references point, ``path`` its file where it was
-    given as one. A model whose weights pass protobuf's 2 GB limit is handed over as a file with
-    external data."""
+    given as one. ONNX Runtime reads a model given as a file from there (and maps its external data);
+    one in memory with LARGE_MODEL_BYTES of weights or more is written to a temporary file with
+    external data first (its bytes would be one more copy of the weights, and protobuf holds no more
+    than 2 GB); a large one runs with the CPU memory arena off."""
     if provider == "openvino":
         return OpenVinoSession.compile(model, path)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
@@ -604,14 +637,28 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if needs_nchwc_off(model):
         opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
-    if folder is not None:
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
-    elif needs_external_data(model):
-        with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path, external_data=True)
-            return ort.InferenceSession(str(path), opts, providers=[name])
+    # Measured on VGG16 (528 MiB of float32 weights, external data, ONNX Runtime 1.32): building the converted
+    # model's session peaks at 3.2x its weights (the NCHWc transform writes a reordered copy of every Conv
+    # kernel, which the session copies again) and holds 1.1x; the original's peaks at 1.7x (prepacking copies
+    # each Gemm weight). Turning those off (session.disable_prepacking, NchwcTransformer) keeps a session's
+    # weights in the memory map of their file, but it changes which kernels compute (off for some sessions
+    # only, the converted VGG16 missed fp32's atol on one sliding-window check, 1.7e-5 against 1e-5), and the
+    # proof still peaked at 3.2x, in the sliding-window runs (the plain Conv kernel's im2col buffers). So a
+    # large model keeps ONNX Runtime's kernels and only the CPU arena goes (allocation only: the outputs are
+    # bit for bit the same), so that the activations of the larger inputs go back when a run ends.
+    large = payload_bytes(model) >= LARGE_MODEL_BYTES
+    if large:
+        opts.enable_cpu_mem_arena = False
     try:
+        if path is not None:
+            return ort.InferenceSession(str(path), opts, providers=[name])
+        if folder is not None:
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        elif large:
+            with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                save_model(model, path, external_data=True)
+                return ort.InferenceSession(str(path), opts, providers=[name])
         return ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
     except NotImplementedByRuntime:
         if provider != "cpu" or not _has_float64(model):
@@ -639,6 +686,41 @@ def needs_nchwc_off(model: onnx.ModelProto) -> bool:
 def _has_float64(model: onnx.ModelProto) -> bool:
     return any(t.data_type == onnx.TensorProto.DOUBLE for t in model.graph.initializer) or any(
         i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in model.graph.input)
+
+
+def memory_note(large: list[str]) -> str:
+    """The report's line on how the proof kept its memory down, for the ``large`` models it names."""
+    return (f"memory: {' and '.join(large)}: ONNX Runtime was given each model as a file and mapped its weights "
+            "from there (one with its weights inline or in memory written to a temporary file with external data "
+            "first); its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False); the "
+            "original's session was released before the converted model's was built")
+
+
+class LazySession:
+    """A session built on first use (or by :meth:`build`) and dropped by :meth:`release`, behind the
+    session calls the checks make, so a check that needs the original again builds it again rather
+    than the proof holding it beside the converted model's."""
+
+    def __init__(self, build):
+        self._build = build
+        self._session = None
+
+    def build(self):
+        if self._session is None:
+            self._session = self._build()
+        return self._session
+
+    def release(self) -> None:
+        self._session = None
+
+    def get_inputs(self):
+        return self.build().get_inputs()
+
+    def get_outputs(self):
+        return self.build().get_outputs()
+
+    def run(self, names, feeds):
+        return self.build().run(names, feeds)
 
 
 class ReferenceSession:

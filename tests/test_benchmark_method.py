@@ -38,3 +38,21 @@ def test_stream_cost_rows_give_time_and_peak_rss_against_cp_and_the_weight_bytes
     assert re.fullmatch(r"[\d.]+ s / [\d.]+ s", time_row.measured)
     assert re.fullmatch(r"[\d,]+ / [\d,]+ MiB", rss_row.measured)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.onnx.data"]  # OUT and the copies removed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("external", [True, False])
+def test_prove_cost_rows_give_the_proofs_peak_rss_against_the_weight_bytes_and_the_session_floor(tmp_path, external):
+    bench = load_bench()
+    src = bench.models.vgg(tmp_path / "tiny.onnx", convs=(), fcs=(96,), image=4, channels_in=8, external_data=external)
+    weights = (tmp_path / ("tiny.onnx.data" if external else "tiny.onnx")).stat().st_size
+    rows, raw = bench.prove_cost("tiny", src, tmp_path, [2, 8, 4, 4])
+    assert sorted(raw) == ["peak_rss_mib", "seconds", "session_peak_rss_mib", "weight_bytes"]
+    assert raw["weight_bytes"] == weights and raw["seconds"] > 0
+    proof_row, floor_row = rows
+    assert [r.part for r in rows] == ["P8", "P8"] and [r.target for r in rows] == ["<= 2.0x", "-"]
+    assert proof_row.ratio == pytest.approx(raw["peak_rss_mib"] / (weights / (1 << 20)))
+    assert floor_row.ratio == pytest.approx(raw["session_peak_rss_mib"] / (weights / (1 << 20)))
+    assert proof_row.met is (proof_row.ratio <= 2.0) and floor_row.met is None
+    assert re.fullmatch(r"[\d,]+ / [\d,.]+ MiB", proof_row.measured)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in bench.models.files_of(src))
