@@ -37,12 +37,14 @@ those ops (e.g. one whose later kernels are dilated).
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
 from onnx import numpy_helper
 
+from .errors import UsageError
 from .graph import attr, is_onnx_op, opset_version, producers, topological_order, upstream, value_dims
 
 # Ops whose output at a position depends on the input at that position alone (they may mix channels).
@@ -135,6 +137,7 @@ Box = tuple[int, ...]  # (y0, x0, y1, x1) for two axes: starts, then ends (exclu
 def cell_box(geometry: Geometry, *cell: int) -> Box:
     """The input box ``(y0, x0, y1, x1)`` that output cell ``(i, j)`` sees (ends exclusive; starts
     below 0 or ends past the image are padding)."""
+    cell = _indices("cell", cell, least=0)
     axes = _axes_for(geometry, cell)
     starts = [a.offset + c * a.stride for a, c in zip(axes, cell)]
     return (*starts, *(s + a.size for s, a in zip(starts, axes)))
@@ -144,9 +147,10 @@ def crop_box(geometry: Geometry, *cell: int) -> Box:
     """The box of the original input size that output cell ``(i, j)`` stands for: the original model
     run on this crop of the image gives the cell's value wherever the crop lies inside the image and
     the backbone has no padding (``margin`` 0)."""
+    cell = _indices("cell", cell, least=0)
     axes = _axes_for(geometry, cell)
     if any(a.crop is None for a in axes):
-        raise ValueError("the original input size is not static, so a cell has no crop of that size")
+        raise UsageError("the original input size is not static, so a cell has no crop of that size")
     starts = [c * a.stride for a, c in zip(axes, cell)]
     return (*starts, *(s + a.crop for s, a in zip(starts, axes)))  # type: ignore[operator]
 
@@ -165,14 +169,16 @@ def cells_within(geometry: Geometry, box: Box, map_shape: Sequence[int] | None =
 
 
 def _cell_ranges(geometry: Geometry, box: Box, map_shape: Sequence[int] | None, containing: bool) -> tuple[range, ...]:
-    axes = _axes_for(geometry, box[: len(box) // 2])
+    box = _indices("box", box)
+    map_shape = None if map_shape is None else _indices("map_shape", map_shape, least=0)
+    axes = _known_axes(geometry)
     if len(box) != 2 * len(axes) or map_shape is not None and len(map_shape) != len(axes):
-        raise ValueError(f"box {box} and map shape {map_shape} do not fit a map of {len(axes)} spatial axes")
+        raise UsageError(f"box {box} and map shape {map_shape} do not fit a map of {len(axes)} spatial axes")
     ranges = []
     for i, a in enumerate(axes):
         start, end = box[i], box[len(axes) + i]
         if end <= start:
-            raise ValueError(f"box {box} is empty")
+            raise UsageError(f"box {box} is empty")
         if containing:  # offset + c*stride <= start and offset + c*stride + size >= end
             lo, hi = -(-(end - a.size - a.offset) // a.stride), (start - a.offset) // a.stride + 1
         else:  # offset + c*stride >= start and offset + c*stride + size <= end
@@ -183,11 +189,33 @@ def _cell_ranges(geometry: Geometry, box: Box, map_shape: Sequence[int] | None, 
     return tuple(ranges)
 
 
+def _indices(what: str, values, least: int | None = None) -> tuple[int, ...]:
+    """``values`` as a tuple of ints (numpy's too), or a one-line UsageError: a float or a string
+    would give a box of floats, or a TypeError deep in the arithmetic."""
+    if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{what} {values!r}: give a tuple of integers")
+    values = tuple(values)
+    try:
+        ints = tuple(operator.index(v) for v in values if not isinstance(v, bool))
+    except TypeError:
+        ints = ()
+    if len(ints) != len(values) or least is not None and any(v < least for v in ints):
+        raise UsageError(f"{what} {values!r}: give integers" + ("" if least is None else f" >= {least}"))
+    return ints
+
+
 def _axes_for(geometry: Geometry, values: Sequence[int]) -> tuple[AxisGeometry, ...]:
+    axes = _known_axes(geometry)
+    if len(values) != len(axes):
+        raise UsageError(f"the map has {len(axes)} spatial axes, not {len(values)}")
+    return axes
+
+
+def _known_axes(geometry: Geometry) -> tuple[AxisGeometry, ...]:
+    if not isinstance(geometry, Geometry):
+        raise UsageError(f"expected a Geometry (read_geometry(model)[output]), not {type(geometry).__name__}")
     if not geometry.known:
-        raise ValueError(f"the geometry is unknown: {geometry.unknown}")
-    if len(values) != len(geometry.axes):
-        raise ValueError(f"the map has {len(geometry.axes)} spatial axes, not {len(values)}")
+        raise UsageError(f"the geometry is unknown: {geometry.unknown}")
     return geometry.axes
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import CouldNotVerify, first_line
+from .errors import CouldNotVerify, UsageError, first_line
 from .geometry import Geometry, crop_box
 from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
@@ -36,7 +36,7 @@ from .inputs import input_specs, make_inputs
 from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismatch
 from .modelio import needs_external_data, read_model, save_model
 from .report import CheckResult, VerificationResult
-from .safety import check_tolerances
+from .safety import check_seed, check_tolerances
 from .spatial import reshapes_as_transposes
 from .stride import aligned_margin, coarse_model, crop_cells
 
@@ -86,7 +86,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
     check_tolerances(rtol, atol)
-    providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
+    check_seed(seed)
+    providers = runtimes(providers)
     converted_path = None if isinstance(converted, onnx.ModelProto) else Path(converted)
     original, original_folder = _graph_and_folder(original)
     converted, converted_folder = _graph_and_folder(converted)
@@ -103,6 +104,15 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
                           providers, feeds, index, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
+
+
+def runtimes(providers) -> tuple[str, ...]:
+    """``providers`` (one name, or several, of RUNTIMES) as the runtimes to prove on, CPU first: it
+    always runs, as the reference. UsageError for anything else (a string is one name, not letters)."""
+    names = (providers,) if isinstance(providers, str) else providers
+    if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n in RUNTIMES for n in names):
+        raise UsageError(f"providers {providers!r}: give names among {', '.join(RUNTIMES)}")
+    return tuple(dict.fromkeys(("cpu", *names)))
 
 
 def _prove(original, original_folder, converted, converted_folder, converted_path, providers, rtol, atol, input_shapes,

@@ -1,0 +1,107 @@
+"""What a user trial of the output-stride, geometry and provider features found in the API: values of
+the wrong type reached numpy or the arithmetic (a TypeError, or a cell -1 given a box), a string
+provider was read letter by letter (and failed the proof with an unbounded error), and ``0`` was
+quoted as ``(0,)``. Each is now a one-line UsageError (a ValueError too), raised before any work."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+
+import onnx_fc2conv
+from onnx_fc2conv import Options, UsageError, convert, verify
+from onnx_fc2conv.verify import runtimes
+
+LENET = MODELS / "lenet5.onnx"
+
+
+@pytest.mark.parametrize("value, quoted", [("0", "'0'"), ("-3", "'-3'"), (0, "0"), ((2, 0), "(2, 0)")])
+def test_a_bad_output_stride_is_quoted_as_given(value, quoted):
+    with pytest.raises(UsageError) as error:
+        Options(output_stride=value)
+    assert str(error.value) == f"--output-stride {quoted}: expected a positive size N or NxM, e.g. 4 or 4x2"
+
+
+def test_a_provider_string_is_one_runtime_and_cpu_always_comes_first():
+    assert runtimes("openvino") == ("cpu", "openvino")
+    assert runtimes(["cuda", "cpu", "cuda"]) == ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("providers", ["tpu", ("cpu", "tpu"), 5, None, ("OpenVINO",)])
+def test_an_unknown_provider_is_refused_before_anything_is_written(tmp_path, providers):
+    out = tmp_path / "out.onnx"
+    with pytest.raises(UsageError, match="give names among cpu, cuda, openvino"):
+        convert(LENET, out, providers=providers)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="give names among cpu, cuda, openvino"):
+        verify(LENET, LENET, providers=providers)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(rtol="1"), "rtol '1' is not a tolerance"),
+    (dict(atol=True), "atol True is not a tolerance"),
+    (dict(seed="a"), "seed 'a' is not a seed: give an integer >= 0"),
+    (dict(seed=-1), "seed -1 is not a seed"),
+    (dict(seed=1.5), "seed 1.5 is not a seed"),
+])
+def test_a_tolerance_or_seed_of_the_wrong_type_is_a_usage_error(tmp_path, keywords, message):
+    with pytest.raises(UsageError, match=message):
+        convert(LENET, tmp_path / "out.onnx", **keywords)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(skip_rules=5), "option skip_rules takes names or globs (strings), not 5"),
+    (dict(include=None), "option include takes names or globs (strings), not None"),
+    (dict(exclude=[b"fc"]), "option exclude takes names or globs (strings), not [b'fc']"),
+    (dict(input_shapes={"input": "1x1x32x32"}), "option input_shapes: 'input' takes a tuple of dims"),
+    (dict(input_shapes={"input": (1, 1, -5, 32)}), "option input_shapes: 'input' takes a tuple of dims"),
+])
+def test_a_rule_option_of_the_wrong_type_is_a_usage_error(keywords, message):
+    with pytest.raises(UsageError) as error:
+        convert(LENET, verify=False, **keywords)
+    assert str(error.value).startswith(message)
+
+
+def test_rule_options_of_the_right_types_still_convert():
+    report = convert(LENET, verify=False, include=["*Gemm"], skip_rules={"vector_fc"},
+                     input_shapes={"input": [None, 1, 32, 32]}).report
+    assert len(report.converted) == 3
+
+
+@pytest.fixture(scope="module")
+def lenet_geometry():
+    return convert(LENET, verify=False).report.geometry["logits"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda g: onnx_fc2conv.cell_box(g, -1, 0), "cell (-1, 0): give integers >= 0"),
+    (lambda g: onnx_fc2conv.crop_box(g, 0, -2), "cell (0, -2): give integers >= 0"),
+    (lambda g: onnx_fc2conv.cell_box(g, 1.5, 2), "cell (1.5, 2): give integers >= 0"),
+    (lambda g: onnx_fc2conv.cell_box(g, "1", 2), "cell ('1', 2): give integers >= 0"),
+    (lambda g: onnx_fc2conv.cell_box(g, 1), "the map has 2 spatial axes, not 1"),
+    (lambda g: onnx_fc2conv.cell_box(None, 1, 2), "expected a Geometry (read_geometry(model)[output]), not NoneType"),
+    (lambda g: onnx_fc2conv.cells_within(g, (0, 0, 64.5, 96)), "box (0, 0, 64.5, 96): give integers"),
+    (lambda g: onnx_fc2conv.cells_within(g, "0,0,64,96"), "box '0,0,64,96': give a tuple of integers"),
+    (lambda g: onnx_fc2conv.cells_containing(g, (40, 50)),
+     "box (40, 50) and map shape None do not fit a map of 2 spatial axes"),
+    (lambda g: onnx_fc2conv.cells_containing(g, (40, 50, 41, 51), map_shape=(-1, 5)),
+     "map_shape (-1, 5): give integers >= 0"),
+    (lambda g: onnx_fc2conv.cells_containing(g, (20, 20, 10, 10)), "box (20, 20, 10, 10) is empty"),
+    (lambda g: onnx_fc2conv.read_geometry(str(LENET)),
+     "read_geometry takes an onnx.ModelProto (onnx.load(path)), not str"),
+])
+def test_geometry_functions_refuse_bad_arguments_in_one_line(lenet_geometry, call, message):
+    with pytest.raises(UsageError) as error:
+        call(lenet_geometry)
+    assert str(error.value) == message
+    assert isinstance(error.value, ValueError)
+
+
+def test_geometry_functions_take_numpy_ints_and_answer_python_ints(lenet_geometry):
+    box = onnx_fc2conv.cell_box(lenet_geometry, np.int64(2), np.int32(3))
+    assert box == (8, 12, 40, 44) and all(type(v) is int for v in box)
+    assert onnx_fc2conv.cells_containing(lenet_geometry, np.array([40, 50, 41, 51]), map_shape=(9, 17)) == (
+        range(3, 9), range(5, 13))
+    assert onnx_fc2conv.read_geometry(onnx.load(LENET)) == {}
