@@ -157,9 +157,9 @@ def rule_options(command):
     command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
                            help="Turn a rule off (repeatable).")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-                        help="Shape of an input (repeatable), for verification and for feature maps the graph "
-                             "leaves symbolic, e.g. x:1x3x224x224; '?' keeps a dim symbolic, e.g. "
-                             "x:?x3x48x192.")(command)
+                        help="Shape of an input (repeatable): fixes the feature-map sizes the graph leaves "
+                             "symbolic, and (convert) the verifier's inputs, e.g. x:1x3x224x224; '?' keeps a "
+                             "dim symbolic, e.g. x:?x3x48x192.")(command)
 
 
 @main.command("convert", context_settings=CONTEXT, short_help="Convert IN, prove it, write OUT (the default).")

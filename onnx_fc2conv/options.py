@@ -92,8 +92,11 @@ def parse_output_stride(value) -> tuple[int, ...] | None:
     sizes = value
     if isinstance(value, str):
         parts = value.lower().split("x")
-        if not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
+        if not all(p.isascii() and p.isdigit() for p in parts):
             raise malformed
+        if any(len(p.lstrip("0")) >= 10 for p in parts):  # int() of a long one is slow, or refused past 4300 digits
+            raise UsageError(f"--output-stride {value[:20]!r}{'...' if len(value) > 20 else ''}: "
+                             "larger than any backbone's stride")
         sizes = tuple(int(p) for p in parts)
     sizes = (sizes,) if isinstance(sizes, int) else sizes
     if not isinstance(sizes, tuple | list) or not sizes or not all(

@@ -105,3 +105,17 @@ def test_geometry_functions_take_numpy_ints_and_answer_python_ints(lenet_geometr
     assert onnx_fc2conv.cells_containing(lenet_geometry, np.array([40, 50, 41, 51]), map_shape=(9, 17)) == (
         range(3, 9), range(5, 13))
     assert onnx_fc2conv.read_geometry(onnx.load(LENET)) == {}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("99999999999999999999", "--output-stride '99999999999999999999': larger than any backbone's stride"),
+    ("2x" + "9" * 6000, "--output-stride '2x999999999999999999'...: larger than any backbone's stride"),
+])
+def test_a_huge_output_stride_says_it_is_too_large_not_that_it_is_not_positive(value, message):
+    with pytest.raises(UsageError) as error:
+        Options(output_stride=value)
+    assert str(error.value) == message
+
+
+def test_leading_zeros_do_not_make_an_output_stride_too_large():
+    assert Options(output_stride="0000000000002x4").output_stride == (2, 4)
