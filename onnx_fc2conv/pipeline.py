@@ -21,7 +21,7 @@ from .modelio import PathLike, load_model, needs_external_data, payload_bytes, r
 from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
-from .safety import check_output_path, check_seed, check_tolerances, external_data_path
+from .safety import check_flags, check_output_path, check_seed, check_tolerances, external_data_path
 from .stride import refine_output_stride
 from .verify import runtimes
 from .verify import verify as run_verification
@@ -67,6 +67,8 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     options = Options.from_keywords(options, rule_options)
     check_tolerances(rtol, atol)
     check_seed(seed)
+    check_flags(verify=verify, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
+                show_progress=show_progress)
     providers = runtimes(providers)
     if fold_batch and options.output_stride is not None:  # the record's attributes are those before the fold
         raise UsageError("--fold-batch and --output-stride do not combine (the finer map is proved through "

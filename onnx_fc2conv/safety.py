@@ -183,6 +183,13 @@ def check_tolerances(rtol: float | None, atol: float | None) -> None:
             raise UsageError(f"{name} {float(value)!r} is not a tolerance: give a finite number >= 0")
 
 
+def check_flags(**flags) -> None:
+    """Refuse a flag that is not a bool: ``inplace="False"`` is truthy, and would replace IN."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise UsageError(f"option {name} takes True or False, not {value!r}")
+
+
 def check_seed(seed) -> None:
     """Refuse a seed numpy would reject deep inside the proof, with a traceback."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:

@@ -119,3 +119,13 @@ def test_a_huge_output_stride_says_it_is_too_large_not_that_it_is_not_positive(v
 
 def test_leading_zeros_do_not_make_an_output_stride_too_large():
     assert Options(output_stride="0000000000002x4").output_stride == (2, 4)
+
+
+@pytest.mark.parametrize("flag", ["inplace", "verify", "external_data", "fold_batch", "show_progress"])
+def test_a_convert_flag_that_is_not_a_bool_is_refused_before_anything_is_written(tmp_path, flag):
+    """``inplace="False"`` is truthy: it would have replaced IN."""
+    source = tmp_path / "m.onnx"
+    source.write_bytes(LENET.read_bytes())
+    with pytest.raises(UsageError, match=f"option {flag} takes True or False, not 'False'"):
+        convert(source, source, **{flag: "False"})
+    assert source.read_bytes() == LENET.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
