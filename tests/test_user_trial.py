@@ -129,3 +129,14 @@ def test_a_convert_flag_that_is_not_a_bool_is_refused_before_anything_is_written
     with pytest.raises(UsageError, match=f"option {flag} takes True or False, not 'False'"):
         convert(source, source, **{flag: "False"})
     assert source.read_bytes() == LENET.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("value, message", [
+    (3, "--output-stride 3: the backbone's total stride is 8x8, and the output stride must divide it: 1, 2, 4, 8"),
+    ((2, 2, 2), "--output-stride 2x2x2: 3 sizes for maps of 2 spatial axes (give N, or one size per axis)"),
+])
+def test_an_output_stride_that_cannot_fit_names_the_choices(value, message):
+    """It said 'one size per spatial axis, 2 here' after '--output-stride 2', which read as the value."""
+    with pytest.raises(onnx_fc2conv.OutputStrideError) as error:
+        convert(MODELS / "vgg_small.onnx", verify=False, output_stride=value)
+    assert str(error.value) == f"{message} [stride_not_divisor]" and error.value.code == "stride_not_divisor"
