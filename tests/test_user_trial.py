@@ -140,3 +140,13 @@ def test_an_output_stride_that_cannot_fit_names_the_choices(value, message):
     with pytest.raises(onnx_fc2conv.OutputStrideError) as error:
         convert(MODELS / "vgg_small.onnx", verify=False, output_stride=value)
     assert str(error.value) == f"{message} [stride_not_divisor]" and error.value.code == "stride_not_divisor"
+
+
+def test_checks_on_several_runtimes_line_up_their_outputs():
+    from onnx_fc2conv.report import CheckResult, VerificationResult
+    checks = [CheckResult("original size", p, "logits", True, 1e-7, 1e-6, 0.0, 20) for p in ("cpu", "openvino")]
+    text = VerificationResult(passed=True, rtol=1e-4, atol=1e-5, checks=checks).render_text(verbose=True)
+    lines = text.splitlines()[1:]
+    assert [line.index("logits") for line in lines] == [41, 41], text
+    alone = VerificationResult(passed=True, rtol=1e-4, atol=1e-5, checks=checks[:1]).render_text(verbose=True)
+    assert alone.splitlines()[1].index("logits") == 38  # cpu alone: as before
