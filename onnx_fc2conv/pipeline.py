@@ -70,6 +70,9 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     check_flags(verify=verify, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
                 show_progress=show_progress)
     providers = runtimes(providers)
+    if not verify and providers != ("cpu",):  # it would read as proved on them
+        raise UsageError(f"--provider {', '.join(providers[1:])} runs in the proof, which --no-verify skips: "
+                         "drop one of them")
     if fold_batch and options.output_stride is not None:  # the record's attributes are those before the fold
         raise UsageError("--fold-batch and --output-stride do not combine (the finer map is proved through "
                          "the unfolded convs)")

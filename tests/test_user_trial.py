@@ -150,3 +150,12 @@ def test_checks_on_several_runtimes_line_up_their_outputs():
     assert [line.index("logits") for line in lines] == [41, 41], text
     alone = VerificationResult(passed=True, rtol=1e-4, atol=1e-5, checks=checks[:1]).render_text(verbose=True)
     assert alone.splitlines()[1].index("logits") == 38  # cpu alone: as before
+
+
+def test_a_provider_with_no_verify_is_refused_since_nothing_would_run_on_it(tmp_path):
+    """It was ignored: the model was written as if proved on OpenVINO."""
+    with pytest.raises(UsageError) as error:
+        convert(LENET, tmp_path / "out.onnx", verify=False, providers=("openvino",))
+    assert str(error.value) == "--provider openvino runs in the proof, which --no-verify skips: drop one of them"
+    assert list(tmp_path.iterdir()) == []
+    assert len(convert(LENET, verify=False, providers=("cpu",)).report.converted) == 3
