@@ -21,7 +21,8 @@ so shifting the image by ``k * stride`` pixels shifts those cells by ``k``. With
 from the original model run on its crop, which sees zeros where the cell sees image pixels.
 
 The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
-tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops, with the
+tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops (a Reduce* over
+non-image axes is one), with the
 receptive-field arithmetic (per layer of kernel ``k``, dilation ``d``, stride ``s``, pads ``p``,
 on a tensor whose cells step by ``j`` input pixels)::
 
@@ -349,9 +350,34 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
         return tuple(state[p] for p in perm)
     if node.op_type == "Pad":
         return _pad(walk, node, inputs, label)
-    if node.op_type in WHOLE_MAP_OPS or node.op_type.startswith("Reduce"):
+    if node.op_type.startswith("Reduce"):
+        return _reduce(walk, node, inputs, label)
+    if node.op_type in WHOLE_MAP_OPS:
         return f"{label} pools over the whole map, so each cell sees the whole input"
     return f"{label}: the walk cannot follow this op"
+
+
+def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    """A Reduce* over non-image axes only (a decomposed LayerNorm's mean over the channels of a
+    channels-last map) works on each position; one over an image axis pools over the whole map."""
+    state = inputs[0]
+    if not isinstance(state, tuple) or any(isinstance(s, tuple) for s in inputs[1:]):
+        return f"{label} reduces over axes computed from the image"
+    if len(node.input) > 1 and node.input[1]:
+        tensor = walk.constants.get(node.input[1])
+        axes = None if tensor is None else [int(a) for a in numpy_helper.to_array(tensor).ravel()]
+    else:
+        axes = attr(node, "axes")
+    if not axes and not (attr(node, "noop_with_empty_axes", 0) and len(node.input) < 2):
+        axes = list(range(len(state)))  # no axes: every axis
+    if axes is None:
+        return f"{label}: its axes are not constant"
+    reduced = {a % len(state) for a in axes}
+    if any(state[a] is not None for a in reduced):
+        return f"{label} pools over the whole map, so each cell sees the whole input"
+    if attr(node, "keepdims", 1):
+        return state
+    return tuple(a for i, a in enumerate(state) if i not in reduced)
 
 
 def _broadcast(node: onnx.NodeProto, inputs: list[State], label: str) -> State:

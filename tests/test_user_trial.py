@@ -159,3 +159,32 @@ def test_a_provider_with_no_verify_is_refused_since_nothing_would_run_on_it(tmp_
     assert str(error.value) == "--provider openvino runs in the proof, which --no-verify skips: drop one of them"
     assert list(tmp_path.iterdir()) == []
     assert len(convert(LENET, verify=False, providers=("cpu",)).report.converted) == 3
+
+
+def _channels_last_norm(axes):
+    """x [N,2,H,W] -> Transpose to NHWC -> x - ReduceMean(axes) -> Transpose back -> MaxPool 2/2."""
+    from onnx import helper
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["t"], ["mean"], name="mean", axes=axes, keepdims=1),
+             helper.make_node("Sub", ["t", "mean"], ["centred"], name="centre"),
+             helper.make_node("Transpose", ["centred"], ["back"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("MaxPool", ["back"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, "H", "W"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_reduce_over_the_channels_keeps_the_geometry_and_one_over_an_image_axis_pools():
+    """A decomposed LayerNorm's ReduceMean over the channels was said to pool over the whole map."""
+    geometry = onnx_fc2conv.tensor_geometry(_channels_last_norm([-1]), "y")
+    assert geometry.line() == "2x2 px of input 'x', stride 2x2, offset 0,0"
+    pooled = onnx_fc2conv.tensor_geometry(_channels_last_norm([1, 2]), "y")
+    assert pooled.unknown == "ReduceMean 'mean' pools over the whole map, so each cell sees the whole input"
+
+
+def test_a_convnext_with_dense_pool_has_a_geometry_through_its_layer_norms():
+    report = convert(MODELS / "convnext_blocks.onnx", verify=False, token_layout="conv1d", dense_pool=True).report
+    assert report.geometry["logits"].line() == \
+        "80x80 px of input 'input', stride 4x4, offset -24,-24, margin 24x24 (the backbone pads)"
+    kept = convert(MODELS / "convnext_blocks.onnx", verify=False, token_layout="conv1d").report.geometry["logits"]
+    assert kept.unknown.startswith("GlobalAveragePool 'head.global_pool/GlobalAveragePool' pools over the whole map")
