@@ -99,7 +99,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
         report = ConversionReport(model=label, opset=opset_version(work), mode=options.mode)
         record = rewrite(work, options, report, weights)
         if options.output_stride is not None:
-            report.output_stride = _refine_output_stride(work, record, options.output_stride, report)
+            report.output_stride = _refine_output_stride(work, record, options.output_stride, report, previous)
         if record is not None:
             write_record(work, record)
             if fold_batch and report.converted:
@@ -135,9 +135,11 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     return result
 
 
-def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | None, output_stride, report):
+def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | None, output_stride, report,
+                          previous: ConversionRecord | None):
     if record is None or not report.converted:
-        raise OutputStrideError("stride_mode", "--output-stride: no FC head of this model was converted")
+        again = " (it is already converted: give --output-stride with the original model)" if previous else ""
+        raise OutputStrideError("stride_mode", f"--output-stride: no FC head of this model was converted{again}")
     refined = refine_output_stride(model, record, output_stride)
     reinfer_shapes(model, {})
     report.geometry = record.measure_geometry(model)  # the same windows, now stepping by the finer stride

@@ -188,3 +188,11 @@ def test_a_convnext_with_dense_pool_has_a_geometry_through_its_layer_norms():
         "80x80 px of input 'input', stride 4x4, offset -24,-24, margin 24x24 (the backbone pads)"
     kept = convert(MODELS / "convnext_blocks.onnx", verify=False, token_layout="conv1d").report.geometry["logits"]
     assert kept.unknown.startswith("GlobalAveragePool 'head.global_pool/GlobalAveragePool' pools over the whole map")
+
+
+def test_an_output_stride_on_an_already_converted_model_says_to_give_the_original():
+    converted = convert(MODELS / "vgg_small.onnx", verify=False).model
+    with pytest.raises(onnx_fc2conv.OutputStrideError) as error:
+        convert(converted, verify=False, output_stride=2)
+    assert str(error.value) == ("--output-stride: no FC head of this model was converted (it is already converted: "
+                                "give --output-stride with the original model) [stride_mode]")
