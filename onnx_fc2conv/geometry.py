@@ -252,6 +252,12 @@ def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[s
     ``spatial_inputs`` names the graph-input axes that are image axes (default: axes 2.. of every
     graph input); ``input_sizes`` gives the original input dims for the ``crop`` of each axis
     (default: the graph inputs' declared dims, where static)."""
+    if not isinstance(model, onnx.ModelProto) or not isinstance(name, str):
+        raise UsageError(f"tensor_geometry takes an onnx.ModelProto and a tensor name, not {type(model).__name__} "
+                         f"and {type(name).__name__}")
+    for option, value in (("spatial_inputs", spatial_inputs), ("input_sizes", input_sizes)):
+        if value is not None and not isinstance(value, Mapping):
+            raise UsageError(f"tensor_geometry: {option} takes a dict by input name, not {value!r}")
     graph = model.graph
     walk = _Walk(model, spatial_inputs)
     for vi in [*graph.input, *graph.value_info, *graph.output]:

@@ -196,3 +196,17 @@ def test_an_output_stride_on_an_already_converted_model_says_to_give_the_origina
         convert(converted, verify=False, output_stride=2)
     assert str(error.value) == ("--output-stride: no FC head of this model was converted (it is already converted: "
                                 "give --output-stride with the original model) [stride_mode]")
+
+
+@pytest.mark.parametrize("args, keywords, message", [
+    ((str(LENET), "logits"), {}, "tensor_geometry takes an onnx.ModelProto and a tensor name, not str and str"),
+    ((None, 5), {}, "tensor_geometry takes an onnx.ModelProto and a tensor name, not NoneType and int"),
+    (("model", "logits"), dict(spatial_inputs=[2, 3]), "tensor_geometry: spatial_inputs takes a dict by input name, "
+                                                        "not [2, 3]"),
+])
+def test_tensor_geometry_refuses_arguments_of_the_wrong_type(args, keywords, message):
+    model = convert(LENET, verify=False).model
+    args = tuple(model if a == "model" else a for a in args)
+    with pytest.raises(UsageError) as error:
+        onnx_fc2conv.tensor_geometry(*args, **keywords)
+    assert str(error.value) == message
