@@ -93,15 +93,19 @@ class ConvertByDefault(click.Group):
             with _sigterm_as_interrupt():
                 return super().invoke(ctx)
         except click.UsageError as exc:  # a command's bad option or argument; click would print four lines
-            _fail(f"{exc.format_message().removesuffix('.')} (see {_command_path(exc.ctx)} --help)", exc.exit_code)
+            _fail(f"{exc.format_message().removesuffix('.')} (see {_command_path(exc.ctx, ctx)} --help)", exc.exit_code)
         except Terminated:
             _say_and_exit("terminated", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _say_and_exit("interrupted", 128 + signal.SIGINT)
 
 
-def _command_path(ctx: click.Context | None) -> str:
-    """The program's own name and the subcommand, whatever name the program was run by."""
+def _command_path(ctx: click.Context | None, group: click.Context) -> str:
+    """The program's own name and the subcommand, whatever name the program was run by. Click's
+    parser raises some errors (an option missing its value) without the subcommand's context: the
+    group's then names the subcommand."""
+    if ctx is None and group.invoked_subcommand:
+        return f"onnx-fc2conv {group.invoked_subcommand}"
     return "onnx-fc2conv" if ctx is None or ctx.parent is None else f"onnx-fc2conv {ctx.info_name}"
 
 

@@ -210,3 +210,22 @@ def test_tensor_geometry_refuses_arguments_of_the_wrong_type(args, keywords, mes
     with pytest.raises(UsageError) as error:
         onnx_fc2conv.tensor_geometry(*args, **keywords)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("args, command", [
+    (["models/lenet5.onnx", "out.onnx", "--output-stride"], "convert"),
+    (["convert", "models/lenet5.onnx", "out.onnx", "--atol"], "convert"),
+    (["inspect", "models/lenet5.onnx", "--input-shape"], "inspect"),
+])
+def test_an_option_missing_its_value_points_to_its_commands_help(tmp_path, monkeypatch, args, command):
+    """Click raises this one without the subcommand's context: it pointed to 'onnx-fc2conv --help'."""
+    from click.testing import CliRunner
+
+    from onnx_fc2conv.cli import main
+    monkeypatch.chdir(tmp_path)
+    args = [str(MODELS / "lenet5.onnx") if a == "models/lenet5.onnx" else a for a in args]
+    result = CliRunner().invoke(main, args)
+    option = args[-1]
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+        f"onnx-fc2conv: error: Option '{option}' requires an argument (see onnx-fc2conv {command} --help)")
+    assert list(tmp_path.iterdir()) == []
