@@ -21,8 +21,8 @@ so shifting the image by ``k * stride`` pixels shifts those cells by ``k``. With
 from the original model run on its crop, which sees zeros where the cell sees image pixels.
 
 The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
-tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops (a Reduce* over
-non-image axes is one), with the receptive-field arithmetic (per layer of kernel ``k``, dilation
+tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops (a Reduce* or
+LayerNormalization over non-image axes is one), with the receptive-field arithmetic (per layer of kernel ``k``, dilation
 ``d``, stride ``s``, pads ``p``, on a tensor whose cells step by ``j`` input pixels)::
 
     size'   = size + (k - 1) * d * j
@@ -357,6 +357,12 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
         return _pad(walk, node, inputs, label)
     if node.op_type.startswith("Reduce"):
         return _reduce(walk, node, inputs, label)
+    if node.op_type == "LayerNormalization":  # over axes axis.. : position-wise when those hold no image axis
+        state = inputs[0]
+        assert isinstance(state, tuple)
+        if any(a is not None for a in state[attr(node, "axis", -1) % len(state):]):
+            return f"{label} normalizes over an image axis"
+        return state
     if node.op_type in WHOLE_MAP_OPS:
         return f"{label} pools over the whole map, so each cell sees the whole input"
     return f"{label}: the walk cannot follow this op"

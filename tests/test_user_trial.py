@@ -229,3 +229,19 @@ def test_an_option_missing_its_value_points_to_its_commands_help(tmp_path, monke
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
         f"onnx-fc2conv: error: Option '{option}' requires an argument (see onnx-fc2conv {command} --help)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_normalization_over_the_channels_keeps_the_geometry_and_one_over_the_map_does_not():
+    """timm's ConvNeXt as TorchScript writes it at opset 17 (LayerNormalization on NHWC): the walk
+    stopped at it. Its window (104x104 at stride 8) is tight: measured by hand, a pixel just inside
+    either edge moves the cell, one just outside does not."""
+    report = convert(MODELS / "timm_convnext_ts17.onnx", verify=False, token_layout="conv2d", dense_pool=True).report
+    assert report.geometry["logits"].line() == \
+        "104x104 px of input 'input', stride 8x8, offset -36,-36, margin 36x36 (the backbone pads)"
+    from onnx import helper
+    scale = onnx.numpy_helper.from_array(np.ones((2, 4, 4), np.float32), "scale")
+    graph = helper.make_graph([helper.make_node("LayerNormalization", ["x", "scale"], ["y"], name="ln", axis=1)], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_fc2conv.tensor_geometry(model, "y").unknown == "LayerNormalization 'ln' normalizes over an image axis"
