@@ -22,8 +22,9 @@ from the original model run on its crop, which sees zeros where the cell sees im
 
 The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
 tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops (a Reduce* or
-LayerNormalization over non-image axes is one), with the receptive-field arithmetic (per layer of kernel ``k``, dilation
-``d``, stride ``s``, pads ``p``, on a tensor whose cells step by ``j`` input pixels)::
+LayerNormalization over non-image axes is one), with the receptive-field arithmetic (per layer of
+kernel ``k``, dilation ``d``, stride ``s``, pads ``p``, on a tensor whose cells step by ``j`` input
+pixels)::
 
     size'   = size + (k - 1) * d * j
     offset' = offset - p_begin * j
