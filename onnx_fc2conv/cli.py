@@ -93,15 +93,19 @@ class ConvertByDefault(click.Group):
             with _sigterm_as_interrupt():
                 return super().invoke(ctx)
         except click.UsageError as exc:  # a command's bad option or argument; click would print four lines
-            _fail(f"{exc.format_message().removesuffix('.')} (see {_command_path(exc.ctx)} --help)", exc.exit_code)
+            _fail(f"{exc.format_message().removesuffix('.')} (see {_command_path(exc.ctx, ctx)} --help)", exc.exit_code)
         except Terminated:
             _say_and_exit("terminated", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _say_and_exit("interrupted", 128 + signal.SIGINT)
 
 
-def _command_path(ctx: click.Context | None) -> str:
-    """The program's own name and the subcommand, whatever name the program was run by."""
+def _command_path(ctx: click.Context | None, group: click.Context) -> str:
+    """The program's own name and the subcommand, whatever name the program was run by. Click's
+    parser raises some errors (an option missing its value) without the subcommand's context: the
+    group's then names the subcommand."""
+    if ctx is None and group.invoked_subcommand:
+        return f"onnx-fc2conv {group.invoked_subcommand}"
     return "onnx-fc2conv" if ctx is None or ctx.parent is None else f"onnx-fc2conv {ctx.info_name}"
 
 
@@ -157,9 +161,9 @@ def rule_options(command):
     command = click.option("--skip-rule", "skip_rules", multiple=True, type=click.Choice(RULE_NAMES),
                            help="Turn a rule off (repeatable).")(command)
     return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-                        help="Shape of an input (repeatable), for verification and for feature maps the graph "
-                             "leaves symbolic, e.g. x:1x3x224x224; '?' keeps a dim symbolic, e.g. "
-                             "x:?x3x48x192.")(command)
+                        help="Shape of an input (repeatable): fixes the feature-map sizes the graph leaves "
+                             "symbolic, and (convert) the verifier's inputs, e.g. x:1x3x224x224; '?' keeps a "
+                             "dim symbolic, e.g. x:?x3x48x192.")(command)
 
 
 @main.command("convert", context_settings=CONTEXT, short_help="Convert IN, prove it, write OUT (the default).")

@@ -30,8 +30,9 @@ class OutputError(Fc2ConvError):
     """The output cannot be written where asked (missing folder, OUT == IN, ...)."""
 
 
-class UsageError(Fc2ConvError):
-    """An option value is malformed (e.g. ``--input-shape``)."""
+class UsageError(Fc2ConvError, ValueError):
+    """An option or argument value is malformed (e.g. ``--input-shape``, a cell of ``cell_box``); a
+    ValueError too, as Python code expects of a bad argument."""
 
 
 class OutputStrideError(Fc2ConvError):

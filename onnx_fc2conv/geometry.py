@@ -21,9 +21,10 @@ so shifting the image by ``k * stride`` pixels shifts those cells by ``k``. With
 from the original model run on its crop, which sees zeros where the cell sees image pixels.
 
 The walk, :func:`tensor_geometry`, is a pure function of a graph: from the graph inputs to any
-tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops, with the
-receptive-field arithmetic (per layer of kernel ``k``, dilation ``d``, stride ``s``, pads ``p``,
-on a tensor whose cells step by ``j`` input pixels)::
+tensor, through Conv, MaxPool, AveragePool, LpPool, Pad and position-wise ops (a Reduce* or
+LayerNormalization over non-image axes is one), with the receptive-field arithmetic (per layer of
+kernel ``k``, dilation ``d``, stride ``s``, pads ``p``, on a tensor whose cells step by ``j`` input
+pixels)::
 
     size'   = size + (k - 1) * d * j
     offset' = offset - p_begin * j
@@ -39,12 +40,14 @@ every tensor, giving each map's cumulative stride and the padding before and aft
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
 from onnx import numpy_helper
 
+from .errors import UsageError
 from .graph import attr, is_onnx_op, opset_version, producers, topological_order, upstream, value_dims
 
 # Ops whose output at a position depends on the input at that position alone (they may mix channels).
@@ -137,6 +140,7 @@ Box = tuple[int, ...]  # (y0, x0, y1, x1) for two axes: starts, then ends (exclu
 def cell_box(geometry: Geometry, *cell: int) -> Box:
     """The input box ``(y0, x0, y1, x1)`` that output cell ``(i, j)`` sees (ends exclusive; starts
     below 0 or ends past the image are padding)."""
+    cell = _indices("cell", cell, least=0)
     axes = _axes_for(geometry, cell)
     starts = [a.offset + c * a.stride for a, c in zip(axes, cell)]
     return (*starts, *(s + a.size for s, a in zip(starts, axes)))
@@ -146,9 +150,10 @@ def crop_box(geometry: Geometry, *cell: int) -> Box:
     """The box of the original input size that output cell ``(i, j)`` stands for: the original model
     run on this crop of the image gives the cell's value wherever the crop lies inside the image and
     the backbone has no padding (``margin`` 0)."""
+    cell = _indices("cell", cell, least=0)
     axes = _axes_for(geometry, cell)
     if any(a.crop is None for a in axes):
-        raise ValueError("the original input size is not static, so a cell has no crop of that size")
+        raise UsageError("the original input size is not static, so a cell has no crop of that size")
     starts = [c * a.stride for a, c in zip(axes, cell)]
     return (*starts, *(s + a.crop for s, a in zip(starts, axes)))  # type: ignore[operator]
 
@@ -167,14 +172,16 @@ def cells_within(geometry: Geometry, box: Box, map_shape: Sequence[int] | None =
 
 
 def _cell_ranges(geometry: Geometry, box: Box, map_shape: Sequence[int] | None, containing: bool) -> tuple[range, ...]:
-    axes = _axes_for(geometry, box[: len(box) // 2])
+    box = _indices("box", box)
+    map_shape = None if map_shape is None else _indices("map_shape", map_shape, least=0)
+    axes = _known_axes(geometry)
     if len(box) != 2 * len(axes) or map_shape is not None and len(map_shape) != len(axes):
-        raise ValueError(f"box {box} and map shape {map_shape} do not fit a map of {len(axes)} spatial axes")
+        raise UsageError(f"box {box} and map shape {map_shape} do not fit a map of {len(axes)} spatial axes")
     ranges = []
     for i, a in enumerate(axes):
         start, end = box[i], box[len(axes) + i]
         if end <= start:
-            raise ValueError(f"box {box} is empty")
+            raise UsageError(f"box {box} is empty")
         if containing:  # offset + c*stride <= start and offset + c*stride + size >= end
             lo, hi = -(-(end - a.size - a.offset) // a.stride), (start - a.offset) // a.stride + 1
         else:  # offset + c*stride >= start and offset + c*stride + size <= end
@@ -185,11 +192,33 @@ def _cell_ranges(geometry: Geometry, box: Box, map_shape: Sequence[int] | None, 
     return tuple(ranges)
 
 
+def _indices(what: str, values, least: int | None = None) -> tuple[int, ...]:
+    """``values`` as a tuple of ints (numpy's too), or a one-line UsageError: a float or a string
+    would give a box of floats, or a TypeError deep in the arithmetic."""
+    if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{what} {values!r}: give a tuple of integers")
+    values = tuple(values)
+    try:
+        ints = tuple(operator.index(v) for v in values if not isinstance(v, bool))
+    except TypeError:
+        ints = ()
+    if len(ints) != len(values) or least is not None and any(v < least for v in ints):
+        raise UsageError(f"{what} {values!r}: give integers" + ("" if least is None else f" >= {least}"))
+    return ints
+
+
 def _axes_for(geometry: Geometry, values: Sequence[int]) -> tuple[AxisGeometry, ...]:
+    axes = _known_axes(geometry)
+    if len(values) != len(axes):
+        raise UsageError(f"the map has {len(axes)} spatial axes, not {len(values)}")
+    return axes
+
+
+def _known_axes(geometry: Geometry) -> tuple[AxisGeometry, ...]:
+    if not isinstance(geometry, Geometry):
+        raise UsageError(f"expected a Geometry (read_geometry(model)[output]), not {type(geometry).__name__}")
     if not geometry.known:
-        raise ValueError(f"the geometry is unknown: {geometry.unknown}")
-    if len(values) != len(geometry.axes):
-        raise ValueError(f"the map has {len(geometry.axes)} spatial axes, not {len(values)}")
+        raise UsageError(f"the geometry is unknown: {geometry.unknown}")
     return geometry.axes
 
 
@@ -229,6 +258,12 @@ def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[s
     ``spatial_inputs`` names the graph-input axes that are image axes (default: axes 2.. of every
     graph input); ``input_sizes`` gives the original input dims for the ``crop`` of each axis
     (default: the graph inputs' declared dims, where static)."""
+    if not isinstance(model, onnx.ModelProto) or not isinstance(name, str):
+        raise UsageError(f"tensor_geometry takes an onnx.ModelProto and a tensor name, not {type(model).__name__} "
+                         f"and {type(name).__name__}")
+    for option, value in (("spatial_inputs", spatial_inputs), ("input_sizes", input_sizes)):
+        if value is not None and not isinstance(value, Mapping):
+            raise UsageError(f"tensor_geometry: {option} takes a dict by input name, not {value!r}")
     walk = _walk(model, spatial_inputs, upstream_of=name)
     return _geometry(walk.states.get(name), name, input_sizes, walk)
 
@@ -393,9 +428,40 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
         return tuple(state[p] for p in perm)
     if node.op_type == "Pad":
         return _pad(walk, node, inputs, label)
-    if node.op_type in WHOLE_MAP_OPS or node.op_type.startswith("Reduce"):
+    if node.op_type.startswith("Reduce"):
+        return _reduce(walk, node, inputs, label)
+    if node.op_type == "LayerNormalization":  # over axes axis.. : position-wise when those hold no image axis
+        state = inputs[0]
+        assert isinstance(state, tuple)
+        if any(a is not None for a in state[attr(node, "axis", -1) % len(state):]):
+            return f"{label} normalizes over an image axis"
+        return state
+    if node.op_type in WHOLE_MAP_OPS:
         return f"{label} pools over the whole map, so each cell sees the whole input"
     return f"{label}: the walk cannot follow this op"
+
+
+def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> State:
+    """A Reduce* over non-image axes only (a decomposed LayerNorm's mean over the channels of a
+    channels-last map) works on each position; one over an image axis pools over the whole map."""
+    state = inputs[0]
+    if not isinstance(state, tuple) or any(isinstance(s, tuple) for s in inputs[1:]):
+        return f"{label} reduces over axes computed from the image"
+    if len(node.input) > 1 and node.input[1]:
+        tensor = walk.constants.get(node.input[1])
+        axes = None if tensor is None else [int(a) for a in numpy_helper.to_array(tensor).ravel()]
+    else:
+        axes = attr(node, "axes")
+    if not axes and not (attr(node, "noop_with_empty_axes", 0) and len(node.input) < 2):
+        axes = list(range(len(state)))  # no axes: every axis
+    if axes is None:
+        return f"{label}: its axes are not constant"
+    reduced = {a % len(state) for a in axes}
+    if any(state[a] is not None for a in reduced):
+        return f"{label} pools over the whole map, so each cell sees the whole input"
+    if attr(node, "keepdims", 1):
+        return state
+    return tuple(a for i, a in enumerate(state) if i not in reduced)
 
 
 def _broadcast(node: onnx.NodeProto, inputs: list[State], label: str) -> State:

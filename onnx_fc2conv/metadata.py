@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, UsageError
 from .geometry import Geometry, tensor_geometry
 from .graph import names_in, value_dims
 from .report import Mode
@@ -197,5 +197,7 @@ def read_geometry(model: onnx.ModelProto) -> dict[str, Geometry]:
     """The window geometry of each output map of a converted ``model``, by output name, as its
     conversion record gives it; empty where it has none (not fully convolutional, or converted by a
     version that did not record it). InvalidModelError where the record is not one."""
+    if not isinstance(model, onnx.ModelProto):
+        raise UsageError(f"read_geometry takes an onnx.ModelProto (onnx.load(path)), not {type(model).__name__}")
     record = read_record(model)
     return {} if record is None else {o: g for head in record.heads for o, g in head.geometry.items()}

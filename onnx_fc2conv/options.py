@@ -50,6 +50,11 @@ class Options:
         if not isinstance(self.input_shapes or {}, dict):
             raise UsageError(f"option input_shapes takes a dict of input name -> dims, not {self.input_shapes!r}")
         object.__setattr__(self, "input_shapes", dict(self.input_shapes or {}))
+        for name, dims in self.input_shapes.items():
+            if not isinstance(dims, tuple | list) or not all(
+                    d is None or isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+                raise UsageError(f"option input_shapes: {name!r} takes a tuple of dims (ints >= 0, None for a free "
+                                 f"dim), not {dims!r}")
         unknown = sorted(set(self.skip_rules) - set(RULE_NAMES))
         if unknown:
             raise Fc2ConvError(f"unknown rule {unknown[0]!r}; rules are: {', '.join(RULE_NAMES)}")
@@ -83,21 +88,26 @@ def parse_output_stride(value) -> tuple[int, ...] | None:
     """``4``, ``"4"``, ``"4x2"`` or ``(4, 2)`` as a tuple of positive sizes (one: every spatial axis)."""
     if value is None:
         return None
+    malformed = UsageError(f"--output-stride {value!r}: expected a positive size N or NxM, e.g. 4 or 4x2")
+    sizes = value
     if isinstance(value, str):
         parts = value.lower().split("x")
-        if not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
-            raise UsageError(f"--output-stride {value!r}: expected a positive size N or NxM, e.g. 4 or 4x2")
-        value = tuple(int(p) for p in parts)
-    sizes = (value,) if isinstance(value, int) else value
+        if not all(p.isascii() and p.isdigit() for p in parts):
+            raise malformed
+        if any(len(p.lstrip("0")) >= 10 for p in parts):  # int() of a long one is slow, or refused past 4300 digits
+            raise UsageError(f"--output-stride {value[:20]!r}{'...' if len(value) > 20 else ''}: "
+                             "larger than any backbone's stride")
+        sizes = tuple(int(p) for p in parts)
+    sizes = (sizes,) if isinstance(sizes, int) else sizes
     if not isinstance(sizes, tuple | list) or not sizes or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-        raise UsageError(f"--output-stride {value!r}: expected a positive size N or NxM, e.g. 4 or 4x2")
+        raise malformed
     return tuple(sizes)
 
 
 def _names(option: str, value) -> tuple[str, ...]:
     """A tuple of names or globs; one string is one name (``exclude="fc1"``), not its letters."""
-    names = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(n, str) for n in names):
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, tuple | list | set | frozenset) or not all(isinstance(n, str) for n in names):
         raise UsageError(f"option {option} takes names or globs (strings), not {value!r}")
-    return names
+    return tuple(names)

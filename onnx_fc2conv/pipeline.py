@@ -21,8 +21,9 @@ from .modelio import PathLike, load_model, needs_external_data, payload_bytes, r
 from .options import Options
 from .progress import LARGE_MODEL_BYTES, Progress, megabytes
 from .report import ConversionReport
-from .safety import check_output_path, check_tolerances, external_data_path
+from .safety import check_flags, check_output_path, check_seed, check_tolerances, external_data_path
 from .stride import refine_output_stride
+from .verify import runtimes
 from .verify import verify as run_verification
 
 
@@ -65,6 +66,13 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     """
     options = Options.from_keywords(options, rule_options)
     check_tolerances(rtol, atol)
+    check_seed(seed)
+    check_flags(verify=verify, inplace=inplace, external_data=external_data, fold_batch=fold_batch,
+                show_progress=show_progress)
+    providers = runtimes(providers)
+    if not verify and providers != ("cpu",):  # it would read as proved on them
+        raise UsageError(f"--provider {', '.join(providers[1:])} runs in the proof, which --no-verify skips: "
+                         "drop one of them")
     if fold_batch and options.output_stride is not None:  # the record's attributes are those before the fold
         raise UsageError("--fold-batch and --output-stride do not combine (the finer map is proved through "
                          "the unfolded convs)")
@@ -91,7 +99,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
         report = ConversionReport(model=label, opset=opset_version(work), mode=options.mode)
         record = rewrite(work, options, report, weights)
         if options.output_stride is not None:
-            report.output_stride = _refine_output_stride(work, record, options.output_stride, report)
+            report.output_stride = _refine_output_stride(work, record, options.output_stride, report, previous)
         if record is not None:
             write_record(work, record)
             if fold_batch and report.converted:
@@ -127,9 +135,11 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
     return result
 
 
-def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | None, output_stride, report):
+def _refine_output_stride(model: onnx.ModelProto, record: ConversionRecord | None, output_stride, report,
+                          previous: ConversionRecord | None):
     if record is None or not report.converted:
-        raise OutputStrideError("stride_mode", "--output-stride: no FC head of this model was converted")
+        again = " (it is already converted: give --output-stride with the original model)" if previous else ""
+        raise OutputStrideError("stride_mode", f"--output-stride: no FC head of this model was converted{again}")
     refined = refine_output_stride(model, record, output_stride)
     reinfer_shapes(model, {})
     report.geometry = record.measure_geometry(model)  # the same windows, now stepping by the finer stride

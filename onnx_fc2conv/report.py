@@ -70,11 +70,13 @@ class CheckResult:
     compared: int = 0  # number of values (or window positions) compared
     note: str = ""
 
-    def line(self) -> str:
+    def line(self, provider_width: int = 5) -> str:
+        """The check in one line; ``provider_width`` aligns the outputs of checks on several runtimes."""
+        provider = self.provider.ljust(provider_width)
         if self.compared == 0:
-            return f"  {self.check:<24} {self.provider:<5} {self.output}: {self.note}"
+            return f"  {self.check:<24} {provider} {self.output}: {self.note}"
         status = "ok  " if self.passed else "FAIL"
-        return (f"  {status} {self.check:<24} {self.provider:<5} {self.output}: max abs {self.max_abs_error:.3g}, "
+        return (f"  {status} {self.check:<24} {provider} {self.output}: max abs {self.max_abs_error:.3g}, "
                 f"max rel {self.max_rel_error:.3g}, needs atol >= {self.needed_atol:.3g} ({self.compared} compared)"
                 + (f"; {self.note}" if self.note else ""))
 
@@ -129,9 +131,10 @@ class VerificationResult:
         lines = [self.summary()]
         if self.tolerance_line():
             lines.append(self.tolerance_line())
+        width = max([5, *(len(c.provider) for c in self.checks)])  # "openvino" is longer than "cpu"
         for c in self.checks:
             if verbose or not c.passed:
-                lines.append(c.line())
+                lines.append(c.line(width))
         lines.extend(f"  skipped: {s}" for s in self.skipped)
         lines.extend(f"  note: {n}" for n in self.notes)
         if verbose:

@@ -11,6 +11,7 @@ tensor and before loading any, and words the answer for a user.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import stat
 from pathlib import Path
@@ -176,8 +177,23 @@ def check_tolerances(rtol: float | None, atol: float | None) -> None:
     """Refuse a tolerance that makes the proof empty: negative or NaN (nothing, or everything,
     compares), or infinite (every difference passes). None means the dtype's default."""
     for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
+            raise UsageError(f"{name} {value!r} is not a tolerance: give a finite number >= 0")
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{name} {float(value)!r} is not a tolerance: give a finite number >= 0")
+
+
+def check_flags(**flags) -> None:
+    """Refuse a flag that is not a bool: ``inplace="False"`` is truthy, and would replace IN."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise UsageError(f"option {name} takes True or False, not {value!r}")
+
+
+def check_seed(seed) -> None:
+    """Refuse a seed numpy would reject deep inside the proof, with a traceback."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise UsageError(f"seed {seed!r} is not a seed: give an integer >= 0")
 
 
 def check_output_path(source, output: Path, inplace: bool) -> None:

@@ -97,10 +97,16 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
     backbone = _backbone_stride(walk, [h.feature_map for h in heads])
     rank = len(backbone.stride)
     finer = output_stride * rank if len(output_stride) == 1 else output_stride
-    if len(finer) != rank or any(s % n for s, n in zip(backbone.stride, finer)):
-        raise OutputStrideError("stride_not_divisor", f"--output-stride {'x'.join(map(str, output_stride))}: "
-                                f"the backbone's total stride is {'x'.join(map(str, backbone.stride))}, and the "
-                                f"output stride must divide it (one size per spatial axis, {rank} here)")
+    given = f"--output-stride {'x'.join(map(str, output_stride))}"
+    if len(finer) != rank:
+        raise OutputStrideError("stride_not_divisor", f"{given}: {len(finer)} sizes for maps of {rank} spatial "
+                                f"axes (give N, or one size per axis)")
+    if any(s % n for s, n in zip(backbone.stride, finer)):
+        square = backbone.stride[0] if len(set(backbone.stride)) == 1 else None
+        choices = "" if square is None else \
+            f": {', '.join(str(d) for d in range(1, square + 1) if square % d == 0)}"
+        raise OutputStrideError("stride_not_divisor", f"{given}: the backbone's total stride is "
+                                f"{'x'.join(map(str, backbone.stride))}, and the output stride must divide it{choices}")
     producer = producers(graph)
     dilation = {name: _dilation(name, s.stride, finer, producer) for name, s in walk.sampling.items()}
     plan = _plan(graph, dilation, {h.node for h in heads}, {o for h in heads for o in h.outputs})

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import CouldNotVerify, first_line
+from .errors import CouldNotVerify, UsageError, first_line
 from .geometry import Geometry, cell_box, cells_within, crop_box
 from .graph import attr, is_onnx_op, producers, set_shape, upstream
 from .index import GraphIndex
@@ -37,7 +37,7 @@ from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismat
 from .modelio import needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, megabytes
 from .report import CheckResult, VerificationResult
-from .safety import check_tolerances
+from .safety import check_seed, check_tolerances
 from .spatial import reshapes_as_transposes
 from .stride import coarse_model, crop_geometry
 
@@ -87,7 +87,8 @@ def verify(original, converted, *, providers=("cpu",), rtol: float | None = None
     Raises :class:`CouldNotVerify` when the original model itself fails on the inputs.
     """
     check_tolerances(rtol, atol)
-    providers = tuple(dict.fromkeys(("cpu", *providers)))  # CPU always runs: it is the reference
+    check_seed(seed)
+    providers = runtimes(providers)
     with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as spill:
         original, original_folder, original_path = _graph_on_file(original, Path(spill) / "original")
         converted, converted_folder, converted_path = _graph_on_file(converted, Path(spill) / "converted")
@@ -110,6 +111,15 @@ def _verify(original, original_folder, original_path, converted, converted_folde
                           providers, feeds, index, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
+
+
+def runtimes(providers) -> tuple[str, ...]:
+    """``providers`` (one name, or several, of RUNTIMES) as the runtimes to prove on, CPU first: it
+    always runs, as the reference. UsageError for anything else (a string is one name, not letters)."""
+    names = (providers,) if isinstance(providers, str) else providers
+    if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n in RUNTIMES for n in names):
+        raise UsageError(f"providers {providers!r}: give names among {', '.join(RUNTIMES)}")
+    return tuple(dict.fromkeys(("cpu", *names)))
 
 
 def _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers, rtol, atol,
