@@ -441,17 +441,22 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
     return f"{label}: the walk cannot follow this op"
 
 
+def _ints_input_or_attribute(walk: _Walk, node: onnx.NodeProto, name: str) -> list[int] | None:
+    """``node``'s ``name`` (Reduce axes, Pad pads): its second input where it has one (newer opsets;
+    None where that input is not a constant), else its attribute."""
+    if len(node.input) > 1 and node.input[1]:
+        tensor = walk.constants.get(node.input[1])
+        return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor).ravel()]
+    return attr(node, name)
+
+
 def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> State:
     """A Reduce* over non-image axes only (a decomposed LayerNorm's mean over the channels of a
     channels-last map) works on each position; one over an image axis pools over the whole map."""
     state = inputs[0]
     if not isinstance(state, tuple) or any(isinstance(s, tuple) for s in inputs[1:]):
         return f"{label} reduces over axes computed from the image"
-    if len(node.input) > 1 and node.input[1]:
-        tensor = walk.constants.get(node.input[1])
-        axes = None if tensor is None else [int(a) for a in numpy_helper.to_array(tensor).ravel()]
-    else:
-        axes = attr(node, "axes")
+    axes = _ints_input_or_attribute(walk, node, "axes")
     if not axes and not (attr(node, "noop_with_empty_axes", 0) and len(node.input) < 2):
         axes = list(range(len(state)))  # no axes: every axis
     if axes is None:
@@ -559,11 +564,7 @@ def _pad(walk: _Walk, node: onnx.NodeProto, inputs: list[State], label: str) -> 
     state = inputs[0]
     if not isinstance(state, tuple) or any(isinstance(s, tuple) for s in inputs[1:]):
         return f"{label} pads by amounts computed from the image"
-    if len(node.input) > 1 and node.input[1]:
-        tensor = walk.constants.get(node.input[1])
-        pads = None if tensor is None else [int(p) for p in numpy_helper.to_array(tensor).ravel()]
-    else:
-        pads = attr(node, "pads")
+    pads = _ints_input_or_attribute(walk, node, "pads")
     rank = len(state)
     if pads is None or len(node.input) > 3 and node.input[3]:
         return f"{label}: its pads are not constant (or it pads only some axes)"
