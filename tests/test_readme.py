@@ -86,8 +86,10 @@ def test_readme_block_runs_and_prints_what_the_readme_shows(workdir, monkeypatch
 
 
 def _table_first_column(heading: str) -> list[str]:
+    """The first column of the first table under ``## heading``, below its header and rule."""
     section = README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][2:]  # after header and rule
+    table = section[section.index("\n| "):].split("\n\n", 1)[0]
+    return [line.split("|")[1].strip() for line in table.strip().splitlines()][2:]
 
 
 def test_reason_code_table_lists_every_reason_code():
