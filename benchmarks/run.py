@@ -37,6 +37,11 @@ P8  the proof's memory: ``onnx-fc2conv IN OUT`` (convert and verify) in a child 
     against the weight bytes, on VGG16 with external data and with its weights inline (read whole),
     and the peak RSS of an ONNX Runtime session of the converted model alone (built and run once, its
     default options), the floor a proof with ONNX Runtime's kernels cannot go under. Target <= 2.0x.
+P9  a Llama-style decoder (benchmarks/models.py, 24 blocks of hidden 2048, FFN 5632, 16 heads and 4 KV
+    heads by default, fp16, external data; ``--decoder-layers``, ``--decoder-dtype``): ``onnx-fc2conv
+    IN OUT --token-layout conv2d`` in a child process, its time and peak RSS against the weight bytes,
+    the layers converted (target: every one, proved at the original and two other sequence lengths)
+    and the Transposes added per block. Target <= 2.0x.
 """
 from __future__ import annotations
 
@@ -477,6 +482,56 @@ def prove_cost(label: str, src: Path, work: Path, input_shape: list[int]) -> tup
     ], {"weight_bytes": weight_bytes, "seconds": seconds, "peak_rss_mib": peak, "session_peak_rss_mib": session_peak}
 
 
+# ---- P9: a Llama-style decoder -------------------------------------------------------------------------
+
+def p9(work: Path, layers: int, dtype: str) -> tuple[list[Row], dict]:
+    config = {**models.LLAMA_1B, "layers": layers}
+    src = work / "llama.onnx"
+    subprocess.run([sys.executable, "-c", f"import models; models.llama_decoder({str(src)!r}, dtype={dtype!r}, "
+                                          f"**{config!r})"], cwd=HERE, check=True)
+    billions = models.llama_parameters(**config) / 1e9
+    label = (f"Llama-style decoder, {layers} layers, hidden {config['hidden']}, FFN {config['ffn']}, "
+             f"{config['heads']}/{config['kv_heads']} heads, {billions:.2f} B parameters, {dtype}")
+    rows, raw = decoder_cost(label, src, work, layers)
+    _remove(src)
+    return rows, {**raw, "config": config, "dtype": dtype}
+
+
+def decoder_cost(label: str, src: Path, work: Path, layers: int) -> tuple[list[Row], dict]:
+    """``onnx-fc2conv IN OUT --token-layout conv2d`` (converted and proved) of a decoder in a child
+    process: its time, peak RSS against the weight bytes, the layers converted (7 a block and the LM
+    head), the Transposes added per block and the sequence lengths the proof covered."""
+    weight_bytes = models.files_of(src)[-1].stat().st_size
+    out, report_file = work / f"proved_{src.name}", work / "decoder_report.json"
+    seconds, peak = run_child([sys.executable, "-m", "onnx_fc2conv", str(src), str(out), "--token-layout", "conv2d",
+                               "--report-json", str(report_file), "-q"])
+    _remove(out)
+    report = json.loads(report_file.read_text())
+    converted = sum(n["status"] == "converted" for n in report["nodes"])
+    per_block = (report["transposes_added"] - sum(r["transposes_added"] for r in report["runs"]
+                                                 if r["converted"] == ["/lm_head/MatMul"])) / layers
+    verification = report["verification"]
+    lengths = sorted({int(c["check"].split()[-1]) for c in verification["checks"]
+                      if c["check"].startswith("sequence length")})
+    error = max(c["max_abs_error"] for c in verification["checks"])
+    weight_mib = weight_bytes / (1 << 20)
+    ratio = peak / weight_mib
+    proved = bool(verification["passed"]) and len(lengths) == 2 and converted == 7 * layers + 1
+    raw = {"weight_bytes": weight_bytes, "seconds": seconds, "peak_rss_mib": peak, "converted": converted,
+           "layers": len(report["nodes"]), "transposes_per_block": per_block, "passed": verification["passed"],
+           "sequence_lengths": lengths, "max_abs_error": error, "skipped": verification["skipped"]}
+    return [
+        Row("P9", f"{label}: convert + prove, layers converted / MatMul layers (proved at the original length "
+                  f"and {', '.join(map(str, lengths))}; max abs error {error:.2g})",
+            f"{converted} / {len(report['nodes'])} in {seconds:.0f} s", converted / len(report["nodes"]),
+            "every layer, proved", proved),
+        Row("P9", f"{label}: peak RSS, convert + prove / weight bytes", f"{peak:,.0f} / {weight_mib:,.0f} MiB", ratio,
+            f"<= {TARGETS['prove_rss']}x", ratio <= TARGETS["prove_rss"]),
+        Row("P9", f"{label}: Transposes added per block (the LM head's 2 aside)", f"{per_block:g}", per_block, "-",
+            None),
+    ], raw
+
+
 def keep_parts_not_run(rows: list[Row], raw: dict, parts: set[str], when: str) -> tuple[list[Row], dict, str]:
     """This run's rows and figures, plus those of the parts it did not run from the last results
     (``--only``), so the table and results.json always hold every part; the returned ``when`` says
@@ -551,14 +606,18 @@ def _short(text: str, width: int = 70) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7,P8", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated parts to run (default: all)")
     parser.add_argument("--no-large", action="store_true", help="P1 and P7 without the 3 GB external-data models")
     parser.add_argument("--reps", type=int, default=20, help="timing repetitions for P2/P3 (default 20)")
     parser.add_argument("--p1-reps", type=int, default=3, help="interleaved runs per P1 model (default 3)")
+    parser.add_argument("--decoder-layers", type=int, default=models.LLAMA_1B["layers"],
+                        help="P9's decoder blocks (default 24: 1.2 B parameters)")
+    parser.add_argument("--decoder-dtype", default="float16", choices=["float16", "float32"],
+                        help="P9's weights (default float16)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     args = parser.parse_args()
     parts = {p.strip().upper() for p in args.only.split(",")}
-    need = (12 if parts & {"P1", "P7"} and not args.no_large else 5 if "P5" in parts else 3) << 30
+    need = (12 if parts & {"P1", "P7"} and not args.no_large else 6 if parts & {"P5", "P9"} else 3) << 30
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     free = shutil.disk_usage(out).free
@@ -578,7 +637,8 @@ def main() -> int:
                          ("P2", lambda: p2(work, args.reps)), ("P3", lambda: p3(work, args.reps)),
                          ("P4", lambda: p4(work, args.p1_reps)), ("P5", lambda: p5(work)),
                          ("P6", lambda: p6(work, args.reps)),
-                         ("P7", lambda: p7(work, not args.no_large, args.p1_reps)), ("P8", lambda: p8(work))):
+                         ("P7", lambda: p7(work, not args.no_large, args.p1_reps)), ("P8", lambda: p8(work)),
+                         ("P9", lambda: p9(work, args.decoder_layers, args.decoder_dtype))):
             if part in parts:
                 start = time.perf_counter()
                 part_rows, raw[part] = fn()

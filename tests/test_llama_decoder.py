@@ -5,6 +5,7 @@ original sequence length and two others, the attention mask's total length with 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections import Counter
 
 import numpy as np
@@ -20,11 +21,16 @@ PROJECTIONS = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/
                "mlp/down_proj")
 
 
-def bench_models():
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "benchmarks" / "models.py")
+def load(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # run.py's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def bench_models():
+    return load("bench_models", "models.py")
 
 
 @pytest.mark.parametrize("dtype, max_error", [(np.float32, 1e-5), (np.float16, 2.5e-2)])
@@ -48,3 +54,15 @@ def test_tiny_llama_decoder_converts_seven_layers_a_block_and_is_proved_at_three
     assert lengths == ["sequence length 16", "sequence length 33"]  # and the original 32
     # every output is compared at each length: the logits and each layer's present key and value
     assert Counter(c.check for c in v.checks) == {"original size": 5, "sequence length 16": 5, "sequence length 33": 5}
+
+
+def test_decoder_cost_rows_count_the_layers_transposes_per_block_and_lengths_of_the_proof(tmp_path):
+    bench = load("bench_run", "run.py")
+    src = bench.models.llama_decoder(tmp_path / "llama.onnx", dtype=np.float32, **TINY)
+    rows, raw = bench.decoder_cost("tiny", src, tmp_path, layers=2)
+    assert (raw["converted"], raw["layers"], raw["transposes_per_block"], raw["sequence_lengths"]) == (15, 15, 8, [16, 33])
+    assert raw["passed"] and raw["weight_bytes"] == bench.models.llama_parameters(**TINY) * 4
+    assert [(r.part, r.met) for r in rows] == [("P9", True), ("P9", raw["peak_rss_mib"] <= 2.0 * raw["weight_bytes"] / 2**20),
+                                               ("P9", None)]
+    assert rows[0].ratio == 1.0 and rows[1].ratio == raw["peak_rss_mib"] / (raw["weight_bytes"] / 2**20)
+    assert not (tmp_path / "proved_llama.onnx").exists()  # the converted model is removed
