@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -206,6 +207,15 @@ def names_in(graph: onnx.GraphProto) -> set[str]:
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> defaultdict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor, in graph order, each once however often it reads it."""
+    readers: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in dict.fromkeys(node_inputs(node)):
+            readers[name].append(node)
+    return readers
 
 
 def upstream(producer: Mapping[str, onnx.NodeProto], tensors: Iterable[str],

@@ -6,7 +6,6 @@ The rules only ask questions of this index and describe edits; the apply step ma
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,14 @@ from .errors import Fc2ConvError
 from .graph import (
     Dim,
     attr,
+    consumers,
     dense_initializer,
     is_onnx_op,
     names_in,
     node_inputs,
     opset_version,
     outer_names_read,
+    producers,
     set_shape,
     skeleton,
     upstream,
@@ -73,14 +74,8 @@ class GraphIndex:
         self.sparse = {t.values.name for t in self.graph.sparse_initializer}
         self.initializers = {**{t.values.name: dense_initializer(t) for t in self.graph.sparse_initializer},
                              **{t.name: t for t in self.graph.initializer}}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in self.graph.node:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for name in dict.fromkeys(node_inputs(node)):
-                self.consumers[name].append(node)
+        self.producer = producers(self.graph)
+        self.consumers = consumers(self.graph)
         self.graph_inputs = {i.name: i for i in self.graph.input if i.name not in self.initializers}
         # From IR 4 an initializer listed as a graph input is only a default the caller may replace
         # (ONNX Runtime does not fold it either), so it is no constant. Before IR 4 every initializer

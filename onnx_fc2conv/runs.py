@@ -13,12 +13,11 @@ with the same perm), both go: :meth:`LayoutBridge.cancel_inverse_transposes`.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import onnx
 
-from .graph import attr, is_onnx_op, node_inputs, producers, rename_input
+from .graph import attr, consumers, is_onnx_op, producers, rename_input
 from .index import GraphIndex
 from .layouts import Layout
 from .report import RunReport
@@ -109,11 +108,7 @@ class LayoutBridge:
         pair's output is a graph output (a ConvNeXt block's closing Transpose at the end of a backbone),
         its input takes that name, when it is a node's output and no graph output itself. The run
         counts one Transpose fewer added and one of the model's removed."""
-        producer = producers(graph)
-        readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for name in dict.fromkeys(node_inputs(node)):
-                readers[name].append(node)
+        producer, readers = producers(graph), consumers(graph)
         outputs = {o.name for o in graph.output}
         gone: set[int] = set()
         for out, run in self._transposes.items():
