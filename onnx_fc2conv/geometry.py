@@ -48,7 +48,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import UsageError
-from .graph import attr, is_onnx_op, opset_version, producers, topological_order, upstream, value_dims
+from .graph import attr, is_onnx_op, node_key, opset_version, producers, topological_order, upstream, value_dims
 
 # Ops whose output at a position depends on the input at that position alone (they may mix channels).
 POSITION_WISE_OPS = frozenset({
@@ -351,7 +351,7 @@ def _walk(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]] | 
         stopped = next((walk.stopped.get(i) for i, s in zip(node.input, inputs) if isinstance(s, str)), node)
         if follows is not None and not is_onnx_op(node, *SIZE_OPS) and not any(isinstance(s, str) for s in inputs) \
                 and any(s is not None for s in inputs) and not follows(node):
-            state: State = f"{node.op_type} {node.name or node.output[0]!r}: the caller cannot follow this op"
+            state: State = f"{node.op_type} {node_key(node)!r}: the caller cannot follow this op"
         else:
             state = _node_state(walk, node, inputs)
         for out in node.output:
@@ -394,7 +394,7 @@ def _geometry(state: State, name: str, input_sizes, walk: _Walk) -> Geometry:
 
 def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State:
     """The state of ``node``'s outputs from its inputs' states."""
-    label = f"{node.op_type} {node.name or node.output[0]!r}"
+    label = f"{node.op_type} {node_key(node)!r}"
     if is_onnx_op(node, *SIZE_OPS):
         return None  # a map's size, whatever is known of its windows
     unknown = next((s for s in inputs if isinstance(s, str)), None)
@@ -403,7 +403,7 @@ def _node_state(walk: _Walk, node: onnx.NodeProto, inputs: list[State]) -> State
     if all(s is None for s in inputs):
         return None  # computed from constants (or non-image inputs) alone
     if not is_onnx_op(node):
-        return f"{node.domain}::{node.op_type} {node.name or node.output[0]!r} is no ONNX op the walk knows"
+        return f"{node.domain}::{node.op_type} {node_key(node)!r} is no ONNX op the walk knows"
     if node.op_type in POSITION_WISE_OPS:
         return inputs[0] if all(s is None for s in inputs[1:]) else _broadcast(node, inputs, label)
     if node.op_type in BROADCAST_OPS:

@@ -51,6 +51,12 @@ def op_label(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}::{node.op_type}"
 
 
+def node_key(node: onnx.NodeProto) -> str:
+    """A node's name, or its first output where it has none: how reports and the conversion record
+    name a node (onnx's version converter keeps both)."""
+    return node.name or node.output[0]
+
+
 def attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:

@@ -17,7 +17,7 @@ import onnx
 
 from .errors import InvalidModelError, UsageError
 from .geometry import Geometry, tensor_geometry
-from .graph import names_in, value_dims
+from .graph import names_in, node_key, value_dims
 from .report import Mode
 from .version import __version__
 
@@ -162,7 +162,7 @@ def record_mismatch(record: ConversionRecord, original: onnx.ModelProto, convert
             return (f"its head {head.node!r} gives the geometry of {stray[0]!r}, "
                     "which is no output of the converted model")
     if record.output_stride is not None:
-        keys = {n.name or n.output[0] for n in converted.graph.node}
+        keys = {node_key(n) for n in converted.graph.node}
         unknown = [k for k in record.output_stride.original if k not in keys]
         if unknown:
             return f"its output stride names the node {unknown[0]!r}, which is no node of the converted model"

@@ -31,9 +31,9 @@ import math
 
 import onnx
 
-from .errors import OutputStrideError
+from .errors import OutputStrideError, first_line
 from .geometry import AxisGeometry, Geometry, Sampling, SamplingWalk, map_samplings
-from .graph import attr, is_onnx_op, op_label, opset_version, producers, set_attr
+from .graph import attr, is_onnx_op, node_key, op_label, opset_version, producers, set_attr
 from .metadata import ConversionRecord, StrideRecord, read_record, write_record
 from .report import StrideReport
 
@@ -268,17 +268,12 @@ def _upgrade_opset(model: onnx.ModelProto, needed: int, plan) -> tuple[int, int]
         upgraded = onnx.version_converter.convert_version(model, needed)
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # noqa: BLE001 - any failure of the converter is a refusal
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OutputStrideError("stride_opset", f"--output-stride: a dilated {' and '.join(ops)} needs opset "
-                                f"{needed} (the model has {before}), and onnx's version_converter fails: {first}") \
+                                f"{needed} (the model has {before}), and onnx's version_converter fails: "
+                                f"{first_line(exc)}") \
             from None
     model.CopyFrom(upgraded)
     return before, needed
-
-
-def node_key(node: onnx.NodeProto) -> str:
-    """A node's name, or its first output where it has none: the version converter keeps both."""
-    return node.name or node.output[0]
 
 
 def coarse_model(model: onnx.ModelProto) -> onnx.ModelProto:
