@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
@@ -19,7 +18,7 @@ from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_e
 
 from .errors import InvalidModelError, OutputError, first_line
 from .graph import SKELETON_MAX_ELEMENTS
-from .safety import check_external_data, external_data_path, tensor_bytes
+from .safety import check_external_data, external_data_path, itemsize, tensor_bytes
 from .weights import DataFile, ExternalWeights, read_external
 
 PathLike = str | os.PathLike
@@ -273,7 +272,7 @@ def payload_bytes(model: onnx.ModelProto, in_memory: bool = False) -> int:
         if init.data_type == onnx.TensorProto.STRING:
             total += sum(len(s) for s in init.string_data)
         else:
-            total += math.prod(init.dims) * _itemsize(init.data_type)
+            total += math.prod(init.dims) * itemsize(init.data_type)
     return total
 
 
@@ -295,7 +294,7 @@ def _with_external_data(model: onnx.ModelProto, data: DataFile, location: str,
     for init in model.graph.initializer:
         recipe = weights.recipes.get(init.name) if weights is not None else None
         in_source = uses_external_data(init)
-        size = math.prod(init.dims) * _itemsize(init.data_type)
+        size = math.prod(init.dims) * itemsize(init.data_type)
         if recipe is None and not in_source and (init.data_type == onnx.TensorProto.STRING
                                                  or size < EXTERNAL_MIN_BYTES):
             shell.graph.initializer.append(init)
@@ -329,12 +328,6 @@ def _copy_fields(source, target, skip: str) -> None:
             getattr(target, field.name).CopyFrom(value)
         else:
             setattr(target, field.name, value)
-
-
-def _itemsize(data_type: int) -> int:
-    if data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return 0
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
 
 
 def _staging_beside(path: Path) -> Path:

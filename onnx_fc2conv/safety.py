@@ -97,6 +97,13 @@ def _check_external_data_size(tensor: onnx.TensorProto, info: ExternalDataInfo, 
                                 f"but its shape {list(tensor.dims)} needs {needed}")
 
 
+def itemsize(data_type: int) -> int:
+    """Bytes of one element of an ONNX element type as numpy holds it; 0 for a string or undefined type."""
+    if data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
 def tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     """The bytes of a tensor's data from its dims and type (packed sub-byte types included); None for
     a string tensor, whose size only its data says."""
@@ -105,7 +112,7 @@ def tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     count = math.prod(tensor.dims)
     if tensor.data_type in _PACKED_BITS:
         return math.ceil(count * _PACKED_BITS[tensor.data_type] / 8)
-    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return count * itemsize(tensor.data_type)
 
 
 def check_graph(model: onnx.ModelProto) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
 
-from .safety import tensor_bytes
+from .safety import itemsize, tensor_bytes
 
 # Bytes of weight one step of a streamed copy or transpose holds (the memory it needs, twice over
 # for a transposed block: the slice read and the block written).
@@ -161,7 +161,7 @@ class DataFile:
         if not recipe.weight_is_k_by_f and recipe.flatten_perm is None and recipe.alpha == 1.0:
             self.copy(folder / info.location, info.offset or 0, info.length or tensor_bytes(source) or 0)
             return self.size - start  # the same bytes: a copy
-        dtype = np.dtype(STREAMED_KERNEL_TYPES.get(source.data_type) or f"V{_itemsize(source)}")
+        dtype = np.dtype(STREAMED_KERNEL_TYPES.get(source.data_type) or f"V{itemsize(source.data_type)}")
         stored = (folder / info.location, dtype, info.offset or 0, tuple(source.dims))
         out_f, k = recipe.conv_shape[0], math.prod(recipe.conv_shape[1:])
         block = max(1, CHUNK_BYTES // max(k * dtype.itemsize, 1))
@@ -201,7 +201,3 @@ def open_source(path: Path) -> BinaryIO:
     """IN's data file, unbuffered, for reading; not through a symbolic link (the locations were
     checked when the model was read; a link put there since is refused, not followed)."""
     return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
-
-
-def _itemsize(tensor: onnx.TensorProto) -> int:
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
