@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
-from .graph import Dim, attr, is_onnx_op, producers, set_shape, upstream, value_dims
+from .graph import Dim, attr, consumers, is_onnx_op, producers, set_shape, upstream, value_dims
 from .index import GraphIndex
 from .metadata import HeadRecord
 from .modelcheck import infer_value_types
@@ -87,10 +87,7 @@ def make_spatial_inputs_symbolic(index: GraphIndex, graph: onnx.GraphProto, head
     """Give the spatial dims of every graph input that sizes a converted head's map a symbolic size;
     when none does, a note that names the op each such input meets first (a Reshape to a fixed shape)."""
     backbone, _ = upstream(index.producer, [h.feature_map for h in heads])
-    readers: dict[str, list[onnx.NodeProto]] = {}  # of the rewritten graph
-    for node in graph.node:
-        for name in dict.fromkeys(node.input):
-            readers.setdefault(name, []).append(node)
+    readers = consumers(graph)  # of the rewritten graph
     candidates: dict[str, tuple] = {}
     kept: list[str] = []
     for inp in graph.input:
