@@ -72,12 +72,9 @@ class LayoutBridge:
             self._run_of[out] = root
         report = self._reports[root]
         (report.converted if kind == "fc" else report.passed_through).append(label)
-        for op in ("Reshape", "Transpose"):
-            net = sum(is_onnx_op(n, op) for n in removed) - sum(is_onnx_op(n, op) for n in made)
-            if op == "Reshape":
-                report.reshapes_removed += net
-            else:
-                report.transposes_removed += net
+        net = lambda op: sum(is_onnx_op(n, op) for n in removed) - sum(is_onnx_op(n, op) for n in made)  # noqa: E731
+        report.reshapes_removed += net("Reshape")
+        report.transposes_removed += net("Transpose")
 
     # ---- restoring -----------------------------------------------------------------------------
     def restore(self, name: str, layout: Layout, reader: str
