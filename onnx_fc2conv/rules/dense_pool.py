@@ -186,15 +186,16 @@ def _channels_last_segment(index: GraphIndex, closing: onnx.NodeProto
 
 def _per_position_on_last_axis(index: GraphIndex, node: onnx.NodeProto, rank: int) -> bool:
     """Whether ``node``, on a channels-last tensor of rank ``rank``, works on each position's channels alone."""
-    constants = [index.constant(i) for i in node.input if i and index.is_constant(i)]
     if is_onnx_op(node, "LayerNormalization"):
         return attr(node, "axis", -1) % rank == rank - 1 and not any(node.output[1:])
     if is_onnx_op(node, "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceSumSquare"):
         return attr(node, "keepdims", 1) == 1 and reduce_axes(index, node, rank) == [rank - 1]
     if is_elementwise(index, node):
         return True
-    return is_onnx_op(node, *BINARY_OPS) and all(
-        v is not None and v.ndim <= rank and all(d == 1 for d in v.shape[:-1]) for v in constants)
+    if not is_onnx_op(node, *BINARY_OPS):
+        return False
+    constants = [index.constant(i) for i in node.input if i and index.is_constant(i)]  # read only here
+    return all(v is not None and v.ndim <= rank and all(d == 1 for d in v.shape[:-1]) for v in constants)
 
 
 def _only_shapes(index: GraphIndex, node: onnx.NodeProto, flatten: onnx.NodeProto) -> bool:
