@@ -393,13 +393,9 @@ def _input_crops_check(check, provider, output, out_map, geometry: Geometry, ori
         return CheckResult(check, provider, output, False, compared=1,
                            note=f"map is {list(out_map.shape[2:])}, fewer cells than the {list(counts)} crops "
                                 "the geometry places in the input")
-
-    def reference(cell):
-        crop = _box(image, geometry.input_axes, crop_box(geometry, *cell))
-        return _run(original_session, {**feeds, geometry.input: crop})[output]
-
     cells = list(itertools.product(*(range(c) for c in counts)))
-    return _crop_check(check, provider, output, out_map, cells, reference, result, rng)
+    return _crop_check(check, provider, output, out_map, cells,
+                       _crop_reference(original_session, feeds, geometry, output), result, rng)
 
 
 def _keep_worst(worst: CheckResult, one: CheckResult) -> None:
