@@ -129,8 +129,8 @@ class VerificationResult:
 
     def render_text(self, verbose: bool = False) -> str:
         lines = [self.summary()]
-        if self.tolerance_line():
-            lines.append(self.tolerance_line())
+        if tolerances := self.tolerance_line():
+            lines.append(tolerances)
         width = max([5, *(len(c.provider) for c in self.checks)])  # "openvino" is longer than "cpu"
         for c in self.checks:
             if verbose or not c.passed:
