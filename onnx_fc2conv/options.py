@@ -14,6 +14,7 @@ from .graph import Dim
 from .layouts import TOKEN_LAYOUTS
 from .report import Mode
 from .rules import RULE_NAMES
+from .safety import check_flags
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,7 @@ class Options:
             raise UsageError("--output-stride needs the fully convolutional mode, not --keep-output-shape")
         for name in ("skip_rules", "include", "exclude"):
             object.__setattr__(self, name, _names(name, getattr(self, name)))
-        for name in ("keep_output_shape", "dense_pool", "vector_fc"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"option {name} takes True or False, not {getattr(self, name)!r}")
+        check_flags(**{name: getattr(self, name) for name in ("keep_output_shape", "dense_pool", "vector_fc")})
         if not isinstance(self.input_shapes or {}, dict):
             raise UsageError(f"option input_shapes takes a dict of input name -> dims, not {self.input_shapes!r}")
         object.__setattr__(self, "input_shapes", dict(self.input_shapes or {}))
