@@ -107,8 +107,8 @@ def _verify(original, original_folder, original_path, converted, converted_folde
     coarse = coarse_model(converted)
     result, feeds, index = _prove(original, original_folder, original_path, coarse, converted_folder, None, providers,
                                   rtol, atol, input_shapes, input_data, seed)
-    _output_stride_checks(original, original_folder, coarse, converted, converted_folder, converted_path, record,
-                          providers, feeds, index, result, seed)
+    _output_stride_checks(original, original_folder, original_path, coarse, converted, converted_folder, converted_path,
+                          record, providers, feeds, index, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
 
@@ -457,8 +457,8 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
 
 # ---- output stride ------------------------------------------------------------------------------
 
-def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_path, record, providers, feeds, index,
-                          result, seed) -> None:
+def _output_stride_checks(original, original_folder, original_path, coarse, fine, folder, fine_path, record, providers,
+                          feeds, index, result, seed) -> None:
     """(a) At the original size and two larger ones (one not square), the finer map's phase-0 cells
     (``out[..., ::S/N, ::S/N]``) equal the stride-S conversion's map. (b) Every sampled cell (i, j)
     whose crop of the original size at (i*N, j*N) lies inside the image equals the original model
@@ -496,7 +496,7 @@ def _output_stride_checks(original, original_folder, coarse, fine, folder, fine_
         head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, index.types, batch_free=True),
                                   "cpu", original_folder) for h in heads]
     else:
-        whole = _session(original, "cpu", original_folder)
+        whole = _session(original, "cpu", original_folder, original_path)
     for number, size in enumerate(sizes):
         text = "x".join(map(str, size))
         large = feeds if number == 0 else _resized_feeds(feeds, {name: dict(zip(axes, size))}, rng)
