@@ -37,8 +37,8 @@ P8  the proof's memory: ``onnx-fc2conv IN OUT`` (convert and verify) in a child 
     against the weight bytes, on VGG16 with external data and with its weights inline (read whole),
     and the peak RSS of an ONNX Runtime session of the converted model alone (built and run once, its
     default options), the floor a proof with ONNX Runtime's kernels cannot go under. Target <= 2.0x.
-P9  a Llama-style decoder (benchmarks/models.py: hidden 2048, FFN 5632, 16 heads and 4 KV heads, external
-    data) of 24 blocks in fp16 and 12 blocks in fp32 (2.4 GB of weights each): ``onnx-fc2conv IN OUT
+P9  a Llama-style decoder (benchmarks/models.py: hidden 2048, FFN 5632, 16 heads and 4 KV heads, vocabulary
+    128256, external data) of 24 blocks in fp16 (1.6 B parameters, 3.2 GB) and 12 blocks in fp32 (4.3 GB): ``onnx-fc2conv IN OUT
     --token-layout conv2d`` in a child process, its time and peak RSS against the weight bytes,
     the layers converted (target: every one, proved at the original and two other sequence lengths)
     and the Transposes added per block. Target <= 2.0x.
@@ -50,6 +50,7 @@ import compileall
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -484,10 +485,12 @@ def prove_cost(label: str, src: Path, work: Path, input_shape: list[int]) -> tup
 
 # ---- P9: a Llama-style decoder -------------------------------------------------------------------------
 
-def p9(work: Path) -> tuple[list[Row], dict]:  # about 2 min, 11 GB peak RSS, 5 GB of disk
+def p9(work: Path) -> tuple[list[Row], dict]:
     rows, raw = [], {}
-    for layers, dtype in ((24, "float16"), (12, "float32")):  # the same 2.4 GB of weights
-        config = {**models.LLAMA_1B, "layers": layers}
+    # fp16 at 24 blocks (3.2 GB), and fp32 at half the blocks (4.3 GB): ONNX Runtime's CPU computes
+    # fp16 MatMul and Conv in fp32 behind Casts, whose fp32 copies of the weights cost 2x the fp16 bytes
+    for layers, dtype in ((24, "float16"), (12, "float32")):
+        config = {**models.LLAMA_1_5B, "layers": layers}
         src = work / f"llama_{layers}_{dtype}.onnx"
         subprocess.run([sys.executable, "-c", f"import models; models.llama_decoder({str(src)!r}, dtype={dtype!r}, "
                                               f"**{config!r})"], cwd=HERE, check=True)
@@ -518,18 +521,21 @@ def decoder_cost(label: str, src: Path, work: Path, layers: int) -> tuple[list[R
                       if c["check"].startswith("sequence length")})
     error = max(c["max_abs_error"] for c in verification["checks"])
     needed = max(c["needed_atol"] for c in verification["checks"])
+    # the share of its atol (rounding's allowance where that is larger) the closest check used
+    used = max((c["needed_atol"] / c["allowed_atol"] for c in verification["checks"] if c["allowed_atol"] > 0),
+               default=math.inf)
     weight_mib = weight_bytes / (1 << 20)
     ratio = peak / weight_mib
     proved = bool(verification["passed"]) and len(lengths) == 2 and converted == 7 * layers + 1
     raw = {"weight_bytes": weight_bytes, "seconds": seconds, "peak_rss_mib": peak, "converted": converted,
            "layers": len(report["nodes"]), "transposes_per_block": per_block, "passed": verification["passed"],
            "sequence_lengths": lengths, "max_abs_error": error, "needed_atol": needed, "atol": verification["atol"],
-           "rtol": verification["rtol"], "skipped": verification["skipped"]}
+           "rtol": verification["rtol"], "allowance_used": used, "skipped": verification["skipped"]}
     return [
         Row("P9", f"{label}: convert + prove, layers converted / MatMul layers ("
                   f"{'proved' if verification['passed'] else 'NOT proved'} at the original length and "
-                  f"{', '.join(map(str, lengths))}; max abs error {error:.2g}, needs atol {needed:.2g} at rtol "
-                  f"{verification['rtol']:g}, atol {verification['atol']:g} used)",
+                  f"{', '.join(map(str, lengths))}; max abs error {error:.2g}, the closest check used {used:.0%} "
+                  f"of its atol, rounding's allowance where above {verification['atol']:g})",
             f"{converted} / {len(report['nodes'])} in {seconds:.0f} s", converted / len(report["nodes"]),
             "every layer, proved", proved),
         Row("P9", f"{label}: peak RSS, convert + prove / weight bytes", f"{peak:,.0f} / {weight_mib:,.0f} MiB", ratio,

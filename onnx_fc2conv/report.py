@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .geometry import Geometry
+from .rounding import Reordering
 
 NodeStatus = Literal["converted", "skipped", "blocked"]
 
@@ -69,6 +70,7 @@ class CheckResult:
     needed_atol: float = 0.0  # the smallest atol that passes at the configured rtol
     compared: int = 0  # number of values (or window positions) compared
     note: str = ""
+    allowed_atol: float = 0.0  # the atol it was held to: the result's, or rounding's allowance (note)
 
     def line(self, provider_width: int = 5) -> str:
         """The check in one line; ``provider_width`` aligns the outputs of checks on several runtimes."""
@@ -94,6 +96,8 @@ class VerificationResult:
     # tolerances, and what decided it ("behind Cast 'x'"); "" where no output is a float.
     precision: str = ""
     precision_source: str = ""
+    # Per output of the converted model: the converted layers before it, whose rounding its atol allows.
+    reorderings: dict[str, Reordering] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed

@@ -37,6 +37,7 @@ from .metadata import METADATA_KEY, ConversionRecord, read_record, record_mismat
 from .modelio import needs_external_data, payload_bytes, read_model, save_model
 from .progress import LARGE_MODEL_BYTES, megabytes
 from .report import CheckResult, VerificationResult
+from .rounding import MANTISSA_BITS, Reordering, reorderings, rounding_atol, rounding_note
 from .safety import check_seed, check_tolerances
 from .spatial import reshapes_as_transposes
 from .stride import coarse_model, crop_geometry
@@ -57,17 +58,10 @@ TOLERANCES = {
 BF16_TOLERANCE = (1e-2, 2e-2)
 # A check whose converted model gave no values: its error is unbounded, not 0.
 NOT_COMPARED = dict(max_abs_error=math.inf, max_rel_error=math.inf, needed_atol=math.inf)
-# float16 and bfloat16 layers round each output to the precision of its scale, so a small value
-# computed from large ones differs between a Gemm and a Conv by a few units in the last place (ulps)
-# of the large ones (an fp16 head whose outputs reach 7.6 differs by 0.0078 at 0.43, found by `make
-# fuzz`; a bf16 one by 0.5 at 35): a comparison of such values allows at least ROUNDING_ULPS ulps of
-# its largest expected value. A wrong kernel moves outputs by far more.
-MANTISSA_BITS = {"float16": 10, "bfloat16": 7}
 # The float element types from the least precise to the most: a proof is held to the tolerance of
 # the least precise one its outputs are computed in (see computation_precision).
 PRECISIONS: dict[int, str] = {onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.FLOAT16: "float16",
                                onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
-ROUNDING_ULPS = 4
 NCHWC_BLOCK = 16  # the largest block ONNX Runtime's NCHWc transform pads a Conv's output channels to
 PROTOBUF_TENSOR_LIMIT = 1 << 31  # bytes of one initializer ONNX Runtime embeds
 FLOAT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
@@ -151,7 +145,7 @@ def _prove(original, original_folder, original_path, converted, converted_folder
         precision_source = "set by the caller"
     out_rtol, out_atol = _tolerances(expected, rtol, atol, quantization_steps(index), precision)
     result = VerificationResult(passed=True, rtol=out_rtol, atol=out_atol, inputs=summaries, precision=precision,
-                                precision_source=precision_source)
+                                precision_source=precision_source, reorderings=reorderings(original, converted))
     if needs_nchwc_off(converted):
         result.notes.append("a Conv kernel passes 2 GiB once ONNX Runtime's NCHWc transform pads it: the proof "
                             "ran with that transform off, and your sessions need it off too: "
@@ -182,13 +176,12 @@ def _prove(original, original_folder, original_path, converted, converted_folder
     outputs = dict(_converted_outputs("original size", sessions, feeds, result))
     for provider, got in outputs.items():
         for name, want in expected.items():
-            result.checks.append(_compare("original size", provider, name, got[name], want, out_rtol, out_atol,
-                                          precision))
+            result.checks.append(_compare("original size", provider, name, got[name], want, result))
     for provider, got in outputs.items():
         if provider != "cpu" and "cpu" in outputs:
             check = f"{provider} vs cpu"
             for name, want in outputs["cpu"].items():
-                result.checks.append(_compare(check, provider, name, got[name], want, out_rtol, out_atol, precision))
+                result.checks.append(_compare(check, provider, name, got[name], want, result))
 
     record = read_record(converted)
     problem = _record_problem(record, original, converted, expected, outputs.get("cpu"))
@@ -267,8 +260,7 @@ def _sequence_length_checks(original, expected_session, token_axes, feeds, sessi
             continue
         for provider, got in _converted_outputs(check, sessions, resized, result):
             for output, want in expected.items():
-                result.checks.append(_compare(check, provider, output, got[output], want, result.rtol, result.atol,
-                                              result.precision))
+                result.checks.append(_compare(check, provider, output, got[output], want, result))
 
 
 def _axes_of_length(original, token_axes, feeds, length) -> dict[str, list[int]]:
@@ -375,7 +367,7 @@ def _window_check(check, provider, output, out_map, fmap, head, head_session, fe
         crop = fmap[(slice(None), slice(None), *(slice(p, p + w) for p, w in zip(pos, window)))]
         want = _run(head_session, {**extra, head.feature_map: crop})[output]
         got = out_map[(slice(None), slice(None), *pos)]
-        one = _compare(check, provider, output, got, want, result.rtol, result.atol, result.precision)
+        one = _compare(check, provider, output, got, want, result)
         worst.note = worst.note or one.note
         _keep_worst(worst, one)
     return worst
@@ -399,11 +391,12 @@ def _input_crops_check(check, provider, output, out_map, geometry: Geometry, ori
 
 
 def _keep_worst(worst: CheckResult, one: CheckResult) -> None:
-    """Fold one comparison of a sampled check into the check's line: failed if any failed, and the
-    largest of each error."""
+    """Fold one comparison of a sampled check into the check's line: failed if any failed, the
+    largest of each error, and the tightest atol a sample was held to (0: none folded in yet)."""
     worst.passed &= one.passed
     for measure in ("max_abs_error", "max_rel_error", "needed_atol"):
         setattr(worst, measure, max(getattr(worst, measure), getattr(one, measure)))
+    worst.allowed_atol = min(worst.allowed_atol, one.allowed_atol) if worst.allowed_atol else one.allowed_atol
 
 
 def _sample_positions(shape: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, ...]]:
@@ -532,7 +525,7 @@ def _phase_zero_check(check, provider, output, got, want, stride, result) -> Che
                            note=f"phase 0 of the map is {list(phase.shape[2:])}, smaller than the stride-S "
                                 f"map {list(want.shape[2:])}", **NOT_COMPARED)
     phase = phase[(slice(None), slice(None), *(slice(0, w) for w in want.shape[2:]))]
-    return _compare(check, provider, output, phase, want, result.rtol, result.atol, result.precision)
+    return _compare(check, provider, output, phase, want, result)
 
 
 def _crop_reference(session, feeds, crops: Geometry, output):
@@ -581,10 +574,10 @@ def _crop_check(check, provider, output, out_map, cells, reference, result, rng)
     rounding_noted = False
     for cell in chosen:
         one = _compare(check, provider, output, out_map[(slice(None), slice(None), *cell)], reference(cell),
-                       result.rtol, result.atol, result.precision)
+                       result)
         if one.note and not one.passed:
             worst.note = f"{worst.note}; at cell {list(cell)}: {one.note}"
-        elif one.note and not rounding_noted:  # the ulp floor of a reduced precision, said once
+        elif one.note and not rounding_noted:  # rounding's allowance (onnx_fc2conv.rounding), said once
             worst.note, rounding_noted = f"{worst.note}; {one.note}", True
         _keep_worst(worst, one)
     return worst
@@ -823,16 +816,16 @@ def _run(session, feeds: dict) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
-def _compare(check, provider, output, got, want, rtol, atol, computed_in: str = "") -> CheckResult:
-    """One output against the original's; ``computed_in`` is the precision the original computes in
-    (its outputs may be of a more precise type), whose rounding sets the floor of ``atol``."""
+def _compare(check, provider, output, got, want, result: VerificationResult) -> CheckResult:
+    """One output against the original's, at ``result``'s tolerances. Its atol is at least what
+    rounding alone may make of the converted layers before ``output`` (see onnx_fc2conv.rounding), in
+    the least precise of the values' type and the precision the original computes in."""
     got, want = np.asarray(got), np.asarray(want)
     if got.size != want.size:
         return CheckResult(check, provider, output, False, compared=max(got.size, 1),
                            note=f"shape {list(got.shape)} cannot stand for {list(want.shape)}")
     got = got.reshape(want.shape)
-    precision = min((want.dtype.name, computed_in), key=lambda p: MANTISSA_BITS.get(p, math.inf))
-    mantissa_bits = MANTISSA_BITS.get(precision)
+    precision = min((want.dtype.name, result.precision), key=lambda p: MANTISSA_BITS.get(p, math.inf))
     if want.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 is not a numpy floating type
         got, want = got.astype(np.float32), want.astype(np.float32)
     if not np.issubdtype(want.dtype, np.floating):
@@ -840,6 +833,7 @@ def _compare(check, provider, output, got, want, rtol, atol, computed_in: str = 
         mismatched = int(np.count_nonzero(diff))
         return CheckResult(check, provider, output, mismatched == 0, float(diff.max(initial=0)), 0.0, 0.0,
                            compared=want.size, note=f"{mismatched} values differ" if mismatched else "")
+    rtol, atol = result.rtol, result.atol
     g, w = got.astype(np.float64), want.astype(np.float64)
     finite = np.isfinite(g) & np.isfinite(w)
     # NaN in both models, or the same inf, at one place is agreement (a NaN weight or input gives it);
@@ -847,26 +841,19 @@ def _compare(check, provider, output, got, want, rtol, atol, computed_in: str = 
     one_sided = ~finite & ~(np.isnan(g) & np.isnan(w)) & (g != w)
     g, w = np.where(finite, g, 0.0), np.where(finite, w, 0.0)
     diff = np.abs(g - w)
-    rounding = _rounding_atol(w, mantissa_bits) if mantissa_bits is not None else 0.0
+    reordering = result.reorderings.get(output, Reordering())
+    rounding = rounding_atol(w, precision, reordering)
     passed = not one_sided.any() and bool(np.all(diff <= max(atol, rounding) + rtol * np.abs(w)))
-    result = CheckResult(check, provider, output, passed, float(diff.max(initial=0)),
-                         float((diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max(initial=0)),
-                         float(np.maximum(diff - rtol * np.abs(w), 0.0).max(initial=0)), compared=want.size)
+    one = CheckResult(check, provider, output, passed, float(diff.max(initial=0)),
+                      float((diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max(initial=0)),
+                      float(np.maximum(diff - rtol * np.abs(w), 0.0).max(initial=0)), compared=want.size,
+                      allowed_atol=max(atol, rounding))
     if rounding > atol:
-        result.note = (f"atol {rounding:.3g} here: {ROUNDING_ULPS} units in the last place of "
-                       f"{float(np.abs(w).max()):.3g} in {precision}")
+        one.note = rounding_note(w, precision, reordering)
     if one_sided.any():
-        result.max_abs_error = result.max_rel_error = result.needed_atol = float("inf")
-        result.note = _one_sided_note(got, want, one_sided)
-    return result
-
-
-def _rounding_atol(values: np.ndarray, mantissa_bits: int) -> float:
-    """``ROUNDING_ULPS`` units in the last place of the largest of ``values`` (see MANTISSA_BITS)."""
-    largest = float(np.abs(values).max(initial=0.0))
-    if largest == 0.0:
-        return 0.0
-    return ROUNDING_ULPS * 2.0 ** (math.floor(math.log2(largest)) - mantissa_bits)
+        one.max_abs_error = one.max_rel_error = one.needed_atol = float("inf")
+        one.note = _one_sided_note(got, want, one_sided)
+    return one
 
 
 def _one_sided_note(got: np.ndarray, want: np.ndarray, one_sided: np.ndarray) -> str:

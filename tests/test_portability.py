@@ -28,6 +28,8 @@ from test_shared_models_verify import FLAGS, NOT_RUNNABLE
 from onnx_fc2conv import convert
 from onnx_fc2conv.index import GraphIndex
 from onnx_fc2conv.inputs import make_inputs
+from onnx_fc2conv.report import VerificationResult
+from onnx_fc2conv.rounding import reorderings
 from onnx_fc2conv.verify import OpenVinoSession, _compare, _run, _session, _tolerances, computation_precision
 
 pytest.importorskip("openvino", reason="the portability tier needs openvino (pip install 'onnx-fc2conv[openvino]')")
@@ -158,12 +160,15 @@ def conversion(real_models, runs, path, options):
     return convert(runs.model(path), verify=False, **options)
 
 
-def max_difference(got: dict, want: dict, original: onnx.ModelProto):
+def max_difference(got: dict, want: dict, original: onnx.ModelProto, converted: onnx.ModelProto | None = None):
     """The verifier's comparison of every output, at the tolerances of the precision the original
-    computes in, and the largest difference it found."""
+    computes in (with the rounding allowance of ``converted``'s converted layers, where ``got`` comes
+    from it), and the largest difference it found."""
     precision, _ = computation_precision(GraphIndex(original))
     rtol, atol = _tolerances(want, None, None, precision=precision)
-    checks = [_compare("openvino", "openvino", name, got[name], value, rtol, atol, precision)
+    tolerances = VerificationResult(passed=True, rtol=rtol, atol=atol, precision=precision,
+                                    reorderings=reorderings(original, converted) if converted is not None else {})
+    checks = [_compare("openvino", "openvino", name, got[name], value, tolerances)
               for name, value in want.items()]
     return all(c.passed for c in checks), max(c.max_abs_error for c in checks), checks
 
@@ -190,7 +195,7 @@ def test_the_converted_model_compiles_in_openvino_and_matches_onnx_runtime(real_
     reference = "openvino" if path.name in NOT_RUNNABLE else "cpu"
     want = runs.original(path, options, reference)
     got = _run(OpenVinoSession.compile(result.model), runs.feeds(path, options))
-    passed, difference, checks = max_difference(got, want, runs.model(path))
+    passed, difference, checks = max_difference(got, want, runs.model(path), result.model)
     if path.name not in OPENVINO_DIFFERS_ON_ORIGINAL:
         assert passed, "\n".join(c.line() for c in checks)
         return

@@ -154,12 +154,14 @@ def test_nan_input_gives_nan_in_both_models_and_agrees():
 
 
 def test_the_same_inf_agrees_and_the_opposite_inf_does_not():
+    from onnx_fc2conv.report import VerificationResult
     from onnx_fc2conv.verify import _compare
 
     inf = np.float32(np.inf)
-    same = _compare("original size", "cpu", "y", np.array([inf, -inf, 1.0]), np.array([inf, -inf, 1.0]), 1e-4, 1e-5)
+    tolerances = VerificationResult(passed=True, rtol=1e-4, atol=1e-5)
+    same = _compare("original size", "cpu", "y", np.array([inf, -inf, 1.0]), np.array([inf, -inf, 1.0]), tolerances)
     assert same.passed and same.max_abs_error == 0
-    opposite = _compare("original size", "cpu", "y", np.array([inf, 1.0]), np.array([-inf, 1.0]), 1e-4, 1e-5)
+    opposite = _compare("original size", "cpu", "y", np.array([inf, 1.0]), np.array([-inf, 1.0]), tolerances)
     assert not opposite.passed and opposite.note == "1 value NaN or inf in one model only (first at [0]: inf, the original gives -inf)"
 
 
