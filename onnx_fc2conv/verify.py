@@ -3,7 +3,9 @@
 The checks:
 
 * **Original size.** The same seeded inputs (batch 2 where the batch is free) go into both models on
-  every requested runtime; every output must match within ``rtol``/``atol``. Each runtime besides
+  every requested runtime; every output must match within ``rtol``/``atol``, the atol raised where
+  rounding alone may move an output further (the converted layers before it sum their products in
+  another order: :mod:`onnx_fc2conv.rounding`). Each runtime besides
   ONNX Runtime's CPU provider (CUDA, OpenVINO) is also compared with the CPU outputs of the
   converted model ("cuda vs cpu", "openvino vs cpu"), and takes part in the checks below.
 * **Sliding window** (fully convolutional models). The original model is cut at the tensor its head
