@@ -69,6 +69,9 @@ CHANNEL_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 # Ops whose output says how large a tensor is, never what its pixels hold.
 SIZE_OPS = frozenset({"Shape", "Size"})
 WHOLE_MAP_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "InstanceNormalization"})
+# Every op whose output cell reads its inputs at that cell alone: the walk gives CHANNEL_OPS and
+# Concat this reading only where they run over no image axis, and refuses them otherwise.
+PER_POSITION_OPS = POSITION_WISE_OPS | BROADCAST_OPS | CHANNEL_OPS | {"Concat"}
 
 
 @dataclass(frozen=True)
