@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from .errors import CouldNotVerify, UsageError, first_line
 from .geometry import Geometry, cell_box, cells_within, crop_box
@@ -40,6 +41,7 @@ from .report import CheckResult, VerificationResult
 from .safety import check_seed, check_tolerances
 from .spatial import reshapes_as_transposes
 from .stride import coarse_model, crop_geometry
+from .weights import ExternalWeights
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
 RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
@@ -621,7 +623,7 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     external data first (its bytes would be one more copy of the weights, and protobuf holds no more
     than 2 GB); a large one runs with the CPU memory arena off."""
     if provider == "openvino":
-        return OpenVinoSession.compile(model, path)
+        return OpenVinoSession.compile(model, path, folder)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
@@ -769,19 +771,26 @@ class OpenVinoSession:
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
     @classmethod
-    def compile(cls, model: onnx.ModelProto, path: Path | None = None) -> OpenVinoSession | None:
+    def compile(cls, model: onnx.ModelProto, path: Path | None = None,
+                folder: Path | None = None) -> OpenVinoSession | None:
         """``model`` compiled, None where openvino is not installed. A model given by ``path`` is read
-        from there (OpenVINO reads its external data beside it), one in memory from its bytes, or from
-        a temporary file where it passes protobuf's 2 GB limit. Raises RuntimeError with OpenVINO's
-        message, put on one line, where OpenVINO cannot read or compile it."""
+        from there (OpenVINO reads its external data beside it), one in memory from its bytes. One in
+        memory is first written to a temporary file with external data where it passes protobuf's 2 GB
+        limit, or where it refers to external data in ``folder`` (those bytes copied file to file):
+        OpenVINO resolves a reference in bytes against the current folder, and refuses a file outside
+        the model's or the current folder, by a symbolic link or an absolute location too (tried with
+        OpenVINO 2026.4: "resolves to ... which is outside the base directory"). Raises RuntimeError
+        with OpenVINO's message, put on one line, where OpenVINO cannot read or compile it."""
         try:
             import openvino
         except ImportError:
             return None
-        if path is None and needs_external_data(model):
+        referred = folder is not None and any(uses_external_data(t) for t in model.graph.initializer)
+        weights = ExternalWeights(folder) if referred and folder is not None else None
+        if path is None and (weights is not None or needs_external_data(model)):
             with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
                 path = Path(tmp) / "model.onnx"
-                save_model(model, path, external_data=True)
+                save_model(model, path, external_data=True, weights=weights)
                 return cls.compile(model, path)
         core = openvino.Core()
         try:
