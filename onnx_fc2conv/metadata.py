@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from .errors import InvalidModelError, UsageError
-from .geometry import Geometry, tensor_geometry
+from .geometry import Geometry, tensor_geometries
 from .graph import names_in, node_key, value_dims
 from .report import Mode
 from .version import __version__
@@ -73,14 +73,17 @@ class ConversionRecord:
 
     def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict | None = None) -> dict[str, Geometry]:
         """Give each head the geometry of each of its output maps, walked on the converted ``model``
-        (through the head's Conv; see :func:`tensor_geometry`), and return them all by output.
+        (through the head's Conv; see :func:`~onnx_fc2conv.geometry.tensor_geometry`) in one walk for
+        all of them, and return them all by output.
         ``input_sizes``: the original dims of the spatial inputs, for each axis's crop (default: the
         crops this record's geometry already gives). A pass that changes the backbone or a head's
         kernel after the rewrite (dilating it, say) calls it again, or the record says what was."""
         if input_sizes is None:
             input_sizes = self._recorded_sizes()
+        found = tensor_geometries(model, [o for head in self.heads for o in head.outputs], self.spatial_inputs,
+                                  input_sizes)
         for head in self.heads:
-            head.geometry = {o: tensor_geometry(model, o, self.spatial_inputs, input_sizes) for o in head.outputs}
+            head.geometry = {o: found[o] for o in head.outputs}
         return {o: g for head in self.heads for o, g in head.geometry.items()}
 
     def _recorded_sizes(self) -> dict[str, list[int | None]]:
