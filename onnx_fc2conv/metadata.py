@@ -71,6 +71,20 @@ class ConversionRecord:
     output_stride: StrideRecord | None = None  # None: the maps step by the backbone's stride
     version: str = __version__
 
+    @property
+    def converted_by(self) -> str:
+        """Who converted the model, as the notes say it. The record holds no time: the same input
+        always gives byte-identical output."""
+        return f"converted by onnx-fc2conv {self.version}"
+
+    def line(self) -> str:
+        """The record in words: who converted the model, in which mode, how many heads."""
+        mode = "fully convolutional" if self.mode == "fully_convolutional" else "output shape kept"
+        heads = f"{len(self.heads)} head{'' if len(self.heads) == 1 else 's'}"
+        stride = "" if self.output_stride is None else \
+            f", output stride {'x'.join(map(str, self.output_stride.stride))}"
+        return f"{self.converted_by} ({mode}, {heads}{stride})"
+
     def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict | None = None) -> dict[str, Geometry]:
         """Give each head the geometry of each of its output maps, walked on the converted ``model``
         (through the head's Conv; see :func:`~onnx_fc2conv.geometry.tensor_geometry`) in one walk for
