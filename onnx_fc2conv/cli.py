@@ -73,6 +73,28 @@ class FilePath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class OneValue(click.Option):
+    """An option that takes one value. Click keeps the last of an option given twice and drops the
+    first without a word; given twice with two values it is a usage error here (as --input-shape's
+    two shapes for one input are), twice with the same value that value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "multiple": True})
+
+    def type_cast_value(self, ctx, value):
+        given: dict = {}  # each value, cast, as the command line gave it first
+        for text, cast in zip(value, super().type_cast_value(ctx, value)):
+            given.setdefault(cast, text)
+        if len(given) > 1:
+            first, second = list(given.values())[:2]
+            raise click.BadParameter(f"given twice ({first} and {second})", ctx, self)
+        return next(iter(given), None)
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        return None if value == () else value  # not given: click's empty tuple of a repeatable option
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -151,7 +173,7 @@ def rule_options(command):
     command = click.option("--vector-fc", is_flag=True,
                            help="Also turn Gemm/MatMul on plain [N,D] tensors (MLPs) into 1x1 Convs on "
                                 "[N,D,1,1].")(command)
-    command = click.option("--token-layout", type=click.Choice(sorted(TOKEN_LAYOUTS)),
+    command = click.option("--token-layout", cls=OneValue, type=click.Choice(sorted(TOKEN_LAYOUTS)),
                            help="Also turn MatMuls on [B,T,D] tokens (Transformer projections and FFNs) into "
                                 "kernel-1 Convs: conv1d on [B,D,T], conv2d on [B,D,1,T] (tokens last, for "
                                 "Apple ANE / Qualcomm HTP).")(command)
@@ -171,7 +193,7 @@ def rule_options(command):
 @click.argument("out_path", metavar="OUT", type=FilePath(path_type=Path))
 @click.option("--keep-output-shape", is_flag=True,
               help="Drop-in replacement: same input and output shapes (one Flatten at each head output).")
-@click.option("--output-stride", metavar="N|NxM",
+@click.option("--output-stride", cls=OneValue, metavar="N|NxM",
               help="Make the output map step by N input pixels (a divisor of the backbone's total stride) instead "
                    "of the backbone's stride: the last strided layers run at stride 1 and later kernels are "
                    "dilated, proved against the original on crops.")
@@ -186,13 +208,15 @@ def rule_options(command):
 @click.option("--provider", "providers", multiple=True, type=click.Choice(RUNTIMES), default=("cpu",),
               show_default=True, help="Runtime(s) to verify on, each also compared with CPU: ONNX Runtime's CPU "
                                       "(always runs) or CUDA provider, OpenVINO's CPU plugin (at f32).")
-@click.option("--rtol", type=float, help="Relative tolerance (default by the precision used: fp32 1e-4, fp16 1e-2).")
-@click.option("--atol", type=float, help="Absolute tolerance (default by the precision used: fp32 1e-5, fp16 2.5e-3).")
+@click.option("--rtol", cls=OneValue, type=float,
+              help="Relative tolerance (default by the precision used: fp32 1e-4, fp16 1e-2).")
+@click.option("--atol", cls=OneValue, type=float,
+              help="Absolute tolerance (default by the precision used: fp32 1e-5, fp16 2.5e-3).")
 @rule_options
-@click.option("--input-data", "input_data", metavar="FILE.npz", type=FilePath(path_type=Path),
+@click.option("--input-data", "input_data", cls=OneValue, metavar="FILE.npz", type=FilePath(path_type=Path),
               help="Arrays by input name (numpy.savez) for the original-size check; inputs it does not "
                    "name are synthesised.")
-@click.option("--report-json", type=FilePath(path_type=Path), help="Also write the report as JSON here.")
+@click.option("--report-json", cls=OneValue, type=FilePath(path_type=Path), help="Also write the report as JSON here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only (no report, no progress on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every node, every check and the inputs used.")
 def convert_command(in_path, out_path, inplace, external_data, fold_batch, no_verify, providers, rtol, atol,

@@ -69,6 +69,9 @@ CHANNEL_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 # Ops whose output says how large a tensor is, never what its pixels hold.
 SIZE_OPS = frozenset({"Shape", "Size"})
 WHOLE_MAP_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "InstanceNormalization"})
+# Every op whose output cell reads its inputs at that cell alone: the walk gives CHANNEL_OPS and
+# Concat this reading only where they run over no image axis, and refuses them otherwise.
+PER_POSITION_OPS = POSITION_WISE_OPS | BROADCAST_OPS | CHANNEL_OPS | {"Concat"}
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,15 @@ def tensor_geometry(model: onnx.ModelProto, name: str, spatial_inputs: Mapping[s
     for option, value in (("spatial_inputs", spatial_inputs), ("input_sizes", input_sizes)):
         if value is not None and not isinstance(value, Mapping):
             raise UsageError(f"tensor_geometry: {option} takes a dict by input name, not {value!r}")
-    walk = _walk(model, spatial_inputs, upstream_of=name)
-    return _geometry(walk.states.get(name), name, input_sizes, walk)
+    return tensor_geometries(model, [name], spatial_inputs, input_sizes)[name]
+
+
+def tensor_geometries(model: onnx.ModelProto, names: Sequence[str],
+                      spatial_inputs: Mapping[str, Sequence[int]] | None = None,
+                      input_sizes: Mapping[str, Sequence | None] | None = None) -> dict[str, Geometry]:
+    """:func:`tensor_geometry` of each of ``names``, by one walk of the nodes they need."""
+    walk = _walk(model, spatial_inputs, upstream_of=names)
+    return {name: _geometry(walk.states.get(name), name, input_sizes, walk) for name in names}
 
 
 @dataclass(frozen=True)
@@ -313,18 +323,34 @@ def map_samplings(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[
 
 def _sampling(state: tuple) -> Sampling | None:
     """A map's sampling from its walk state; None where it is no map [N, C, *S] of one input."""
-    spatial = state[2:]
-    if len(state) < 3 or state[0] is not None or state[1] is not None or any(a is None for a in spatial) \
-            or len({(a.input, a.axis) for a in spatial}) < len(spatial) or len({a.input for a in spatial}) > 1:
+    spatial = _map_axes(state, "")
+    if isinstance(spatial, str):
         return None
     return Sampling(tuple(a.stride for a in spatial), tuple(-a.offset for a in spatial),
                     tuple(a.pad_end for a in spatial))
 
 
-def _walk(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]] | None, upstream_of: str | None = None,
-          follows: Callable[[onnx.NodeProto], bool] | None = None) -> _Walk:
-    """Walk ``model``'s graph in topological order (only the nodes ``upstream_of`` needs, when given),
-    giving each tensor its state."""
+def _map_axes(state: State, name: str) -> tuple[_Axis, ...] | str:
+    """The spatial axes of a map [N, C, *S] of one image input, from tensor ``name``'s walk state;
+    where it is no such map, why."""
+    if isinstance(state, str):
+        return state
+    if state is None or len(state) < 3:
+        return f"{name!r} is no map [N,C,*S] computed from an image input"
+    axes = tuple(a for a in state[2:] if a is not None)
+    if len(axes) < len(state) - 2 or state[0] is not None or state[1] is not None:
+        return f"the axes of {name!r} are not the image's axes in order [N,C,*S]"
+    inputs = {a.input for a in axes}
+    if len(inputs) > 1 or len({a.axis for a in axes}) < len(axes):
+        return (f"the spatial axes of {name!r} come from {sorted(inputs)} axes {[a.axis for a in axes]}, "
+                "not one image")
+    return axes
+
+
+def _walk(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]] | None,
+          upstream_of: Sequence[str] | None = None, follows: Callable[[onnx.NodeProto], bool] | None = None) -> _Walk:
+    """Walk ``model``'s graph in topological order (only the nodes the tensors ``upstream_of`` need,
+    when given), giving each tensor its state."""
     graph = model.graph
     walk = _Walk(model, spatial_inputs, producer=producers(graph))
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -333,7 +359,7 @@ def _walk(model: onnx.ModelProto, spatial_inputs: Mapping[str, Sequence[int]] | 
         walk.dims[tensor.name] = tuple(tensor.dims)
         walk.constants[tensor.name] = tensor
     initializers = set(walk.constants)
-    needed = None if upstream_of is None else {id(n) for n in upstream(walk.producer, [upstream_of])[1]}
+    needed = None if upstream_of is None else {id(n) for n in upstream(walk.producer, upstream_of)[1]}
     for inp in graph.input:
         if inp.name not in initializers:
             walk.states[inp.name] = _input_state(walk, inp.name)
@@ -372,18 +398,9 @@ def _input_state(walk: _Walk, name: str) -> State:
 
 
 def _geometry(state: State, name: str, input_sizes, walk: _Walk) -> Geometry:
-    if isinstance(state, str):
-        return Geometry(unknown=state)
-    if state is None or len(state) < 3:
-        return Geometry(unknown=f"{name!r} is no map [N,C,*S] computed from an image input")
-    spatial = state[2:]
-    if any(a is None for a in spatial) or state[0] is not None or state[1] is not None:
-        return Geometry(unknown=f"the axes of {name!r} are not the image's axes in order [N,C,*S]")
-    axes = [a for a in spatial if a is not None]
-    inputs = {a.input for a in axes}
-    if len(inputs) > 1 or len({a.axis for a in axes}) < len(axes):
-        return Geometry(unknown=f"the spatial axes of {name!r} come from {sorted(inputs)} axes "
-                                f"{[a.axis for a in axes]}, not one image")
+    axes = _map_axes(state, name)
+    if isinstance(axes, str):
+        return Geometry(unknown=axes)
     source = axes[0].input
     sizes = (input_sizes or {}).get(source) or walk.dims.get(source) or ()
     crop = lambda axis: sizes[axis] if axis < len(sizes) and isinstance(sizes[axis], int) else None  # noqa: E731

@@ -89,9 +89,12 @@ def inspect(model: PathLike | onnx.ModelProto, *, options: Options | None = None
     result = Inspection(model_label(model), opset_version(work))
     try:
         check_input_model(work)
-        read_record(work)  # convert reads an earlier conversion's record, and refuses one that was edited
+        record = read_record(work)  # convert reads an earlier conversion's record, and refuses one that was edited
     except InvalidModelError as exc:  # still worth explaining: the rows say what a fixed model would get
         result.notes.append(f"convert refuses this model: {exc}")
+    else:
+        if record is not None:
+            result.notes.append(f"already {record.line()}")
     check_input_options(work, opts.input_shapes, None)  # a misspelt --input-shape is an error, not ignored
     toposort(work.graph)
     index = GraphIndex(work, opts.input_shapes, data_folder=data_folder)

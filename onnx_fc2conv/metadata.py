@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from .errors import InvalidModelError, UsageError
-from .geometry import Geometry, tensor_geometry
+from .geometry import Geometry, tensor_geometries
 from .graph import names_in, node_key, value_dims
 from .report import Mode
 from .version import __version__
@@ -71,16 +71,33 @@ class ConversionRecord:
     output_stride: StrideRecord | None = None  # None: the maps step by the backbone's stride
     version: str = __version__
 
+    @property
+    def converted_by(self) -> str:
+        """Who converted the model, as the notes say it. The record holds no time: the same input
+        always gives byte-identical output."""
+        return f"converted by onnx-fc2conv {self.version}"
+
+    def line(self) -> str:
+        """The record in words: who converted the model, in which mode, how many heads."""
+        mode = "fully convolutional" if self.mode == "fully_convolutional" else "output shape kept"
+        heads = f"{len(self.heads)} head{'' if len(self.heads) == 1 else 's'}"
+        stride = "" if self.output_stride is None else \
+            f", output stride {'x'.join(map(str, self.output_stride.stride))}"
+        return f"{self.converted_by} ({mode}, {heads}{stride})"
+
     def measure_geometry(self, model: onnx.ModelProto, input_sizes: dict | None = None) -> dict[str, Geometry]:
         """Give each head the geometry of each of its output maps, walked on the converted ``model``
-        (through the head's Conv; see :func:`tensor_geometry`), and return them all by output.
+        (through the head's Conv; see :func:`~onnx_fc2conv.geometry.tensor_geometry`) in one walk for
+        all of them, and return them all by output.
         ``input_sizes``: the original dims of the spatial inputs, for each axis's crop (default: the
         crops this record's geometry already gives). A pass that changes the backbone or a head's
         kernel after the rewrite (dilating it, say) calls it again, or the record says what was."""
         if input_sizes is None:
             input_sizes = self._recorded_sizes()
+        found = tensor_geometries(model, [o for head in self.heads for o in head.outputs], self.spatial_inputs,
+                                  input_sizes)
         for head in self.heads:
-            head.geometry = {o: tensor_geometry(model, o, self.spatial_inputs, input_sizes) for o in head.outputs}
+            head.geometry = {o: found[o] for o in head.outputs}
         return {o: g for head in self.heads for o, g in head.geometry.items()}
 
     def _recorded_sizes(self) -> dict[str, list[int | None]]:

@@ -18,7 +18,7 @@ from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_e
 
 from .errors import InvalidModelError, OutputError, first_line
 from .graph import SKELETON_MAX_ELEMENTS
-from .safety import check_external_data, external_data_path, itemsize, tensor_bytes
+from .safety import check_external_data, external_data_path, itemsize
 from .weights import DataFile, ExternalWeights, read_external
 
 PathLike = str | os.PathLike
@@ -303,9 +303,7 @@ def _with_external_data(model: onnx.ModelProto, data: DataFile, location: str,
         if recipe is not None and weights is not None:
             data.write_kernel(recipe, weights.folder)
         elif in_source and weights is not None:
-            info = ExternalDataInfo(init)
-            data.copy(weights.folder / info.location, info.offset or 0,
-                      info.length if info.length is not None else tensor_bytes(init) or 0)
+            data.copy_tensor(init, weights.folder)
         else:
             payload = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
             data.write(payload)

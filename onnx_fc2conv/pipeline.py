@@ -105,7 +105,7 @@ def convert(model: PathLike | onnx.ModelProto, output_path: PathLike | None = No
             if fold_batch and report.converted:
                 _fold_batch(work, record, report)
         if previous and not report.converted:
-            report.notes.append(f"already converted by onnx-fc2conv {previous.version}; nothing left to convert")
+            report.notes.append(f"already {previous.converted_by}; nothing left to convert")
 
     with progress.step("check", "checking the rewritten model"):
         check_output_model(work, strict=input_passes_full_check)

@@ -57,6 +57,9 @@ class InputSummary:
         return f"  input {self.name}: {self.dtype}[{','.join(map(str, self.shape))}] {values} ({self.source})"
 
 
+CHECK_WIDTH = 24  # the check column of a report whose labels are all this long or shorter
+
+
 @dataclass
 class CheckResult:
     """One comparison: an output of the converted model against the original's values."""
@@ -72,13 +75,15 @@ class CheckResult:
     note: str = ""
     allowed_atol: float = 0.0  # the atol it was held to: the result's, or rounding's allowance (note)
 
-    def line(self, provider_width: int = 5) -> str:
-        """The check in one line; ``provider_width`` aligns the outputs of checks on several runtimes."""
+    def line(self, provider_width: int = 5, check_width: int = CHECK_WIDTH) -> str:
+        """The check in one line; ``provider_width`` and ``check_width`` align the runtimes and the
+        outputs of a report's checks, whatever their labels' and runtimes' lengths."""
         provider = self.provider.ljust(provider_width)
+        check = self.check.ljust(check_width)
         if self.compared == 0:
-            return f"  {self.check:<24} {provider} {self.output}: {self.note}"
+            return f"  {check} {provider} {self.output}: {self.note}"
         status = "ok  " if self.passed else "FAIL"
-        return (f"  {status} {self.check:<24} {provider} {self.output}: max abs {self.max_abs_error:.3g}, "
+        return (f"  {status} {check} {provider} {self.output}: max abs {self.max_abs_error:.3g}, "
                 f"max rel {self.max_rel_error:.3g}, needs atol >= {self.needed_atol:.3g} ({self.compared} compared)"
                 + (f"; {self.note}" if self.note else ""))
 
@@ -136,9 +141,10 @@ class VerificationResult:
         if tolerances := self.tolerance_line():
             lines.append(tolerances)
         width = max([5, *(len(c.provider) for c in self.checks)])  # "openvino" is longer than "cpu"
+        check_width = max([CHECK_WIDTH, *(len(c.check) for c in self.checks)])  # "stride 2x2 phase 0 128x128"
         for c in self.checks:
             if verbose or not c.passed:
-                lines.append(c.line(width))
+                lines.append(c.line(width, check_width))
         lines.extend(f"  skipped: {s}" for s in self.skipped)
         lines.extend(f"  note: {n}" for n in self.notes)
         if verbose:

@@ -19,7 +19,7 @@ original's pads stood. Where that cannot be exact, the rewrite refuses with one 
 
 The sampling of each tensor (its cumulative stride and padding margin) is
 :mod:`onnx_fc2conv.geometry`'s walk (:func:`~onnx_fc2conv.geometry.map_samplings`), told which ops
-the rewrite can carry (:func:`_dilatable`); the window geometry of the outputs is that walk again on
+the rewrite can carry (:data:`CARRIED_OPS`); the window geometry of the outputs is that walk again on
 the rewritten graph (the pipeline and :func:`coarse_model` call ``ConversionRecord.measure_geometry``),
 and the verifier's crops of the finer map are a :class:`~onnx_fc2conv.geometry.Geometry` too
 (:func:`crop_geometry`), read with geometry's cell and box functions.
@@ -32,7 +32,7 @@ import math
 import onnx
 
 from .errors import OutputStrideError, first_line
-from .geometry import AxisGeometry, Geometry, Sampling, SamplingWalk, map_samplings
+from .geometry import PER_POSITION_OPS, AxisGeometry, Geometry, Sampling, SamplingWalk, map_samplings
 from .graph import attr, is_onnx_op, node_key, op_label, opset_version, producers, set_attr
 from .metadata import ConversionRecord, StrideRecord, read_record, write_record
 from .report import StrideReport
@@ -51,32 +51,18 @@ STRIDE_REASONS: dict[str, str] = {
 STRIDED_OPS = ("Conv", "MaxPool", "AveragePool")
 # The opset from which each strided op has a ``dilations`` attribute.
 DILATED_FROM = {"Conv": 1, "MaxPool": 10, "AveragePool": 19}
-# Ops whose every output position reads its inputs at that position (or mixes channels only): the
-# output has the sampling of the inputs, which must all have the same sampling.
-POSITIONWISE_OPS = frozenset({
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
-    "Gelu", "Mish", "Softplus", "Softsign", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Pow",
-    "Identity", "Dropout", "Cast", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min",
-    "Mean", "Concat", "Softmax", "LogSoftmax", "LRN", "QuantizeLinear", "DequantizeLinear",
-})
-# Ops whose ``axis`` must not be a spatial one for them to be positionwise.
-AXIS_OPS = frozenset({"Concat", "Softmax", "LogSoftmax"})
+# The ops the rewrite carries: the strided ones it changes, and geometry's per-position ones, which
+# keep their form at any sampling (the walk itself stops at a Softmax or Concat over an image axis).
+# The walk's other ops are left out because each would need a rewrite of its own that this one does
+# not make: Pad's and LpPool's pads and kernels would have to scale, a Transpose moves the image axes
+# out of [N, C, *S]; a Reduce* or LayerNormalization over the channels is left out as untested here.
+CARRIED_OPS = frozenset(STRIDED_OPS) | PER_POSITION_OPS
 
 
-def _dilatable(rank: int, opset: int):
-    """Which ops the rewrite can carry a finer sampling through: the strided ones (their strides,
-    dilations and pads change) and the positionwise ones (they keep their form); the geometry walk
-    stops at any other. A Softmax before opset 13 flattens every axis from ``axis`` on, so it is
-    positionwise from 13 only."""
-    def follows(node: onnx.NodeProto) -> bool:
-        if is_onnx_op(node, *STRIDED_OPS):
-            return True
-        if not is_onnx_op(node) or node.op_type not in POSITIONWISE_OPS:
-            return False
-        return node.op_type not in AXIS_OPS or (
-            attr(node, "axis", 1 if node.op_type == "Concat" else -1) in (1, -1 - rank)
-            and (node.op_type == "Concat" or opset >= 13))
-    return follows
+def _carried(node: onnx.NodeProto) -> bool:
+    """Whether the rewrite can carry a finer sampling through ``node`` (the geometry walk stops at
+    any other op)."""
+    return is_onnx_op(node, *CARRIED_OPS)
 
 
 def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
@@ -92,8 +78,7 @@ def refine_output_stride(model: onnx.ModelProto, record: ConversionRecord,
                if not record.spatial_inputs else "the maps read more than one spatial input")
         raise OutputStrideError("stride_mode", f"--output-stride: {why}")
     graph = model.graph
-    (axes,) = record.spatial_inputs.values()
-    walk = map_samplings(model, record.spatial_inputs, _dilatable(len(axes), opset_version(model)))
+    walk = map_samplings(model, record.spatial_inputs, _carried)
     backbone = _backbone_stride(walk, [h.feature_map for h in heads])
     rank = len(backbone.stride)
     finer = output_stride * rank if len(output_stride) == 1 else output_stride

@@ -25,10 +25,12 @@ import itertools
 import math
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from .errors import CouldNotVerify, UsageError, first_line
 from .geometry import Geometry, cell_box, cells_within, crop_box
@@ -43,6 +45,7 @@ from .rounding import MANTISSA_BITS, Reordering, reorderings, rounding_atol, rou
 from .safety import check_seed, check_tolerances
 from .spatial import reshapes_as_transposes
 from .stride import coarse_model, crop_geometry
+from .weights import ExternalWeights
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # ONNX Runtime's
 RUNTIMES = (*PROVIDERS, "openvino")  # what ``providers`` (CLI: --provider) takes
@@ -97,14 +100,14 @@ def _verify(original, original_folder, original_path, converted, converted_folde
     record = read_record(converted)
     if record is None or record.output_stride is None or record_mismatch(record, original, converted) is not None:
         return _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers,
-                      rtol, atol, input_shapes, input_data, seed)[0]
+                      rtol, atol, input_shapes, input_data, seed).result
     # A finer map: today's proof of the stride-S conversion it came from, then the finer map against
     # that conversion (phase 0) and against the original on crops.
-    coarse = coarse_model(converted)
-    result, feeds, index = _prove(original, original_folder, original_path, coarse, converted_folder, None, providers,
-                                  rtol, atol, input_shapes, input_data, seed)
-    _output_stride_checks(original, original_folder, original_path, coarse, converted, converted_folder, converted_path,
-                          record, providers, feeds, index, result, seed)
+    proof = _prove(original, original_folder, original_path, coarse_model(converted), converted_folder, None,
+                   providers, rtol, atol, input_shapes, input_data, seed)
+    result = proof.result
+    _output_stride_checks(original, original_folder, proof, converted, converted_folder, converted_path, record,
+                          providers, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
     return result
 
@@ -118,11 +121,21 @@ def runtimes(providers) -> tuple[str, ...]:
     return tuple(dict.fromkeys(("cpu", *names)))
 
 
+@dataclass
+class _Proof:
+    """What :func:`_prove` found, and what the finer-map checks reuse of it."""
+
+    result: VerificationResult
+    feeds: dict  # the original-size inputs
+    index: GraphIndex  # of the original
+    original_session: LazySession
+    converted_session: object | None  # on ONNX Runtime's CPU provider; None where it does not load
+
+
 def _prove(original, original_folder, original_path, converted, converted_folder, converted_path, providers, rtol, atol,
-           input_shapes, input_data, seed) -> tuple[VerificationResult, dict, GraphIndex]:
+           input_shapes, input_data, seed) -> _Proof:
     """Today's proof of ``converted`` (read from ``converted_path`` where it is a file, as the original
-    from ``original_path``): the original size, the sliding window, the sequence lengths. Returns the
-    result, the original-size inputs and the index of the original.
+    from ``original_path``): the original size, the sliding window, the sequence lengths.
 
     The original's session is released once its outputs at the original size are kept, before the
     converted model's sessions are built, and built again only for a check that needs it (sequence
@@ -201,7 +214,7 @@ def _prove(original, original_folder, original_path, converted, converted_folder
     if record is not None and problem is None and record.token_axes is not None:
         _sequence_length_checks(original, expected_session, record.token_axes, feeds, sessions, result, seed)
     result.passed = all(c.passed for c in result.checks) and any(c.compared for c in result.checks)
-    return result, feeds, index
+    return _Proof(result, feeds, index, expected_session, sessions.get("cpu"))
 
 
 def _record_problem(record: ConversionRecord | None, original, converted, expected: dict,
@@ -287,18 +300,12 @@ def larger_sizes(size: list[int]) -> list[list[int]]:
 
 def _sliding_window_checks(original, folder, record, feeds, sessions, result, seed, index: GraphIndex,
                            original_session) -> None:
-    spatial, types = record.spatial_inputs, index.types
+    spatial = record.spatial_inputs
     heads = [h for h in record.heads if h.outputs]
     if not heads:
         result.skipped.append("sliding window: no converted head reaches a graph output")
         return
-    # The original's backbone on larger inputs, with its Reshapes that only move a size-1 axis run as the
-    # Transposes they are (the same values at its own size), as the conversion does.
-    cut = cut_model(original, [], [h.feature_map for h in heads], types, free_axes=spatial)
-    reshapes_as_transposes(index, cut.graph, [h.feature_map for h in heads])
-    backbone = _session(cut, "cpu", folder)
-    head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, types, batch_free=True,
-                                        spatial_free=None in h.window), "cpu", folder) for h in heads]
+    backbone, head_sessions = _original_cuts(original, folder, heads, index, spatial)
     rng = np.random.default_rng(seed + 1)
     crop_rng = np.random.default_rng(seed + 3)  # its own: the sliding-window positions stay as they were
     for which in range(2):
@@ -319,6 +326,19 @@ def _sliding_window_checks(original, folder, record, feeds, sessions, result, se
                 result.checks.append(_input_crops_check(check.replace("sliding window", "input crops"), provider,
                                                         output, got[output], geometry, original_session, large,
                                                         result, crop_rng))
+
+
+def _original_cuts(original, folder, heads, index: GraphIndex, spatial: dict[str, list[int]]):
+    """CPU sessions of the original cut in two: its backbone, from the graph inputs (their ``spatial``
+    axes free) to the heads' feature maps, and each head, from its feature map to its outputs. The
+    backbone's Reshapes that only move a size-1 axis run as the Transposes they are (the same values
+    at its own size), as the conversion does, so it runs on larger inputs."""
+    feature_maps = [h.feature_map for h in heads]
+    cut = cut_model(original, [], feature_maps, index.types, free_axes=spatial)
+    reshapes_as_transposes(index, cut.graph, feature_maps)
+    return _session(cut, "cpu", folder), [
+        _session(cut_model(original, [h.feature_map], h.outputs, index.types, batch_free=True,
+                           spatial_free=None in h.window), "cpu", folder) for h in heads]
 
 
 def _crop_geometries(heads, spatial: dict[str, list[int]]) -> dict[str, Geometry]:
@@ -452,14 +472,16 @@ def cut_model(model: onnx.ModelProto, inputs: list[str], outputs: list[str], typ
 
 # ---- output stride ------------------------------------------------------------------------------
 
-def _output_stride_checks(original, original_folder, original_path, coarse, fine, folder, fine_path, record, providers,
-                          feeds, index, result, seed) -> None:
+def _output_stride_checks(original, original_folder, proof: _Proof, fine, folder, fine_path, record, providers,
+                          seed) -> None:
     """(a) At the original size and two larger ones (one not square), the finer map's phase-0 cells
     (``out[..., ::S/N, ::S/N]``) equal the stride-S conversion's map. (b) Every sampled cell (i, j)
     whose crop of the original size at (i*N, j*N) lies inside the image equals the original model
     run on that crop. (c) Where the backbone pads, the crop keeps the padding margin around it (the
     begin side rounded up to S): the original backbone runs on the larger crop and the original head
-    on the window at the margin, so padding reaches neither that window nor the finer map's cell."""
+    on the window at the margin, so padding reaches neither that window nor the finer map's cell.
+    ``proof`` is the stride-S conversion's: its sessions of that conversion and of the original serve here too."""
+    result, feeds, index = proof.result, proof.feeds, proof.index
     stride = record.output_stride
     name, axes = next(iter(record.spatial_inputs.items()))
     heads = [h for h in record.heads if h.outputs]
@@ -478,7 +500,6 @@ def _output_stride_checks(original, original_folder, original_path, coarse, fine
             continue
         if session is not None:
             fine_sessions[provider] = session
-    coarse_session = _session(coarse, "cpu", folder)
     original_size = [feeds[name].shape[a] for a in axes]
     crops = crop_geometry(stride, name, axes, original_size)
     pad = [a.size - a.crop for a in crops.axes]  # type: ignore[operator]
@@ -486,17 +507,13 @@ def _output_stride_checks(original, original_folder, original_path, coarse, fine
     sizes = [original_size] + [[s + p for s, p in zip(size, pad)] for size in larger_sizes(original_size)]
     padded = any(pad)
     if padded:
-        backbone = _session(cut_model(original, [], [h.feature_map for h in heads], index.types,
-                                      free_axes=record.spatial_inputs), "cpu", original_folder)
-        head_sessions = [_session(cut_model(original, [h.feature_map], h.outputs, index.types, batch_free=True),
-                                  "cpu", original_folder) for h in heads]
-    else:
-        whole = _session(original, "cpu", original_folder, original_path)
+        backbone, head_sessions = _original_cuts(original, original_folder, heads, index, record.spatial_inputs)
     for number, size in enumerate(sizes):
         text = "x".join(map(str, size))
         large = feeds if number == 0 else _resized_feeds(feeds, {name: dict(zip(axes, size))}, rng)
-        want = _reference_run(coarse_session, large, result, f"stride {every} phase 0 {text}: the stride-S "
-                              "conversion does not run at this size")
+        want = None if proof.converted_session is None else _reference_run(
+            proof.converted_session, large, result, f"stride {every} phase 0 {text}: the stride-S conversion "
+            "does not run at this size")  # one that does not load has failed its checks already
         for provider, got in _converted_outputs(f"stride {every} phase 0 {text}", fine_sessions, large, result):
             for output in (o for h in heads for o in h.outputs):
                 if want is not None:
@@ -514,7 +531,7 @@ def _output_stride_checks(original, original_folder, original_path, coarse, fine
                     reference = _margin_reference(backbone, head_sessions[heads.index(head)], head, large, crops,
                                                   stride, index.types, output)
                 else:
-                    reference = _crop_reference(whole, large, crops, output)
+                    reference = _crop_reference(proof.original_session, large, crops, output)
                 result.checks.append(_crop_check(f"stride {every} crops {text}", provider, output, got[output],
                                                  cells, reference, result, rng))
 
@@ -616,7 +633,7 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     external data first (its bytes would be one more copy of the weights, and protobuf holds no more
     than 2 GB); a large one runs with the CPU memory arena off."""
     if provider == "openvino":
-        return OpenVinoSession.compile(model, path)
+        return OpenVinoSession.compile(model, path, folder)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
@@ -764,19 +781,26 @@ class OpenVinoSession:
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
     @classmethod
-    def compile(cls, model: onnx.ModelProto, path: Path | None = None) -> OpenVinoSession | None:
+    def compile(cls, model: onnx.ModelProto, path: Path | None = None,
+                folder: Path | None = None) -> OpenVinoSession | None:
         """``model`` compiled, None where openvino is not installed. A model given by ``path`` is read
-        from there (OpenVINO reads its external data beside it), one in memory from its bytes, or from
-        a temporary file where it passes protobuf's 2 GB limit. Raises RuntimeError with OpenVINO's
-        message, put on one line, where OpenVINO cannot read or compile it."""
+        from there (OpenVINO reads its external data beside it), one in memory from its bytes. One in
+        memory is first written to a temporary file with external data where it passes protobuf's 2 GB
+        limit, or where it refers to external data in ``folder`` (those bytes copied file to file):
+        OpenVINO resolves a reference in bytes against the current folder, and refuses a file outside
+        the model's or the current folder, by a symbolic link or an absolute location too (tried with
+        OpenVINO 2026.4: "resolves to ... which is outside the base directory"). Raises RuntimeError
+        with OpenVINO's message, put on one line, where OpenVINO cannot read or compile it."""
         try:
             import openvino
         except ImportError:
             return None
-        if path is None and needs_external_data(model):
+        referred = folder is not None and any(uses_external_data(t) for t in model.graph.initializer)
+        weights = ExternalWeights(folder) if referred and folder is not None else None
+        if path is None and (weights is not None or needs_external_data(model)):
             with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
                 path = Path(tmp) / "model.onnx"
-                save_model(model, path, external_data=True)
+                save_model(model, path, external_data=True, weights=weights)
                 return cls.compile(model, path)
         core = openvino.Core()
         try:

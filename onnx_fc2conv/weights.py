@@ -138,6 +138,13 @@ class DataFile:
                 done += copied
                 self.size += copied
 
+    def copy_tensor(self, tensor: onnx.TensorProto, folder: Path) -> None:
+        """The bytes of ``tensor``'s external data in ``folder``: its length, or where it has none what
+        its dims and type need (the reader checked that the file holds exactly that from the offset)."""
+        info = ExternalDataInfo(tensor)
+        length = info.length if info.length is not None else tensor_bytes(tensor) or 0
+        self.copy(folder / info.location, info.offset or 0, length)
+
     def _copy_range(self, src: int, count: int, offset: int) -> int:
         try:
             return os.copy_file_range(src, self.fd, count, offset, self.size)
@@ -159,7 +166,7 @@ class DataFile:
         info = ExternalDataInfo(source)
         start = self.size
         if not recipe.weight_is_k_by_f and recipe.flatten_perm is None and recipe.alpha == 1.0:
-            self.copy(folder / info.location, info.offset or 0, info.length or tensor_bytes(source) or 0)
+            self.copy_tensor(source, folder)
             return self.size - start  # the same bytes: a copy
         dtype = np.dtype(STREAMED_KERNEL_TYPES.get(source.data_type) or f"V{itemsize(source.data_type)}")
         stored = (folder / info.location, dtype, info.offset or 0, tuple(source.dims))

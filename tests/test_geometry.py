@@ -496,3 +496,27 @@ def test_a_conv_whose_kernel_is_computed_from_the_image_has_unknown_geometry():
     m = model(nodes, [vi("x", [2, 2, 4, 4])], [vi("y", None, 0)])
     assert tensor_geometry(m, "y").unknown == "Conv 'conv': its kernel or bias is computed from the image"
     assert map_samplings(m, {"x": [2, 3]}).unknown["y"].name == "conv"
+
+
+def test_measure_geometry_walks_the_graph_once_for_every_output_and_agrees_with_tensor_geometry(monkeypatch):
+    from onnx_fc2conv import geometry as walk_module
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["f"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["f"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["flat"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["flat", "a.w"], ["a"], name="head_a", transB=1),
+             helper.make_node("Gemm", ["flat", "b.w"], ["b"], name="head_b", transB=1)]
+    inits = [init("w", weights(rng, 2, 2, 3, 3)), init("a.w", weights(rng, 3, 32)), init("b.w", weights(rng, 4, 32))]
+    converted = onnx_fc2conv.convert(model(nodes, [vi("x", ["N", 2, 8, 8])], [vi("a", ["N", 3]), vi("b", ["N", 4])],
+                                           inits), verify=False).model
+    record = read_record(converted)
+    walks = []
+    real_walk = walk_module._walk
+    monkeypatch.setattr(walk_module, "_walk", lambda *args, **kwargs: walks.append(1) or real_walk(*args, **kwargs))
+    found = record.measure_geometry(converted)
+    assert len(walks) == 1 and sorted(found) == ["a", "b"]
+    monkeypatch.undo()
+    for output in ("a", "b"):
+        assert found[output] == tensor_geometry(converted, output, record.spatial_inputs, {"x": [None, 2, 8, 8]})
+        assert _axes(found[output]) == [(10, 2, -1, 1, 8)] * 2  # conv 3 pad 1: r3; pool 2/2: r4 j2; head 4x4: 4+3*2

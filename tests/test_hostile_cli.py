@@ -196,3 +196,22 @@ def test_two_shapes_for_one_input_are_refused(lenet, no_work):
 def test_the_same_shape_given_twice_is_accepted(lenet):
     result = invoke("inspect", lenet, "--input-shape", "input:1x1x32x32", "--input-shape", "input:1X1x32x32")
     assert result.exit_code == 0, result.output
+
+
+# ---- 7. a one-value option given twice ----------------------------------------------------------
+
+@pytest.mark.parametrize(("option", "first", "second"), [
+    ("--output-stride", "2", "4"), ("--token-layout", "conv1d", "conv2d"), ("--rtol", "1e-3", "1e-2"),
+    ("--atol", "1e-5", "1e-4"), ("--input-data", "a.npz", "b.npz"), ("--report-json", "a.json", "b.json")])
+def test_a_one_value_option_given_twice_with_two_values_is_refused(lenet, no_work, option, first, second):
+    """Click would keep the last and drop the first without a word, as --input-shape once did."""
+    assert_refused(invoke(lenet, lenet.parent / "out.onnx", option, first, option, second),
+                   f"Invalid value for '{option}': given twice ({first} and {second}) "
+                   "(see onnx-fc2conv convert --help)")
+
+
+def test_a_one_value_option_given_twice_with_one_value_is_that_value(lenet):
+    result = invoke("inspect", lenet, "--token-layout", "conv1d", "--token-layout", "conv1d")
+    assert result.exit_code == 0, result.output
+    refused = invoke("inspect", lenet, "--token-layout", "conv1d", "--token-layout", "conv2d")
+    assert refused.exit_code == 2 and "given twice (conv1d and conv2d)" in refused.stderr

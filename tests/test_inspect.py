@@ -234,3 +234,15 @@ def test_embed_layer_normalization_and_fast_gelu_outputs_are_tokens_without_opti
         rows = inspect(fused, **options).nodes
         assert [(r.node, r.input_shape, r.reason) for r in rows] == [
             ("ffn.in", ["batch", "seq", 16], "token_matmul"), ("ffn.out", ["batch", "seq", 32], "token_matmul")]
+
+
+def test_inspect_of_a_converted_model_says_in_one_note_which_version_converted_it_and_how():
+    from onnx_fc2conv import __version__
+
+    converted = convert(MODELS / "vgg_small.onnx", verify=False, output_stride=2).model
+    result = inspect(converted)
+    assert result.notes == [f"already converted by onnx-fc2conv {__version__} (fully convolutional, 1 head, "
+                            "output stride 2x2)"]
+    assert result.render_text().splitlines()[1] == f"  note: {result.notes[0]}"
+    kept = inspect(convert(MODELS / "lenet5.onnx", verify=False, keep_output_shape=True).model)
+    assert kept.notes == [f"already converted by onnx-fc2conv {__version__} (output shape kept, 1 head)"]

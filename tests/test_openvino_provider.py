@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import MODELS
 from onnx import helper, numpy_helper
 
-from onnx_fc2conv import convert, verify
+from onnx_fc2conv import VerificationFailed, convert, verify
 from onnx_fc2conv.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +133,22 @@ def test_an_output_behind_an_identity_is_found_by_its_own_name(openvino_installe
     result = verify(original, convert(original, verify=False).model, providers=("openvino",))
     assert result.passed, result.render_text(verbose=True)
     assert {c.output for c in result.checks if c.provider == "openvino"} == {original.graph.output[0].name}
+
+
+def test_a_finer_map_of_an_external_data_model_is_proved_by_openvino_at_both_strides(openvino_installed, tmp_path):
+    """The stride-S conversion the proof rebuilds from the finer model lives in memory, its weights in
+    the finer model's data file: OpenVINO must read them from that folder, not the current one."""
+    import onnx
+
+    source = tmp_path / "vgg_small.onnx"
+    onnx.save(onnx.load(MODELS / "vgg_small.onnx"), source, save_as_external_data=True, location="vgg_small.data",
+              size_threshold=0)
+    try:
+        result = convert(source, tmp_path / "fine.onnx", output_stride=2, providers=("openvino",))
+    except VerificationFailed as failed:
+        pytest.fail(failed.result.report.verification.render_text(verbose=True))
+    verification = result.report.verification
+    assert (tmp_path / "fine.onnx.data").is_file()
+    openvino = _by_check(verification, "openvino")
+    assert {"original size", "openvino vs cpu", "sliding window 64x64"} <= set(openvino)
+    assert all(c.passed and c.compared > 0 for c in openvino.values())

@@ -344,3 +344,23 @@ def test_a_ceil_mode_pool_before_the_refined_layers_proves_with_its_overhang_in_
     assert v.passed, v.render_text(verbose=True)
     crops = [c for c in v.checks if c.check.startswith("stride ") and " crops " in c.check]
     assert len(crops) == 2 and all(c.compared == 24 for c in crops)
+
+
+# ---- the ops the rewrite carries are geometry's per-position ones -------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("op", [("Floor", {}), ("Sign", {}), ("Hardmax", dict(axis=1))], ids=lambda op: op[0])
+def test_a_per_position_op_the_geometry_walk_follows_is_carried_through_the_rewrite_and_proves(op):
+    """Floor, Sign and a Hardmax over the channels read each position alone, so a dilated map's
+    phase-0 cells pass through them unchanged (stride once kept a narrower copy of these ops)."""
+    result = convert(_backbone([conv(), pool(), op, conv(pad=1), pool()]), output_stride=2)
+    assert result.report.output_stride.after == [2, 2]
+    v = result.report.verification
+    assert v.passed, v.render_text(verbose=True)
+
+
+@pytest.mark.parametrize(("op", "opset"), [(("Softmax", dict(axis=2)), 13), (("Softmax", dict(axis=1)), 11),
+                                           (("Concat", dict(axis=3)), 13)], ids=["spatial-axis", "before-13", "concat"])
+def test_a_softmax_or_concat_over_an_image_axis_stops_the_rewrite_where_the_geometry_walk_stops(op, opset):
+    with pytest.raises(OutputStrideError, match=rf"{op[0]} 'layer2' .*\[stride_op\]"):
+        convert(_backbone([conv(), pool(), op, conv(pad=1), pool()], opset=opset), verify=False, output_stride=1)

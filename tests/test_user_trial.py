@@ -152,6 +152,16 @@ def test_checks_on_several_runtimes_line_up_their_outputs():
     assert alone.splitlines()[1].index("logits") == 38  # cpu alone: as before
 
 
+def test_a_check_label_longer_than_the_column_widens_it_for_every_line():
+    from onnx_fc2conv.report import CheckResult, VerificationResult
+    labels = ["original size", "stride 2x2 phase 0 128x128", "stride 2x2 crops 128x128"]  # 26 chars: past 24
+    checks = [CheckResult(label, "cpu", "logits", True, 1e-7, 1e-6, 0.0, 20) for label in labels]
+    checks.append(CheckResult("sliding window 64x64", "cpu", "logits", True))  # nothing compared: no status
+    lines = VerificationResult(passed=True, rtol=1e-4, atol=1e-5, checks=checks).render_text(verbose=True).splitlines()
+    assert [line.index("cpu") for line in lines[1:]] == [34, 34, 34, 29]
+    assert [line.index("logits") for line in lines[1:]] == [40, 40, 40, 35]
+
+
 def test_a_provider_with_no_verify_is_refused_since_nothing_would_run_on_it(tmp_path):
     """It was ignored: the model was written as if proved on OpenVINO."""
     with pytest.raises(UsageError) as error:

@@ -16,7 +16,7 @@ from ..graph import attr, is_onnx_op
 from ..index import GraphIndex
 from ..report import format_dims
 from ._dense import Dense, conv_from_dense, read_gemm, read_matmul_add
-from .base import Match, Skip, node_copy
+from .base import Built, Match, Skip, node_copy
 
 # Ops that compute each output element from the same input element alone (Dropout at inference).
 UNARY_OPS = frozenset({
@@ -126,7 +126,7 @@ def carry_onto_map(index: GraphIndex, match: Match, nodes: list[onnx.NodeProto],
     if not nodes:
         return match
 
-    def copies() -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    def copies() -> tuple[Built, dict[str, str]]:
         made, current = [], x
         for node in nodes:
             copy = node_copy(node)
@@ -135,7 +135,7 @@ def carry_onto_map(index: GraphIndex, match: Match, nodes: list[onnx.NodeProto],
             del copy.output[1:]  # Dropout's mask is not needed on the map
             copy.output[0] = current = index.fresh_name(f"{node.output[0]}_map")
             made.append(copy)
-        return made, {x: current}
+        return Built(made), {x: current}
 
     return match.with_nodes_before(copies)
 

@@ -98,9 +98,10 @@ class Match:
     layout: Layout | None = None
     layer: onnx.NodeProto | None = None
 
-    def with_nodes_before(self, make: Callable[[], tuple[list[onnx.NodeProto], dict[str, str]]]) -> Match:
-        """This match built behind ``make()``'s nodes, which are made first (so their names come
-        first too); ``make`` also says which tensors this match's own nodes read instead (old -> new)."""
+    def with_nodes_before(self, make: Callable[[], tuple[Built, dict[str, str]]]) -> Match:
+        """This match built behind the nodes (and initializers) ``make()`` builds, which are made
+        first (so their names come first too); ``make`` also says which tensors this match's own nodes
+        read instead (old -> new)."""
         inner = self.build
 
         def build() -> Built:
@@ -109,7 +110,8 @@ class Match:
             for node in built.nodes:
                 for old, new in renamed.items():
                     rename_input(node, old, new)
-            return Built([*before, *built.nodes], built.initializers, built.reshaped)
+            return Built([*before.nodes, *built.nodes], [*built.initializers, *before.initializers],
+                         {**built.reshaped, **before.reshaped})
 
         return replace(self, build=build)
 

@@ -30,7 +30,7 @@ import onnx
 from ..graph import Dim, attr, is_onnx_op, set_attr
 from ._dense import conv_from_dense
 from ._head import carry_onto_map, elementwise_path, head_from_feature_map, input_producer, read_fc
-from .base import Match, Outcome, Rule, RuleContext, Skip, node_copy
+from .base import Built, Match, Outcome, Rule, RuleContext, Skip, node_copy
 
 GLOBAL_REDUCES = frozenset({"ReduceMean", "ReduceMax"})
 
@@ -88,12 +88,12 @@ def _global_reduce_head(ctx: RuleContext, dense, reduce: onnx.NodeProto, dims: t
     match.detail += f" after {reduce.op_type}(keepdims=1)"
     match = carry_onto_map(ctx.index, match, elementwise_path(ctx.index, dense.input)[1], pooled)
 
-    def keepdims_reduce() -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    def keepdims_reduce() -> tuple[Built, dict[str, str]]:
         kept = node_copy(reduce)
         kept.name = ctx.index.fresh_name(f"{reduce.name or reduce.op_type}_keepdims")
         kept.output[0] = ctx.index.fresh_name(f"{reduce.output[0]}_map")
         set_attr(kept, "keepdims", 1)
-        return [kept], {pooled: kept.output[0]}
+        return Built([kept]), {pooled: kept.output[0]}
 
     return match.with_nodes_before(keepdims_reduce)
 

@@ -122,18 +122,14 @@ def on_map(ctx: RuleContext, reshape: onnx.NodeProto, layout: Layout) -> Outcome
 def _behind_merged_heads(index: GraphIndex, rows: TokenRows, match: Match) -> Match:
     """``match`` built behind ``Reshape(X [B,T,H,Dh], [0,0,H*Dh])``, which writes the flatten's output
     name: one Reshape in place of the layer's two."""
-    inner = match.build
-
-    def build() -> Built:
-        built = inner()
+    def merge_heads() -> tuple[Built, dict[str, str]]:
         shape = index.fresh_name(f"{rows.flatten.output[0]}_tokens_shape")
         merge = helper.make_node("Reshape", [rows.flatten.input[0], shape], [rows.tokens],
                                  name=index.fresh_name(f"{rows.flatten.name or rows.tokens}_merge_heads"))
         width = np.array([0, 0, rows.dense.in_features], np.int64)
-        return Built([merge, *built.nodes], [*built.initializers, numpy_helper.from_array(width, shape)],
-                     built.reshaped)
+        return Built([merge], [numpy_helper.from_array(width, shape)]), {}
 
-    return replace(match, build=build)
+    return match.with_nodes_before(merge_heads)
 
 
 def _with_shapes(index: GraphIndex, rows: TokenRows, removed: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
