@@ -175,7 +175,7 @@ def _prove(original, original_folder, original_path, converted, converted_folder
              for what, model in (("the original", original), ("the converted model", converted))
              if payload_bytes(model) >= LARGE_MODEL_BYTES]
     if large:
-        result.notes.append(memory_note(large))
+        result.notes.append(memory_note(large, float16=any(map(has_float16_weights, (original, converted)))))
 
     sessions = {}
     for provider in providers:
@@ -645,7 +645,8 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     given as one. ONNX Runtime reads a model given as a file from there (and maps its external data);
     one in memory with LARGE_MODEL_BYTES of weights or more is written to a temporary file with
     external data first (its bytes would be one more copy of the weights, and protobuf holds no more
-    than 2 GB); a large one runs with the CPU memory arena off."""
+    than 2 GB); a large one runs with the CPU memory arena and prepacking off, and at ORT_ENABLE_EXTENDED
+    where its weights are float16 (memory_note names them for the report)."""
     if provider == "openvino":
         return OpenVinoSession.compile(model, path, folder)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
@@ -669,18 +670,32 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if needs_nchwc_off(model):
         opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
-    # Measured on VGG16 (528 MiB of float32 weights, external data, ONNX Runtime 1.32): building the converted
-    # model's session peaks at 3.2x its weights (the NCHWc transform writes a reordered copy of every Conv
-    # kernel, which the session copies again) and holds 1.1x; the original's peaks at 1.7x (prepacking copies
-    # each Gemm weight). Turning those off (session.disable_prepacking, NchwcTransformer) keeps a session's
-    # weights in the memory map of their file, but it changes which kernels compute (off for some sessions
-    # only, the converted VGG16 missed fp32's atol on one sliding-window check, 1.7e-5 against 1e-5), and the
-    # proof still peaked at 3.2x, in the sliding-window runs (the plain Conv kernel's im2col buffers). So a
-    # large model keeps ONNX Runtime's kernels and only the CPU arena goes (allocation only: the outputs are
-    # bit for bit the same), so that the activations of the larger inputs go back when a run ends.
+    # A large model's sessions, measured with ONNX Runtime 1.32 on an AVX-512 CPU (2026-12-02, the proof's peak
+    # RSS over the weight bytes; benchmarks/README.md, P8):
+    # * Prepacking off (session.disable_prepacking): a MatMul or Gemm session no longer copies each weight into a
+    #   packed buffer when it is built, it reads them from the memory map of their file (the original VGG16's
+    #   session: 580 MiB more after its build, now 4), and a float32 decoder's MatMul and its conv2d Conv (the
+    #   NCHWc transform's pointwise kernel) then sum in the same order: their outputs are equal to the bit (a
+    #   4-block Llama-style decoder: 2.2e-5 on the logits before, which failed fp32's atol; VGG16's Gemm head
+    #   against its Conv: 8.1e-6, now 8.6e-6).
+    # * float16 weights at ORT_ENABLE_EXTENDED: x86 has no float16 Conv kernel, so ONNX Runtime casts a Conv's
+    #   inputs to float32; at ORT_ENABLE_ALL it folds the casts of the weights into float32 copies (twice their
+    #   bytes), which the NCHWc transform copies again. The converted 4-block float16 decoder's session alone
+    #   peaked at 4.9x its weights; at EXTENDED the casts run node by node, and the proof peaks at 2.4x (was 4.95x),
+    #   its errors the same.
+    # * The CPU arena off: allocation only (the outputs are the same to the bit), so that the activations of the
+    #   larger inputs go back when a run ends.
+    # Not used: the NCHWc transform off (NchwcTransformer, or EXTENDED for float32) saves its reordered copy of
+    # each Conv kernel (building the converted VGG16's session peaks at 3.4x), but the plain Conv's im2col buffers
+    # then make the 448x448 sliding-window runs peak at 3.1x, and the float32 decoder's Conv no longer sums as
+    # MatMul does (2.8e-5); session.use_device_allocator_for_initializers changed nothing; the weights are mapped
+    # whatever their offsets in the data file (onnx.save's are not page-aligned, ONNX Runtime maps them too).
     large = payload_bytes(model) >= LARGE_MODEL_BYTES
     if large:
         opts.enable_cpu_mem_arena = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        if has_float16_weights(model):
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
         if path is not None:
             return ort.InferenceSession(str(path), opts, providers=[name])
@@ -720,12 +735,21 @@ def _has_float64(model: onnx.ModelProto) -> bool:
         i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in model.graph.input)
 
 
-def memory_note(large: list[str]) -> str:
-    """The report's line on how the proof kept its memory down, for the ``large`` models it names."""
+def has_float16_weights(model: onnx.ModelProto) -> bool:
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def memory_note(large: list[str], float16: bool = False) -> str:
+    """The report's line on how the proof kept its memory down, for the ``large`` models it names
+    (with ``float16``, models with float16 weights): the options their sessions ran with (see _session)."""
+    level = (", at graph_optimization_level ORT_ENABLE_EXTENDED (at ORT_ENABLE_ALL, ONNX Runtime folds the float32 "
+             "casts of the float16 weights of its x86 kernels into copies)") if float16 else ""
     return (f"memory: {' and '.join(large)}: ONNX Runtime was given each model as a file and mapped its weights "
             "from there (one with its weights inline or in memory written to a temporary file with external data "
-            "first); its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False); the "
-            "original's session was released before the converted model's was built")
+            "first); its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False) and without "
+            f"prepacking (session.disable_prepacking=1){level}; the original's session was released before the "
+            "converted model's was built, once its outputs at the original size and the other sequence lengths "
+            "were kept")
 
 
 class LazySession:

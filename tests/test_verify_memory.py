@@ -39,6 +39,11 @@ class SessionLog:
         monkeypatch.setattr(ort, "InferenceSession", CountedSession)
 
 
+# Large for these tests' models given by path: below their weights, above the bytes they hold inline (a
+# model read from a file with that much inline would be spilled to a temporary one).
+SMALL_LARGE = 30_000
+
+
 def _external(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(conv_flatten_gemm(channels=8, spatial=(4, 4), features=64), str(path), save_as_external_data=True,
@@ -98,3 +103,44 @@ def test_a_small_model_runs_from_bytes_with_the_default_options_and_no_memory_no
     assert result.passed and not [n for n in result.notes if n.startswith("memory:")]
     assert {name for name, _, _ in log.built} == {"bytes"}
     assert all(options.enable_cpu_mem_arena for _, _, options in log.built)
+
+
+@pytest.mark.e2e
+def test_a_large_model_runs_without_prepacking_at_the_default_optimization_level(tmp_path, monkeypatch):
+    log = SessionLog(monkeypatch)
+    monkeypatch.setattr(verify_module, "LARGE_MODEL_BYTES", SMALL_LARGE)
+    original, converted = _external(tmp_path / "in" / "m.onnx"), tmp_path / "c" / "m.onnx"
+    converted.parent.mkdir()
+    convert(original, converted, verify=False)
+    result = verify_module.verify(original, converted)
+    assert result.passed
+    (note,) = [n for n in result.notes if n.startswith("memory:")]
+    assert "session.disable_prepacking=1" in note and "ORT_ENABLE_EXTENDED" not in note
+    models = [options for name, _, options in log.built if name != "bytes"]  # the two models; not their small cuts
+    assert len(models) >= 2 and all(o.get_session_config_entry("session.disable_prepacking") == "1" for o in models)
+    assert {o.graph_optimization_level for o in models} == {ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("dtype, level", [("float32", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                          ("float16", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)])
+def test_a_large_decoder_is_proved_at_every_length_from_one_session_at_a_time_and_the_report_names_its_options(
+        tmp_path, monkeypatch, dtype, level):
+    from test_llama_decoder import TINY, bench_models
+
+    log = SessionLog(monkeypatch)
+    monkeypatch.setattr(verify_module, "LARGE_MODEL_BYTES", SMALL_LARGE)
+    (tmp_path / "in").mkdir()
+    src = bench_models().llama_decoder(tmp_path / "in" / "llama.onnx", dtype=dtype, **TINY)
+    out = tmp_path / "out" / "llama.onnx"
+    out.parent.mkdir()
+    v = convert(src, out, token_layout="conv2d").report.verification
+    assert v.passed and {c.check for c in v.checks} == {"original size", "sequence length 16", "sequence length 33"}
+    # the original's outputs at the three lengths are kept from one session, released before the converted
+    # model's is built: each model's session is built once, and never beside the other's
+    assert [Path(name).name for name, _, _ in log.built] == ["llama.onnx", "llama.onnx"]
+    assert log.built[0][0] == str(src) and all(alive == [] for _, alive, _ in log.built)
+    assert {options.graph_optimization_level for _, _, options in log.built} == {level}
+    (note,) = [n for n in v.notes if n.startswith("memory:")]
+    assert "session.disable_prepacking=1" in note and ("ORT_ENABLE_EXTENDED" in note) == (dtype == "float16")
+    assert "the other sequence lengths" in note
