@@ -646,7 +646,7 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     one in memory with LARGE_MODEL_BYTES of weights or more is written to a temporary file with
     external data first (its bytes would be one more copy of the weights, and protobuf holds no more
     than 2 GB); a large one runs with the CPU memory arena and prepacking off, and at ORT_ENABLE_EXTENDED
-    where its weights are float16 (memory_note names them for the report)."""
+    in PRIORITY_BASED order where its weights are float16 (memory_note names them for the report)."""
     if provider == "openvino":
         return OpenVinoSession.compile(model, path, folder)
     import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load the runtime
@@ -678,11 +678,13 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     #   NCHWc transform's pointwise kernel) then sum in the same order: their outputs are equal to the bit (a
     #   4-block Llama-style decoder: 2.2e-5 on the logits before, which failed fp32's atol; VGG16's Gemm head
     #   against its Conv: 8.1e-6, now 8.6e-6).
-    # * float16 weights at ORT_ENABLE_EXTENDED: x86 has no float16 Conv kernel, so ONNX Runtime casts a Conv's
-    #   inputs to float32; at ORT_ENABLE_ALL it folds the casts of the weights into float32 copies (twice their
-    #   bytes), which the NCHWc transform copies again. The converted 4-block float16 decoder's session alone
-    #   peaked at 4.9x its weights; at EXTENDED the casts run node by node, and the proof peaks at 2.4x (was 4.95x),
-    #   its errors the same.
+    # * float16 weights at ORT_ENABLE_EXTENDED, in PRIORITY_BASED order: x86 has no float16 Conv kernel, so ONNX
+    #   Runtime casts a Conv's inputs to float32; at ORT_ENABLE_ALL it folds the casts of the weights into float32
+    #   copies (twice their bytes), which the NCHWc transform copies again (the converted 4-block float16
+    #   decoder's session alone peaked at 4.9x its weights). At EXTENDED the casts run with the model, but in the
+    #   default order most come first (4 blocks: 26 of its 38 weight casts ran before the first Conv), so their
+    #   copies live at once: the 24-block decoder's proof peaked at 2.5x. In PRIORITY_BASED order each runs just
+    #   before the layer that reads it: 4 blocks 4.95x -> 1.5x. The same kernels: the errors are the same.
     # * The CPU arena off: allocation only (the outputs are the same to the bit), so that the activations of the
     #   larger inputs go back when a run ends.
     # Not used: the NCHWc transform off (NchwcTransformer, or EXTENDED for float32) saves its reordered copy of
@@ -696,6 +698,7 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
         opts.add_session_config_entry("session.disable_prepacking", "1")
         if has_float16_weights(model):
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     try:
         if path is not None:
             return ort.InferenceSession(str(path), opts, providers=[name])
@@ -742,8 +745,9 @@ def has_float16_weights(model: onnx.ModelProto) -> bool:
 def memory_note(large: list[str], float16: bool = False) -> str:
     """The report's line on how the proof kept its memory down, for the ``large`` models it names
     (with ``float16``, models with float16 weights): the options their sessions ran with (see _session)."""
-    level = (", at graph_optimization_level ORT_ENABLE_EXTENDED (at ORT_ENABLE_ALL, ONNX Runtime folds the float32 "
-             "casts of the float16 weights of its x86 kernels into copies)") if float16 else ""
+    level = (", at graph_optimization_level ORT_ENABLE_EXTENDED in execution_order PRIORITY_BASED (float16 "
+             "weights: ONNX Runtime's x86 kernels compute them in float32; at ORT_ENABLE_ALL it folds their casts "
+             "into copies, and in the default order it runs all their casts first)") if float16 else ""
     return (f"memory: {' and '.join(large)}: ONNX Runtime was given each model as a file and mapped its weights "
             "from there (one with its weights inline or in memory written to a temporary file with external data "
             "first); its sessions ran with the CPU memory arena off (enable_cpu_mem_arena=False) and without "

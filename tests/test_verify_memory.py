@@ -141,6 +141,9 @@ def test_a_large_decoder_is_proved_at_every_length_from_one_session_at_a_time_an
     assert [Path(name).name for name, _, _ in log.built] == ["llama.onnx", "llama.onnx"]
     assert log.built[0][0] == str(src) and all(alive == [] for _, alive, _ in log.built)
     assert {options.graph_optimization_level for _, _, options in log.built} == {level}
+    assert {options.execution_order for _, _, options in log.built} == {
+        ort.ExecutionOrder.PRIORITY_BASED if dtype == "float16" else ort.ExecutionOrder.DEFAULT}
     (note,) = [n for n in v.notes if n.startswith("memory:")]
-    assert "session.disable_prepacking=1" in note and ("ORT_ENABLE_EXTENDED" in note) == (dtype == "float16")
+    assert "session.disable_prepacking=1" in note
+    assert ("ORT_ENABLE_EXTENDED" in note and "PRIORITY_BASED" in note) == (dtype == "float16")
     assert "the other sequence lengths" in note
