@@ -674,23 +674,23 @@ def _session(model: onnx.ModelProto, provider: str, folder: Path | None = None, 
     # RSS over the weight bytes; benchmarks/README.md, P8):
     # * Prepacking off (session.disable_prepacking): a MatMul or Gemm session no longer copies each weight into a
     #   packed buffer when it is built, it reads them from the memory map of their file (the original VGG16's
-    #   session: 580 MiB more after its build, now 4), and a float32 decoder's MatMul and its conv2d Conv (the
-    #   NCHWc transform's pointwise kernel) then sum in the same order: their outputs are equal to the bit (a
-    #   4-block Llama-style decoder: 2.2e-5 on the logits before, which failed fp32's atol; VGG16's Gemm head
-    #   against its Conv: 8.1e-6, now 8.6e-6).
+    #   session: 580 MiB more after its build, now 4), and a float32 decoder's MatMuls and the NCHWc Convs its
+    #   conv2d layers become then give outputs equal to the bit (a 4-block Llama-style decoder: 2.2e-5 on the
+    #   logits before, which failed fp32's atol; 12 blocks: 3.7e-5 before; VGG16's Gemm head against its Conv:
+    #   8.1e-6, now 8.6e-6).
     # * float16 weights at ORT_ENABLE_EXTENDED, in PRIORITY_BASED order: x86 has no float16 Conv kernel, so ONNX
     #   Runtime casts a Conv's inputs to float32; at ORT_ENABLE_ALL it folds the casts of the weights into float32
     #   copies (twice their bytes), which the NCHWc transform copies again (the converted 4-block float16
     #   decoder's session alone peaked at 4.9x its weights). At EXTENDED the casts run with the model, but in the
     #   default order most come first (4 blocks: 26 of its 38 weight casts ran before the first Conv), so their
     #   copies live at once: the 24-block decoder's proof peaked at 2.5x. In PRIORITY_BASED order each runs just
-    #   before the layer that reads it: 4 blocks 4.95x -> 1.5x. The same kernels: the errors are the same.
+    #   before the layer that reads it: 24 blocks 1.23x (4 blocks 4.95x -> 1.5x). The same kernels, the same errors.
     # * The CPU arena off: allocation only (the outputs are the same to the bit), so that the activations of the
     #   larger inputs go back when a run ends.
     # Not used: the NCHWc transform off (NchwcTransformer, or EXTENDED for float32) saves its reordered copy of
     # each Conv kernel (building the converted VGG16's session peaks at 3.4x), but the plain Conv's im2col buffers
-    # then make the 448x448 sliding-window runs peak at 3.1x, and the float32 decoder's Conv no longer sums as
-    # MatMul does (2.8e-5); session.use_device_allocator_for_initializers changed nothing; the weights are mapped
+    # then make the 448x448 sliding-window runs peak at 3.1x, and the float32 decoder's Convs no longer give
+    # MatMul's outputs (2.8e-5); session.use_device_allocator_for_initializers changed nothing; the weights are mapped
     # whatever their offsets in the data file (onnx.save's are not page-aligned, ONNX Runtime maps them too).
     large = payload_bytes(model) >= LARGE_MODEL_BYTES
     if large:
