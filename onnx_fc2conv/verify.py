@@ -633,8 +633,10 @@ def _graph_on_file(model, spill: Path) -> tuple[onnx.ModelProto, Path | None, Pa
         model = read_model(path, load_external_data=False)[0]
     if payload_bytes(model, in_memory=True) >= LARGE_MODEL_BYTES:
         spill.mkdir()
+        # the tensors a file already keeps in its external data are copied from there, file to file
+        weights = ExternalWeights(path.parent) if path is not None else None
         path = spill / "model.onnx"
-        save_model(model, path, external_data=True)
+        save_model(model, path, external_data=True, weights=weights)
         model = read_model(path, load_external_data=False)[0]
     return model, None if path is None else path.parent, path
 

@@ -147,3 +147,22 @@ def test_a_large_decoder_is_proved_at_every_length_from_one_session_at_a_time_an
     assert "session.disable_prepacking=1" in note
     assert ("ORT_ENABLE_EXTENDED" in note and "PRIORITY_BASED" in note) == (dtype == "float16")
     assert "the other sequence lengths" in note
+
+
+@pytest.mark.e2e
+def test_a_file_with_external_data_and_large_inline_weights_is_spilled_with_both(tmp_path, monkeypatch):
+    """It failed: the spill wrote the graph without the bytes its external tensors refer to
+    ("should be stored in model.onnx.data, but it is not regular file")."""
+    model = conv_flatten_gemm(channels=8, spatial=(4, 4), features=64)
+    src = tmp_path / "in" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save(model.__deepcopy__(), str(src), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=1024)
+    saved = onnx.load(str(src), load_external_data=False)
+    inline = sum(len(t.raw_data) for t in saved.graph.initializer)
+    assert 0 < inline and any(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)
+    monkeypatch.setattr(verify_module, "LARGE_MODEL_BYTES", inline)  # its inline bytes alone are large
+    log = SessionLog(monkeypatch)
+    result = verify_module.verify(src, convert(model, verify=False).model)
+    assert result.passed, result.render_text(verbose=True)
+    assert Path(log.built[0][0]).parent.name == "original"  # spilled, and run from the spill
