@@ -487,8 +487,8 @@ def prove_cost(label: str, src: Path, work: Path, input_shape: list[int]) -> tup
 
 def p9(work: Path) -> tuple[list[Row], dict]:
     rows, raw = [], {}
-    # fp16 at 24 blocks (3.2 GB), and fp32 at half the blocks (4.3 GB): ONNX Runtime's CPU computes
-    # fp16 MatMul and Conv in fp32 behind Casts, whose fp32 copies of the weights cost 2x the fp16 bytes
+    # fp16 at 24 blocks (3.2 GB), the decoder, and fp32 at half the blocks (4.3 GB), its alternative
+    # for a CPU without fp16 kernels (ONNX Runtime's casts fp16 MatMul and Conv to fp32 here)
     for layers, dtype in ((24, "float16"), (12, "float32")):
         config = {**models.LLAMA_1_5B, "layers": layers}
         src = work / f"llama_{layers}_{dtype}.onnx"
