@@ -7,8 +7,9 @@ dims). A kernel that needs its weight rearranged or scaled gets a placeholder in
 kernel's name, dims and type, no data) and a :class:`KernelRecipe` in :class:`ExternalWeights`.
 When OUT is written, :class:`DataFile` copies each reference's bytes from IN's file into OUT.data
 (``os.copy_file_range``, at most ``CHUNK_BYTES`` a call) and writes each recipe's kernel a block of
-output channels at a time from a memory map of IN's file, so the memory this takes is a chunk, not
-a tensor, and no weight passes through protobuf.
+output channels at a time from a memory map of IN's file (on two threads: one writes a block while
+the next is made), so the memory this takes is a few chunks, not a tensor, and no weight passes
+through protobuf.
 
 Weight maths of a block. The kernel ``[F, C, *S]`` is, row by row, ``W'[f] = W[:, f]`` for a weight
 stored ``[K, F]`` (MatMul) or ``W[f]`` for ``[F, K]`` (Gemm transB=1), rearranged by
@@ -21,6 +22,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,8 +33,9 @@ from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_t
 
 from .safety import itemsize, tensor_bytes
 
-# Bytes of weight one step of a streamed copy or transpose holds (the memory it needs, twice over
-# for a block of kernel rows: the block written and the band of IN's file mapped to read it).
+# Bytes of weight one step of a streamed copy or transpose holds (the memory it needs, three times
+# over for kernel rows made in blocks: the block being written, the next one being made and the band
+# of IN's file mapped to read it).
 CHUNK_BYTES = 64 << 20
 # Rows of a weight stored [K,F] that one step of a transpose reads (see _transpose_into).
 TRANSPOSE_ROWS = 128
@@ -156,7 +159,9 @@ class DataFile:
         return done
 
     def write_kernel(self, recipe: KernelRecipe, folder: Path) -> int:
-        """Write the kernel of ``recipe`` a block of output channels at a time; its byte length."""
+        """Write the kernel of ``recipe`` a block of output channels at a time; its byte length. A
+        block is written on a helper thread while the next one is made, and a transpose runs on
+        both threads (numpy's copies and ``pwrite`` release the GIL): two blocks at most in memory."""
         source = recipe.source
         info = ExternalDataInfo(source)
         start = self.size
@@ -167,38 +172,48 @@ class DataFile:
         stored = (folder / info.location, dtype, info.offset or 0, tuple(source.dims))
         out_f, k = recipe.conv_shape[0], math.prod(recipe.conv_shape[1:])
         block = max(1, CHUNK_BYTES // max(k * dtype.itemsize, 1))
-        for f0 in range(0, out_f, block):
-            f1 = min(out_f, f0 + block)
-            if recipe.weight_is_k_by_f:  # columns f0:f1, transposed
-                rows = _read_block(*stored, slice(0, k), slice(f0, f1), transposed=True)
-            else:
-                rows = _read_block(*stored, slice(f0, f1), slice(0, k))
-            rows = kernel_rows(rows, recipe.conv_shape, recipe.flatten_perm)
-            if recipe.alpha != 1.0:
-                rows = (rows * recipe.alpha).astype(dtype)
-            self.write(rows)
-            del rows
+        with ThreadPoolExecutor(2) as helpers:
+            written: Future | None = None
+            for f0 in range(0, out_f, block):
+                f1 = min(out_f, f0 + block)
+                if recipe.weight_is_k_by_f:  # columns f0:f1, transposed
+                    rows = _read_block(*stored, slice(0, k), slice(f0, f1), transpose_with=helpers)
+                else:
+                    rows = _read_block(*stored, slice(f0, f1), slice(0, k))
+                rows = kernel_rows(rows, recipe.conv_shape, recipe.flatten_perm)
+                if recipe.alpha != 1.0:
+                    rows = (rows * recipe.alpha).astype(dtype)
+                if written is not None:
+                    written.result()  # blocks are written in order, one at a time
+                written = helpers.submit(self.write, rows)
+                del rows
+            if written is not None:
+                written.result()
         return self.size - start
 
 
 def _read_block(path: Path, dtype: np.dtype, offset: int, shape: tuple[int, ...], rows: slice,
-                cols: slice, transposed: bool = False) -> np.ndarray:
-    """A copy of ``array[rows, cols]`` (or of its transpose) of the 2-D ``array`` stored at ``offset``
-    in ``path``, read through a memory map of one band of rows at a time. A map is dropped after its
-    band: the pages it touched (the kernel maps whole runs of them around each one read) leave the
-    process with it, so the memory this takes stays the block and a band, however large the tensor."""
+                cols: slice, transpose_with: Executor | None = None) -> np.ndarray:
+    """A copy of ``array[rows, cols]`` of the 2-D ``array`` stored at ``offset`` in ``path`` (with
+    ``transpose_with``, of its transpose, made on this thread and that executor's), read through a
+    memory map of one band of rows at a time. A map is dropped after its band: the pages it touched
+    (the kernel maps whole runs of them around each one read) leave the process with it, so the
+    memory this takes stays the block and a band, however large the tensor."""
     width = shape[1]
     n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-    block = np.empty((n_cols, n_rows) if transposed else (n_rows, n_cols), dtype)
+    block = np.empty((n_rows, n_cols) if transpose_with is None else (n_cols, n_rows), dtype)
     band = max(1, CHUNK_BYTES // (width * dtype.itemsize))
     with open_source(path) as source:
         for r0 in range(rows.start, rows.stop, band):
             r1 = min(rows.stop, r0 + band)
             mapped = np.memmap(source, dtype, "r", offset=offset + r0 * width * dtype.itemsize, shape=(r1 - r0, width))
-            if transposed:
-                _transpose_into(block[:, r0 - rows.start:r1 - rows.start], mapped[:, cols])
-            else:
+            if transpose_with is None:
                 block[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
+            else:  # half the band's rows on the executor's thread
+                out, band_rows, half = block[:, r0 - rows.start:r1 - rows.start], mapped[:, cols], -(-(r1 - r0) // 2)
+                second = transpose_with.submit(_transpose_into, out[:, half:], band_rows[half:])
+                _transpose_into(out[:, :half], band_rows[:half])
+                second.result()
             del mapped
     return block
 
