@@ -172,14 +172,18 @@ class DataFile:
         stored = (folder / info.location, dtype, info.offset or 0, tuple(source.dims))
         out_f, k = recipe.conv_shape[0], math.prod(recipe.conv_shape[1:])
         block = max(1, CHUNK_BYTES // max(k * dtype.itemsize, 1))
+        # Blocks are made in two buffers in turn, one written while the other is filled: the
+        # kernel zeroes their pages once, not once a block.
+        buffers = [np.empty(min(block, out_f) * k, dtype) for _ in range(2)]
         with ThreadPoolExecutor(2) as helpers:
             written: Future | None = None
-            for f0 in range(0, out_f, block):
+            for n, f0 in enumerate(range(0, out_f, block)):
                 f1 = min(out_f, f0 + block)
+                rows = buffers[n % 2][:(f1 - f0) * k].reshape(f1 - f0, k)
                 if recipe.weight_is_k_by_f:  # columns f0:f1, transposed
-                    rows = _read_block(*stored, slice(0, k), slice(f0, f1), transpose_with=helpers)
+                    _read_block(*stored, slice(0, k), slice(f0, f1), rows, transpose_with=helpers)
                 else:
-                    rows = _read_block(*stored, slice(f0, f1), slice(0, k))
+                    _read_block(*stored, slice(f0, f1), slice(0, k), rows)
                 rows = kernel_rows(rows, recipe.conv_shape, recipe.flatten_perm)
                 if recipe.alpha != 1.0:
                     rows = (rows * recipe.alpha).astype(dtype)
@@ -193,29 +197,26 @@ class DataFile:
 
 
 def _read_block(path: Path, dtype: np.dtype, offset: int, shape: tuple[int, ...], rows: slice,
-                cols: slice, transpose_with: Executor | None = None) -> np.ndarray:
-    """A copy of ``array[rows, cols]`` of the 2-D ``array`` stored at ``offset`` in ``path`` (with
-    ``transpose_with``, of its transpose, made on this thread and that executor's), read through a
-    memory map of one band of rows at a time. A map is dropped after its band: the pages it touched
-    (the kernel maps whole runs of them around each one read) leave the process with it, so the
-    memory this takes stays the block and a band, however large the tensor."""
+                cols: slice, into: np.ndarray, transpose_with: Executor | None = None) -> None:
+    """Fill ``into`` with ``array[rows, cols]`` of the 2-D ``array`` stored at ``offset`` in ``path``
+    or, with ``transpose_with``, with its transpose (made on this thread and that executor's), read
+    through a memory map of one band of rows at a time. A map is dropped after its band: the pages
+    it touched (the kernel maps whole runs of them around each one read) leave the process with it,
+    so the memory this takes stays the block and a band, however large the tensor."""
     width = shape[1]
-    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-    block = np.empty((n_rows, n_cols) if transpose_with is None else (n_cols, n_rows), dtype)
     band = max(1, CHUNK_BYTES // (width * dtype.itemsize))
     with open_source(path) as source:
         for r0 in range(rows.start, rows.stop, band):
             r1 = min(rows.stop, r0 + band)
             mapped = np.memmap(source, dtype, "r", offset=offset + r0 * width * dtype.itemsize, shape=(r1 - r0, width))
             if transpose_with is None:
-                block[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
+                into[r0 - rows.start:r1 - rows.start] = mapped[:, cols]
             else:  # half the band's rows on the executor's thread
-                out, band_rows, half = block[:, r0 - rows.start:r1 - rows.start], mapped[:, cols], -(-(r1 - r0) // 2)
+                out, band_rows, half = into[:, r0 - rows.start:r1 - rows.start], mapped[:, cols], -(-(r1 - r0) // 2)
                 second = transpose_with.submit(_transpose_into, out[:, half:], band_rows[half:])
                 _transpose_into(out[:, :half], band_rows[:half])
                 second.result()
             del mapped
-    return block
 
 
 def _transpose_into(out: np.ndarray, source: np.ndarray) -> None:
