@@ -20,22 +20,26 @@ def load_bench():
 
 
 @pytest.mark.e2e
-def test_stream_cost_rows_give_time_and_peak_rss_against_cp_and_the_weight_bytes(tmp_path):
+def test_stream_cost_rows_give_time_against_cp_its_floor_and_peak_rss_against_the_weight_bytes(tmp_path):
     bench = load_bench()
     src = bench.models.vgg(tmp_path / "tiny.onnx", convs=(), fcs=(96,), image=4, channels_in=8,
                            external_data=True, weights_k_by_f=True)
     rows, raw = bench.stream_cost("tiny", src, tmp_path, reps=2)
-    assert sorted(raw) == ["convert", "cp", "weight_bytes"]
+    assert sorted(raw) == ["convert", "cp", "import", "weight_bytes"]
     assert raw["weight_bytes"] == (tmp_path / "tiny.onnx.data").stat().st_size == (8 * 4 * 4 * 96 + 96) * 4
-    for runs in (raw["convert"], raw["cp"]):
+    for runs in (raw["convert"], raw["cp"], raw["import"]):
         assert len(runs) == 2 and all(seconds > 0 and rss_mib > 0 for seconds, rss_mib in runs)
-    time_row, rss_row = rows
-    assert [r.part for r in rows] == ["P7", "P7"] and [r.target for r in rows] == ["<= 1.2x", "<= 1.2x"]
-    assert time_row.ratio == bench.paired_ratio([t for t, _ in raw["convert"]], [t for t, _ in raw["cp"]])
+    time_row, floor_row, rss_row = rows
+    assert [r.part for r in rows] == ["P7"] * 3 and [r.target for r in rows] == ["<= 1.2x", "-", "<= 1.2x"]
+    cp_times = [t for t, _ in raw["cp"]]
+    assert time_row.ratio == bench.paired_ratio([t for t, _ in raw["convert"]], cp_times)
+    assert floor_row.ratio == bench.paired_ratio([i + c for (i, _), c in zip(raw["import"], cp_times)], cp_times)
+    assert floor_row.ratio > 1 and floor_row.met is None
     peak = max(r for _, r in raw["convert"])
     assert rss_row.ratio == pytest.approx(peak / (raw["weight_bytes"] / (1 << 20)))
     assert rss_row.met is (rss_row.ratio <= 1.2) and time_row.met is (time_row.ratio <= 1.2)
     assert re.fullmatch(r"[\d.]+ s / [\d.]+ s", time_row.measured)
+    assert re.fullmatch(r"[\d.]+ s \+ [\d.]+ s", floor_row.measured)
     assert re.fullmatch(r"[\d,]+ / [\d,]+ MiB", rss_row.measured)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.onnx.data"]  # OUT and the copies removed
 

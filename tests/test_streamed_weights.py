@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +125,15 @@ def test_a_failed_install_of_a_streamed_model_leaves_the_previous_pair(tmp_path,
     (True, (29, 11, 1, 1), None, -0.75),  # transposed and scaled
     (False, (29, 11, 1, 1), None, 1.0),  # the same bytes: a copy
 ])
+@pytest.mark.parametrize("chunk_bytes, transpose_rows", [
+    (700, 3),  # 2-12 rows a block: many blocks, a ragged last one; ragged transpose steps in each band
+    (97, 1),  # a row a block and a band, a row a step
+    (1 << 20, 128),  # the kernel in one block, one band, one step
+])
 def test_chunked_kernel_equals_the_numpy_kernel_exactly(tmp_path, monkeypatch, dtype, k_by_f, conv_shape, perm,
-                                                        alpha):
-    monkeypatch.setattr(weights, "CHUNK_BYTES", 700)  # 2-12 rows a block: many blocks, a ragged last one
+                                                        alpha, chunk_bytes, transpose_rows):
+    monkeypatch.setattr(weights, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(weights, "TRANSPOSE_ROWS", transpose_rows)
     f, k = conv_shape[0], math.prod(conv_shape[1:])
     stored = np.random.default_rng(0).standard_normal((k, f) if k_by_f else (f, k)).astype(dtype)
     source = weight_file(tmp_path, stored, lead=13)
@@ -158,6 +166,18 @@ def test_a_data_file_swapped_for_a_link_after_the_checks_is_not_followed(tmp_pat
         with pytest.raises(OSError) as refused:
             write_one(tmp_path, write)
         assert refused.value.errno == errno.ELOOP
+
+
+@pytest.mark.e2e
+def test_the_cli_without_verification_writes_out_and_never_imports_onnx_runtime(tmp_path):
+    src = save_external(CASES["Gemm [K,F]: transposed"](), tmp_path / "in" / "model.onnx")
+    out = tmp_path / "out.onnx"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "onnx_fc2conv", str(src), str(out),
+                           "--no-verify", "-q"], capture_output=True, text=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert proc.returncode == 0 and out.exists() and (tmp_path / "out.onnx.data").exists()
+    assert {"onnx", "onnx_fc2conv.cli", "onnx_fc2conv.weights"} <= imported
+    assert not {name for name in imported if name.split(".")[0] == "onnxruntime"}
 
 
 def weight_file(folder: Path, array: np.ndarray, lead: int) -> onnx.TensorProto:
