@@ -98,20 +98,18 @@ def _products(node: onnx.NodeProto, dims: dict[str, list[int]]) -> int:
     return weight[-1] if trans_b else weight[0] if len(weight) == 1 else weight[-2]
 
 
-def rounding_atol(values: np.ndarray, precision: str, reordering: Reordering) -> float:
-    """The absolute difference rounding alone may make on ``values`` (the original's) of
-    ``precision``: ``reordering.ulps`` units in the last place of the largest of them."""
-    largest = float(np.abs(values).max(initial=0.0))
+def rounding_atol(largest: float, precision: str, reordering: Reordering) -> float:
+    """The absolute difference rounding alone may make on values of ``precision`` whose largest
+    magnitude is ``largest`` (the original's): ``reordering.ulps`` units in the last place of it."""
     ulps = reordering.ulps(precision)
     if largest == 0.0 or ulps == 0.0 or not math.isfinite(largest):
         return 0.0
     return ulps * 2.0 ** (math.floor(math.log2(largest)) - MANTISSA_BITS[precision])
 
 
-def rounding_note(values: np.ndarray, precision: str, reordering: Reordering) -> str:
+def rounding_note(largest: float, precision: str, reordering: Reordering) -> str:
     """The check's note when the rounding allowance sets its atol: how many ulps, of what, and why."""
-    largest = float(np.abs(values).max(initial=0.0))
     layers = f"{reordering.layers} converted layer{'s' * (reordering.layers != 1)} in series"
-    return (f"atol {rounding_atol(values, precision, reordering):.3g} here: {reordering.ulps(precision):.3g} units "
+    return (f"atol {rounding_atol(largest, precision, reordering):.3g} here: {reordering.ulps(precision):.3g} units "
             f"in the last place of {largest:.3g}, for {layers} summing {reordering.products:,} products in another "
             f"order (onnx_fc2conv.rounding), in {precision}")

@@ -839,7 +839,7 @@ class OpenVinoSession:
             import openvino
         except ImportError:
             return None
-        referred = folder is not None and any(uses_external_data(t) for t in model.graph.initializer)
+        referred = any(uses_external_data(t) for t in model.graph.initializer)
         weights = ExternalWeights(folder) if referred and folder is not None else None
         if path is None and (weights is not None or needs_external_data(model)):
             with tempfile.TemporaryDirectory(prefix="onnx-fc2conv-verify-") as tmp:
@@ -912,14 +912,15 @@ def _compare(check, provider, output, got, want, result: VerificationResult) -> 
     g, w = np.where(finite, g, 0.0), np.where(finite, w, 0.0)
     diff = np.abs(g - w)
     reordering = result.reorderings.get(output, Reordering())
-    rounding = rounding_atol(w, precision, reordering)
+    largest = float(np.abs(w).max(initial=0.0))
+    rounding = rounding_atol(largest, precision, reordering)
     passed = not one_sided.any() and bool(np.all(diff <= max(atol, rounding) + rtol * np.abs(w)))
     one = CheckResult(check, provider, output, passed, float(diff.max(initial=0)),
                       float((diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max(initial=0)),
                       float(np.maximum(diff - rtol * np.abs(w), 0.0).max(initial=0)), compared=want.size,
                       allowed_atol=max(atol, rounding))
     if rounding > atol:
-        one.note = rounding_note(w, precision, reordering)
+        one.note = rounding_note(largest, precision, reordering)
     if one_sided.any():
         one.max_abs_error = one.max_rel_error = one.needed_atol = float("inf")
         one.note = _one_sided_note(got, want, one_sided)

@@ -27,8 +27,8 @@ def test_the_allowance_adds_each_layers_rounding_and_each_products_reordering_in
     assert Reordering().ulps("float32") == 0.0  # behind no converted layer an output must not move
     assert Reordering(layers=1, products=1).ulps("int8") == 0.0
     # in ulps of the largest value: 7.0 lies in [4, 8), where a float32 ulp is 2**(2 - 23)
-    assert rounding_atol(np.array([-7.0, 1.0]), "float32", deep) == pytest.approx(deep.ulps("float32") * 2.0 ** -21)
-    assert rounding_atol(np.zeros(3), "float32", deep) == 0.0
+    assert rounding_atol(7.0, "float32", deep) == pytest.approx(deep.ulps("float32") * 2.0 ** -21)
+    assert rounding_atol(0.0, "float32", deep) == 0.0
 
 
 def test_reorderings_count_the_converted_layers_in_series_and_the_products_they_sum(tmp_path):
